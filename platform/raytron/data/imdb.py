@@ -1,0 +1,124 @@
+"""IMDb reviews on Ray Data: read, strip HTML, lexicon and length features, tokenize, split.
+
+Splits are the data root's: train (20k) and val (5k) carved from the original train split, test
+the original 25k test split, never used for training or model selection. From the Hub, val is a
+seeded 20% of the Hub's train split.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray.data
+
+from raytron.config import DataConfig
+from raytron.data.sources import local_file, read_hub
+
+SPLITS = ("train", "val", "test")
+LABELS = ("negative", "positive")
+FEATURES = ("log_length", "vader_compound")
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"[ \t]+")
+
+
+def clean_text(text: str) -> str:
+    """Reviews carry `<br />` line breaks and HTML entities: make them plain text."""
+    text = re.sub(r"<br\s*/?>", "\n", text, flags=re.IGNORECASE)
+    text = html.unescape(_TAG.sub(" ", text))
+    return "\n".join(_SPACE.sub(" ", line).strip() for line in text.splitlines()).strip()
+
+
+def _label_to_int(batch: pd.DataFrame) -> pd.DataFrame:
+    batch["label"] = batch["label"].map(lambda v: int(v in (1, "pos", "positive")))
+    return batch[["id", "text", "label"]]
+
+
+def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
+    """Raw rows (id, text, label 0/1) per split, sampled to the configured sizes."""
+    path = local_file(cfg.dataset, cfg.data_dir)
+    if path is not None:
+        rows = ray.data.read_json(str(path)).materialize()  # read the file once for all three splits
+        splits = {s: rows.filter(lambda row, s=s: row["split"] == s) for s in SPLITS}
+    else:
+        hub = read_hub(cfg.dataset, cfg.data_dir)
+        train = hub["train"].add_column("id", lambda df: pd.Series(range(len(df))))
+        carve = lambda row, val: (hash(row["text"]) % 5 == 0) == val  # noqa: E731
+        splits = {
+            "train": train.filter(lambda row: carve(row, False)),
+            "val": train.filter(lambda row: carve(row, True)),
+            "test": hub["test"].add_column("id", lambda df: pd.Series(range(len(df)))),
+        }
+    limits = {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows}
+    out = {}
+    for split, ds in splits.items():
+        ds = ds.map_batches(_label_to_int, batch_format="pandas")
+        if limits[split]:  # a small seeded slice: sampling in pandas beats a distributed shuffle
+            frame = ds.to_pandas()
+            ds = ray.data.from_pandas(frame.sample(min(limits[split], len(frame)), random_state=cfg.seed))
+        out[split] = ds
+    return out
+
+
+def head_tail(ids: list[int], body: int, head: int) -> list[int]:
+    """Keep `head` leading and `body - head` trailing tokens of a long review (Sun et al. 2019)."""
+    if len(ids) <= body:
+        return ids
+    return ids[:head] + ids[len(ids) - (body - head):]
+
+
+class ReviewEncoder:
+    """Ray Data callable class: cleans, scores with VADER, tokenizes with the model's fast tokenizer."""
+
+    def __init__(self, tokenizer_dir: str, max_length: int, head_tokens: int):
+        from transformers import AutoTokenizer
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=True)
+        self.tokenizer.model_max_length = 1 << 30  # we truncate ourselves (head + tail)
+        self.vader = SentimentIntensityAnalyzer()
+        self.max_length = max_length
+        self.head_tokens = head_tokens
+
+    def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        texts = [clean_text(t) for t in batch["text"]]
+        body = self.max_length - 2
+        pieces = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        input_ids = np.full((len(texts), self.max_length), self.tokenizer.pad_token_id, dtype=np.int32)
+        attention_mask = np.zeros((len(texts), self.max_length), dtype=np.int8)
+        for row, ids in enumerate(pieces):
+            ids = [self.tokenizer.cls_token_id, *head_tail(ids, body, self.head_tokens), self.tokenizer.sep_token_id]
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        words = np.array([len(t.split()) for t in texts], dtype=np.float32)
+        return {
+            "id": batch["id"].to_numpy(),
+            "label": batch["label"].to_numpy(dtype=np.int64),
+            "text": np.array(texts, dtype=object),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "num_words": words,
+            # log length scaled to about [0, 1] (reviews have 10 to 2,500 words).
+            "log_length": np.log1p(words) / 8.0,
+            "vader_compound": np.array([self.vader.polarity_scores(t)["compound"] for t in texts], dtype=np.float32),
+        }
+
+
+def encode_splits(raw: dict[str, ray.data.Dataset], cfg: DataConfig, tokenizer_dir: str | Path) -> dict[str, ray.data.Dataset]:
+    """Tokenized, featurized splits (lazy Ray Datasets, streamed into training or written out)."""
+    return {
+        split: ds.map_batches(
+            ReviewEncoder,
+            fn_constructor_kwargs=dict(
+                tokenizer_dir=str(tokenizer_dir), max_length=cfg.max_length, head_tokens=cfg.head_tokens
+            ),
+            batch_format="pandas",
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+            num_cpus=0.5,  # leave room for Train workers on a 2-core laptop
+        )
+        for split, ds in raw.items()
+    }

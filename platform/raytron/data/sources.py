@@ -1,0 +1,63 @@
+"""Where corpora come from: a file under the data root, else the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.data
+
+from raytron.errors import RaytronError
+
+DEFAULT_DATA_DIRS = ("../shared/data",)
+"""Tried after $RAYTRON_DATA_DIR: the development machines keep the corpora here."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One corpus: its file under the data root and its Hugging Face Hub twin."""
+
+    local: str
+    """Path under the data root (gzipped JSON Lines)."""
+    hub: str
+    """Hugging Face Hub dataset id, read when the file is absent."""
+
+
+SOURCES = {
+    "imdb": Source(local="imdb/imdb_50k.jsonl.gz", hub="stanfordnlp/imdb"),
+}
+
+
+def data_root(configured: str | None) -> Path | None:
+    """The configured root, else $RAYTRON_DATA_DIR, else the first default that exists."""
+    for candidate in (configured, os.environ.get("RAYTRON_DATA_DIR"), *DEFAULT_DATA_DIRS):
+        if candidate and Path(candidate).expanduser().is_dir():
+            return Path(candidate).expanduser().resolve()
+    return None
+
+
+def local_file(name: str, configured_root: str | None) -> Path | None:
+    """The corpus file under the data root, or None when it is not there."""
+    if name not in SOURCES:
+        raise RaytronError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
+    root = data_root(configured_root)
+    path = root / SOURCES[name].local if root else None
+    return path if path and path.is_file() else None
+
+
+def read_hub(name: str, configured_root: str | None) -> dict[str, ray.data.Dataset]:
+    """The corpus's Hub splits as Ray Datasets; offline, a clear error that says what to set."""
+    hub = SOURCES[name].hub
+    where = f"{data_root(configured_root) or '(no data root found)'}/{SOURCES[name].local}"
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(hub)
+    except Exception as error:  # noqa: BLE001 - any failure here means "not reachable"
+        raise RaytronError(
+            f"dataset {name!r}: no file at {where}, and the Hugging Face Hub copy {hub!r} could not be "
+            f"loaded ({type(error).__name__}: {error}). Set RAYTRON_DATA_DIR (or data.data_dir) to a folder "
+            f"holding {SOURCES[name].local}, or run where the Hub is reachable with `pip install datasets`."
+        ) from None
+    return {split: ray.data.from_huggingface(loaded[split]) for split in loaded}

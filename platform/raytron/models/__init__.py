@@ -1,0 +1,1 @@
+"""Megatron-Core models built from pretrained Hugging Face checkpoints, one folder per family."""

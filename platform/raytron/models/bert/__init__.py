@@ -1,0 +1,1 @@
+"""BERT encoders in Megatron-Core: post-LN layer spec, model builder, HF state-dict adapter."""

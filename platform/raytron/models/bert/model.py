@@ -1,0 +1,92 @@
+"""Build a Megatron-Core BertModel shaped like a Hugging Face BERT config, and run its encoder."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.bert.bert_model import BertModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from raytron.models.bert.layer import post_layernorm_bert_layer_spec
+
+VOCAB_DIVISOR = 128
+"""Pad the vocabulary to a multiple of this times TP, as Megatron-LM's --make-vocab-size-divisible-by."""
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+def padded_vocab_size(vocab_size: int, tensor_parallel: int) -> int:
+    """Smallest multiple of VOCAB_DIVISOR * TP that holds `vocab_size` rows."""
+    step = VOCAB_DIVISOR * tensor_parallel
+    return int(math.ceil(vocab_size / step) * step)
+
+
+def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **overrides) -> TransformerConfig:
+    """Megatron-Core TransformerConfig equal to an HF BertConfig (config.json as a dict)."""
+    if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only BERT checkpoints with absolute position embeddings are supported")
+    fields = dict(
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        num_attention_heads=hf["num_attention_heads"],
+        ffn_hidden_size=hf["intermediate_size"],
+        layernorm_epsilon=hf.get("layer_norm_eps", 1e-12),
+        activation_func=_ACTIVATIONS[hf.get("hidden_act", "gelu")],
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        init_method_std=hf.get("initializer_range", 0.02),
+        add_bias_linear=True,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # Fused kernels need CUDA/apex; the unfused paths compute the same function.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+    fields.update(overrides)
+    return TransformerConfig(**fields)
+
+
+def build_bert(hf: dict[str, Any], config: TransformerConfig) -> BertModel:
+    """A BertModel for this pipeline stage, with BERT's post-LN layers, pooler and MLM head."""
+    return BertModel(
+        config=config,
+        num_tokentypes=hf.get("type_vocab_size", 2),
+        transformer_layer_spec=post_layernorm_bert_layer_spec(),
+        vocab_size=padded_vocab_size(hf["vocab_size"], config.tensor_model_parallel_size),
+        max_sequence_length=hf["max_position_embeddings"],
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=True,
+        add_binary_head=True,
+    )
+
+
+def encode(bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [seq, batch, hidden] (HF's last_hidden_state, transposed).
+
+    BertModel.forward ends in the MLM head; encoders (classifiers, embedders) need the states
+    before it, so this runs its embedding and encoder alone. On a middle pipeline stage the
+    input comes through `set_input_tensor` and `input_ids` is unused.
+    """
+    extended_mask = bert.bert_extended_attention_mask(attention_mask)
+    embedded = None
+    if bert.pre_process:
+        embedded = bert.embedding(
+            input_ids=input_ids,
+            position_ids=bert.bert_position_ids(input_ids),
+            tokentype_ids=torch.zeros_like(input_ids),
+        )
+    return bert.encoder(hidden_states=embedded, attention_mask=extended_mask)

@@ -1,0 +1,80 @@
+"""Launch a fine-tune: Ray Data splits -> Ray Train TorchTrainer of Megatron-Core workers."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from raytron.config import SentimentConfig, resolve_pretrained
+from raytron.data.imdb import encode_splits, read_raw_splits
+from raytron.data.sources import data_root
+from raytron.errors import RaytronError
+from raytron.train.sentiment import TRAIN_COLUMNS, train_worker
+
+log = logging.getLogger("raytron.launcher")
+
+
+def absolute_paths(cfg: SentimentConfig) -> SentimentConfig:
+    """Workers run in other directories (and `ray job submit` in a copy): pin every path now."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
+    root = data_root(cfg.data.data_dir)
+    cfg.data.data_dir = str(root) if root else cfg.data.data_dir
+    return cfg
+
+
+def connect_ray() -> None:
+    """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+
+
+def finetune(cfg: SentimentConfig) -> ray.train.Result:
+    cfg = absolute_paths(cfg)
+    connect_ray()
+    use_gpu = cfg.resources.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    storage = cfg.run_dir / "ray"
+    if not cfg.run.resume:
+        shutil.rmtree(storage / cfg.run.name, ignore_errors=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    raw = read_raw_splits(cfg.data)
+    num_train_rows = raw["train"].count()
+    log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s", num_train_rows,
+             cfg.data.data_dir, cfg.resources.num_workers, cfg.parallel.tensor, cfg.parallel.data, use_gpu)
+    splits = encode_splits(raw, cfg.data, resolve_pretrained(cfg.model.pretrained))
+    # Train streams through preprocessing while the workers step; val is small: encode it up front.
+    datasets = {
+        "train": splits["train"].select_columns(TRAIN_COLUMNS),
+        "val": splits["val"].select_columns(TRAIN_COLUMNS).materialize(),
+    }
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": cfg.model_dump(), "num_train_rows": num_train_rows},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.resources.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise RaytronError(
+            f"training failed: {error}\nThe last checkpoint is under {storage / cfg.run.name}; rerun the same "
+            "command to resume from it, or add run.resume=false to start over."
+        ) from error
