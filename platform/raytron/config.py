@@ -59,6 +59,8 @@ class DataConfig(Strict):
     """Sample this many test rows (seeded); all when unset. Test is never used for training or selection."""
     seed: int = 0
     """Seed of the row samples."""
+    preprocess_actors: int = Field(2, ge=1)
+    """Most Ray Data actors tokenizing and scoring reviews at once."""
 
 
 class ModelConfig(Strict):

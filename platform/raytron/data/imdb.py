@@ -59,6 +59,8 @@ def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
         if limits[split]:  # a small seeded slice: sampling in pandas beats a distributed shuffle
             frame = ds.to_pandas()
             ds = ray.data.from_pandas(frame.sample(min(limits[split], len(frame)), random_state=cfg.seed))
+        elif split == "train":  # the corpus is sorted by label: streamed in order, SGD sees one class at a time
+            ds = ds.random_shuffle(seed=cfg.seed)
         out[split] = ds
     return out
 
@@ -117,7 +119,7 @@ def encode_splits(raw: dict[str, ray.data.Dataset], cfg: DataConfig, tokenizer_d
             ),
             batch_format="pandas",
             batch_size=256,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.preprocess_actors),
             num_cpus=0.5,  # leave room for Train workers on a 2-core laptop
         )
         for split, ds in raw.items()

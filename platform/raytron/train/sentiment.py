@@ -86,7 +86,7 @@ def evaluate_split(ddp, shard, per_worker: int, features: list[str], device) -> 
 
 def export_model(cfg: SentimentConfig, model, hf_config, pretrained, metrics: dict) -> None:
     """Write the current weights as the run's model folder (all TP ranks gather, rank 0 writes)."""
-    bert_full = gather_full_state_dict(model.bert)
+    bert_full = {name: tensor.float() for name, tensor in gather_full_state_dict(model.bert).items()}
     if dist.get_rank() == 0:
         meta = {
             "task": "sentiment",

@@ -1,0 +1,66 @@
+"""Evaluate a trained sentiment model on the held-out IMDb test split with Ray Data batch inference."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import ray
+import ray.data
+
+from raytron.config import SentimentConfig
+from raytron.data.imdb import encode_splits, read_raw_splits
+from raytron.evaluate.classification import write_report
+from raytron.inference.classifier import SentimentPredictor
+from raytron.store import read_meta
+from raytron.train.launcher import absolute_paths, connect_ray
+
+log = logging.getLogger("raytron.evaluate")
+
+
+def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
+    """Score the test split, write the report to `<run>/eval/` (atomically) and to W&B."""
+    cfg = absolute_paths(cfg)
+    model_dir = Path(model_dir or cfg.run_dir / "model").resolve()
+    meta = read_meta(model_dir)
+    connect_ray()
+    use_gpu = cfg.resources.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    # Tokenize exactly as the model was trained, whatever this config says.
+    data_cfg = cfg.data.model_copy(update={"max_length": meta["max_length"], "head_tokens": meta["head_tokens"]})
+    test = encode_splits({"test": read_raw_splits(data_cfg)["test"]}, data_cfg, model_dir / "encoder")["test"]
+    log.info("scoring the test split with %s (GPU=%s)", model_dir, use_gpu)
+    scored = test.map_batches(
+        SentimentPredictor,
+        fn_constructor_kwargs={"model_dir": str(model_dir)},
+        batch_size=256 if use_gpu else 32,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0.5,
+    )
+    frame = scored.drop_columns(["input_ids", "attention_mask"]).to_pandas()
+    out_dir = cfg.run_dir / "eval"
+    staging = out_dir.with_name("eval.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = write_report(staging, frame, meta["labels"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    log.info("test accuracy %.4f precision %.4f recall %.4f F1 %.4f on %d rows; report in %s",
+             result["accuracy"], result["precision"], result["recall"], result["f1"], result["rows"], out_dir)
+    log_to_wandb(cfg, out_dir, result)
+    return result
+
+
+def log_to_wandb(cfg: SentimentConfig, out_dir: Path, result: dict) -> None:
+    import wandb
+
+    from raytron.tracking import start_run
+
+    run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
+    run.log({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    run.log({"test/confusion_matrix": wandb.Image(str(out_dir / "confusion_matrix.png"))})
+    errors = __import__("pandas").read_json(out_dir / "errors.jsonl", lines=True)
+    run.log({"test/errors": wandb.Table(dataframe=errors)})
+    run.finish()

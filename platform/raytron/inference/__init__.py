@@ -1,0 +1,1 @@
+"""Load trained models from their folders and run them (Ray Data batch inference, Ray Serve)."""
