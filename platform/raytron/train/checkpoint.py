@@ -15,7 +15,7 @@ TRAINER_STATE = "trainer_state.json"
 
 
 def save(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Every rank writes its shards into `path` (a filesystem all ranks share); rank 0 the trainer state."""
+    """`model` is the bare Megatron module (no DDP/Float16Module wrapper, whose keys differ). Every rank writes its shards into `path` (a filesystem all ranks share); rank 0 the trainer state."""
     if dist.get_rank() == 0:  # a crashed earlier save may have left shards behind
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)

@@ -132,8 +132,10 @@ def train_worker(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as path:
-            state = checkpoint.load(Path(path), ddp, optimizer, scheduler)
+            state = checkpoint.load(Path(path), model, optimizer, scheduler)
         log.info("resumed from %s at step %d (epoch %d)", restored.path, state["step"], state["epoch"])
+        if state["step"] >= total_steps:
+            log.info("this run is already complete; use run.resume=false or a new run.name to train again")
 
     wandb_run = None
     if rank == 0:
@@ -212,7 +214,7 @@ def train_worker(config: dict) -> None:
                      " (best so far: model exported)" if improved else "")
             wandb_run.log({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}, step=state["step"])
         staging = cfg.run_dir / "checkpoint-staging" / f"step-{state['step']:07d}"
-        checkpoint.save(staging, ddp, optimizer, scheduler, state)
+        checkpoint.save(staging, model, optimizer, scheduler, state)
         report = {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"], "epoch": state["epoch"]}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(staging) if rank == 0 else None)
         dist.barrier()
