@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray.data
+from ray.data.expressions import col
 
 from raytron.config import DataConfig
 from raytron.data.sources import local_file, read_hub
@@ -42,7 +43,7 @@ def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
     path = local_file(cfg.dataset, cfg.data_dir)
     if path is not None:
         rows = ray.data.read_json(str(path)).materialize()  # read the file once for all three splits
-        splits = {s: rows.filter(lambda row, s=s: row["split"] == s) for s in SPLITS}
+        splits = {s: rows.filter(expr=col("split") == s) for s in SPLITS}
     else:
         hub = read_hub(cfg.dataset, cfg.data_dir)
         train = hub["train"].add_column("id", lambda df: pd.Series(range(len(df))))

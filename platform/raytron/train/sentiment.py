@@ -9,6 +9,7 @@ sync and the optimizer step follow Megatron's `forward_backward_no_pipelining` +
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import shutil
@@ -82,6 +83,12 @@ def evaluate_split(ddp, shard, per_worker: int, features: list[str], device) -> 
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     ddp.train()
     return {"loss": (totals[0] / totals[2]).item(), "accuracy": (totals[1] / totals[2]).item()}
+
+
+def append_metrics(run_dir: Path, metrics: dict) -> None:
+    """One JSON line per report in `<run>/metrics.jsonl`, readable without W&B."""
+    with open(run_dir / "metrics.jsonl", "a") as out:
+        out.write(json.dumps(metrics) + "\n")
 
 
 def export_model(cfg: SentimentConfig, model, hf_config, pretrained, metrics: dict) -> None:
@@ -198,6 +205,7 @@ def train_worker(config: dict) -> None:
                         metrics["train/tokens_per_s"], metrics["train/step_time_ms"],
                     )
                     wandb_run.log(metrics, step=state["step"])
+                    append_metrics(cfg.run_dir, metrics)
                 ray.train.report(metrics)
                 window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
             if state["step"] >= total_steps:
@@ -213,6 +221,7 @@ def train_worker(config: dict) -> None:
             log.info("epoch %d: val loss %.4f accuracy %.4f%s", state["epoch"], val["loss"], val["accuracy"],
                      " (best so far: model exported)" if improved else "")
             wandb_run.log({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}, step=state["step"])
+            append_metrics(cfg.run_dir, {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"]})
         staging = cfg.run_dir / "checkpoint-staging" / f"step-{state['step']:07d}"
         checkpoint.save(staging, model, optimizer, scheduler, state)
         report = {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"], "epoch": state["epoch"]}

@@ -1,0 +1,51 @@
+"""Shared fixtures: the data root, a local Ray cluster, small job configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("RAYTRON_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment():
+    if not (DATA_ROOT / "imdb" / "imdb_50k.jsonl.gz").is_file():
+        pytest.exit(f"the real corpora are missing under {DATA_ROOT}: set RAYTRON_DATA_DIR", returncode=2)
+    os.environ["RAYTRON_DATA_DIR"] = str(DATA_ROOT)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, as on a laptop) for every test that needs Ray."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def tiny_overrides(run_dir: Path, **extra) -> list[str]:
+    """A fine-tune small enough for a 2-core CI machine: 48 reviews of 64 tokens."""
+    values = {
+        "run.output_dir": str(run_dir),
+        "data.max_length": 64,
+        "data.head_tokens": 16,
+        "data.train_rows": 48,
+        "data.val_rows": 32,
+        "data.test_rows": 40,
+        "data.preprocess_actors": 1,
+        "train.micro_batch_size": 8,
+        "train.global_batch_size": 16,
+        "train.lr": 3.0e-4,
+        "train.warmup_fraction": 0.0,
+        "train.log_every": 1,
+        "resources.cpus_per_worker": 0.5,
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in values.items()]

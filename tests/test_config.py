@@ -1,0 +1,42 @@
+"""Config loading: overrides apply, and each mistake names the key and what is allowed."""
+
+import pytest
+
+from raytron.config import SentimentConfig, load_config
+from raytron.errors import RaytronError
+from tests.conftest import REPO
+
+RECIPE = REPO / "configs" / "sentiment.yaml"
+
+
+def test_recipe_loads_and_override_applies():
+    cfg = load_config(RECIPE, ["train.lr=3e-5", "data.train_rows=100"])
+    assert isinstance(cfg, SentimentConfig)
+    assert cfg.train.lr == 3e-5 and cfg.data.train_rows == 100
+    assert cfg.parallel.data == cfg.resources.num_workers  # derived DP
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "train.lrr: unknown key; allowed here: epochs"),
+        (["train.lr=fast"], "train.lr: Input should be a valid number"),
+        (["bogus.x=1"], "bogus: unknown key"),
+        (["resources.num_workers=3", "parallel.tensor=2"], "num_workers=3 is not a multiple"),
+        (["resources.num_workers=4", "parallel.tensor=2", "parallel.data=3"], "TP x PP x DP = 2 x 1 x 3 != resources.num_workers=4"),
+        (["parallel.tensor=5", "resources.num_workers=5", "train.micro_batch_size=10", "train.global_batch_size=10"],
+         "does not divide the model's 12 attention heads"),
+        (["parallel.pipeline=2", "resources.num_workers=2"], "parallel.pipeline"),
+        (["model.pretrained=/nonexistent"], "neither a Hugging Face model folder"),
+        (["train.lr"], "is not of the form key.path=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides, message):
+    with pytest.raises(RaytronError, match=None) as error:
+        load_config(RECIPE, overrides)
+    assert message in str(error.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(RaytronError, match="does not exist"):
+        load_config(REPO / "configs" / "nope.yaml")
