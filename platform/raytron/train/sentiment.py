@@ -196,7 +196,7 @@ def train_worker(config: dict) -> None:
                     "train/tokens_per_s": window_tokens * dp / elapsed,
                     "train/step_time_ms": 1000 * elapsed / window_steps,
                     "step": state["step"],
-                    "epoch": state["epoch"] + state["step"] / max(total_steps, 1),
+                    "epoch": state["step"] / steps_per_epoch,
                 }
                 if rank == 0:
                     log.info(

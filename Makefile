@@ -1,0 +1,36 @@
+# raytron: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The real corpora: ../shared/data beside the checkout (CI and the dev machines), else the Hub.
+export RAYTRON_DATA_DIR ?= $(abspath ../shared/data)
+export WANDB_MODE ?= offline
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+# Without a GPU, pin the CPU torch wheel first: an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(HAS_GPU),,$(BIN)/python -m pip install -q torch==2.13.0)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/python jobs/finetune.py --config configs/sentiment.yaml
+	$(BIN)/python jobs/evaluate.py --config configs/sentiment.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/cpu_demo.py
+
+lint: setup
+	$(BIN)/python -m ruff check platform jobs tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,41 @@
+"""`ray job submit` against a head node the test starts: the README's cluster path, end to end."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """`ray start --head` in its own temp dir; Ray 2.60 token auth on."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    port = 6390
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-port=8275",
+                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    yield env, ray_bin, "http://127.0.0.1:8275"
+    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+
+
+def test_job_submit_runs_finetune(head_node, tmp_path):
+    env, ray_bin, address = head_node
+    runtime_env = {"excludes": [".venv", ".git", ".dev", "runs"], "env_vars": {"RAYTRON_DATA_DIR": env["RAYTRON_DATA_DIR"],
+                                                                             "WANDB_MODE": "offline"}}
+    command = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--",
+               "python", "jobs/finetune.py", "--config", "configs/sentiment.yaml",
+               *tiny_overrides(tmp_path, **{"train.epochs": 1, "run.name": "submitted"})]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    assert (tmp_path / "submitted" / "model" / "raytron.json").is_file()
+    shutil.rmtree(tmp_path / "submitted", ignore_errors=True)
