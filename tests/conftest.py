@@ -25,7 +25,8 @@ def ray_cluster():
     """One local Ray cluster (2 CPUs, as on a laptop) for every test that needs Ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address="local": always a fresh cluster, never one a `ray start` left behind on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -42,6 +42,7 @@ def test_model_folder_written(trained):
     assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
     assert (run_dir / "model" / "encoder" / "model.safetensors").is_file()
     assert not (run_dir / "model.partial").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B recorded the run offline
 
 
 def test_evaluation_writes_every_output(trained):
@@ -63,3 +64,17 @@ def test_resume_continues_from_last_checkpoint(trained):
     finetune(cfg)
     new_steps = [m["step"] for m in read_metrics(run_dir)[len(before):] if "train/loss" in m]
     assert new_steps == [10, 11, 12]  # epoch 4 only: steps 1-9 came back from the checkpoint
+
+
+def test_corrupt_checkpoint_is_a_clear_error(trained):
+    from raytron.errors import RaytronError
+
+    _, run_dir, _ = trained
+    latest = sorted(p for p in (run_dir / "ray" / "dp2").glob("checkpoint_*") if p.is_dir())[-1]
+    for shard in latest.glob("*.distcp"):
+        shard.write_bytes(b"not a checkpoint")
+    cfg = load_config(RECIPE, tiny_overrides(run_dir.parent, **{"train.epochs": 5, "run.name": "dp2"}))
+    with pytest.raises(RaytronError) as error:
+        finetune(cfg)
+    message = str(error.value)
+    assert f"checkpoint {latest} is corrupt" in message and "run.resume=false" in message

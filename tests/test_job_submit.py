@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def head_node(tmp_path):
-    """`ray start --head` in its own temp dir; Ray 2.60 token auth on."""
+def head_node():
+    """`ray start --head` in its own temp dir (short: Ray's socket paths are length-limited); token auth on."""
+    temp_dir = tempfile.mkdtemp(prefix="rt")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    port = 6390
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-port=8275",
-                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    started = subprocess.run([ray_bin, "start", "--head", "--port=6390", "--num-cpus=2", "--dashboard-port=8275",
+                              "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                             env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
     yield env, ray_bin, "http://127.0.0.1:8275"
     subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submit_runs_finetune(head_node, tmp_path):

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import torch
-
 from raytron import megatron_cpu
 
 

@@ -61,6 +61,8 @@ class DataConfig(Strict):
     """Seed of the row samples."""
     preprocess_actors: int = Field(2, ge=1)
     """Most Ray Data actors tokenizing and scoring reviews at once."""
+    prepared_dir: str | None = None
+    """Parquet shards written by jobs/preprocess.py; when set, jobs read them instead of preprocessing."""
 
 
 class ModelConfig(Strict):

@@ -1,4 +1,4 @@
-"""IMDb reviews on Ray Data: read, strip HTML, lexicon and length features, tokenize, split.
+"""IMDb reviews on Ray Data: read, strip HTML, lexicon and length features, tokenize, split, store.
 
 Splits are the data root's: train (20k) and val (5k) carved from the original train split, test
 the original 25k test split, never used for training or model selection. From the Hub, val is a
@@ -8,7 +8,9 @@ seeded 20% of the Hub's train split.
 from __future__ import annotations
 
 import html
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from ray.data.expressions import col
 
 from raytron.config import DataConfig
 from raytron.data.sources import local_file, read_hub
+from raytron.errors import RaytronError
 
 SPLITS = ("train", "val", "test")
 LABELS = ("negative", "positive")
@@ -125,3 +128,48 @@ def encode_splits(raw: dict[str, ray.data.Dataset], cfg: DataConfig, tokenizer_d
         )
         for split, ds in raw.items()
     }
+
+
+PREPARED_MANIFEST = "prepared.json"
+_ENCODING_KEYS = ("max_length", "head_tokens")
+
+
+def write_prepared(encoded: dict[str, ray.data.Dataset], cfg: DataConfig, out_dir: Path) -> Path:
+    """Write each split as parquet shards, then a manifest; a folder without it is incomplete."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    counts = {}
+    for split, ds in encoded.items():
+        ds.write_parquet(str(staging / split))
+        counts[split] = ray.data.read_parquet(str(staging / split)).count()
+    manifest = {**{key: getattr(cfg, key) for key in _ENCODING_KEYS}, "dataset": cfg.dataset, "rows": counts}
+    (staging / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def read_prepared(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
+    """The parquet splits under `cfg.prepared_dir`, checked against this config's encoding."""
+    root = Path(cfg.prepared_dir)
+    manifest_path = root / PREPARED_MANIFEST
+    if not manifest_path.is_file():
+        raise RaytronError(f"data.prepared_dir={root} holds no finished preprocessing ({PREPARED_MANIFEST} "
+                           "missing): run jobs/preprocess.py with the same config first")
+    manifest = json.loads(manifest_path.read_text())
+    for key in _ENCODING_KEYS:
+        if manifest[key] != getattr(cfg, key):
+            raise RaytronError(f"{root} was prepared with {key}={manifest[key]}, but data.{key}="
+                               f"{getattr(cfg, key)}: rerun jobs/preprocess.py or match the config")
+    return {split: ray.data.read_parquet(str(root / split)) for split in manifest["rows"]}
+
+
+def load_splits(cfg: DataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """Encoded splits (from prepared parquet when configured, else streamed from the corpus) and
+    their row counts, taken before encoding so that counting does not run the pipeline."""
+    if cfg.prepared_dir:
+        splits = read_prepared(cfg)
+        return splits, json.loads((Path(cfg.prepared_dir) / PREPARED_MANIFEST).read_text())["rows"]
+    raw = read_raw_splits(cfg)
+    return encode_splits(raw, cfg, tokenizer_dir), {split: ds.count() for split, ds in raw.items()}

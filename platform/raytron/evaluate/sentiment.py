@@ -10,7 +10,7 @@ import ray
 import ray.data
 
 from raytron.config import SentimentConfig
-from raytron.data.imdb import encode_splits, read_raw_splits
+from raytron.data.imdb import load_splits
 from raytron.evaluate.classification import write_report
 from raytron.inference.classifier import SentimentPredictor
 from raytron.store import read_meta
@@ -30,7 +30,7 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     # Tokenize exactly as the model was trained, whatever this config says.
     data_cfg = cfg.data.model_copy(update={"max_length": meta["max_length"], "head_tokens": meta["head_tokens"]})
-    test = encode_splits({"test": read_raw_splits(data_cfg)["test"]}, data_cfg, model_dir / "encoder")["test"]
+    test = load_splits(data_cfg, model_dir / "encoder")[0]["test"]
     log.info("scoring the test split with %s (GPU=%s)", model_dir, use_gpu)
     scored = test.map_batches(
         SentimentPredictor,

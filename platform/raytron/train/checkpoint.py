@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,16 @@ from megatron.core import dist_checkpointing
 from raytron.errors import RaytronError
 
 TRAINER_STATE = "trainer_state.json"
+MANIFEST = "manifest.json"
+"""sha256 of every file, written last: a checkpoint without it is incomplete, one that differs is corrupt."""
+
+
+def _digests(path: Path) -> dict[str, str]:
+    return {
+        file.name: hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(path.iterdir())
+        if file.is_file() and file.name != MANIFEST
+    }
 
 
 def save(path: Path, model, optimizer, scheduler, state: dict) -> None:
@@ -25,6 +36,21 @@ def save(path: Path, model, optimizer, scheduler, state: dict) -> None:
     if dist.get_rank() == 0:
         (path / TRAINER_STATE).write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
     dist.barrier()
+    if dist.get_rank() == 0:
+        (path / MANIFEST).write_text(json.dumps(_digests(path), indent=1))
+    dist.barrier()
+
+
+def verify(path: Path) -> None:
+    """Raise a RaytronError naming the problem if the checkpoint at `path` is incomplete or corrupt."""
+    advice = "Delete it to resume from the previous checkpoint, or start over with run.resume=false."
+    if not (path / MANIFEST).is_file():
+        raise RaytronError(f"checkpoint {path} is incomplete ({MANIFEST} missing: the save was interrupted). {advice}")
+    expected = json.loads((path / MANIFEST).read_text())
+    actual = _digests(path)
+    changed = sorted(name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name))
+    if changed:
+        raise RaytronError(f"checkpoint {path} is corrupt: {', '.join(changed)} differ from its manifest. {advice}")
 
 
 def load(path: Path, model, optimizer, scheduler) -> dict:
@@ -37,9 +63,9 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
         )
     except Exception as error:  # noqa: BLE001 - any read failure means the same to the user
         raise RaytronError(
-            f"checkpoint {path} could not be read ({type(error).__name__}: {error}). "
+            f"checkpoint {path} could not be read ({type(error).__name__}: {str(error).splitlines()[0]}). "
             "Delete it to fall back to the previous one, or start over with run.resume=false."
-        ) from error
+        ) from None  # Ray reports a chained worker error by its cause: keep ours on top
     model.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(state.pop("scheduler"))

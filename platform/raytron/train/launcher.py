@@ -11,9 +11,10 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raytron.config import SentimentConfig, resolve_pretrained
-from raytron.data.imdb import encode_splits, read_raw_splits
+from raytron.data.imdb import load_splits
 from raytron.data.sources import data_root
 from raytron.errors import RaytronError
+from raytron.train import checkpoint
 from raytron.train.sentiment import TRAIN_COLUMNS, train_worker
 
 log = logging.getLogger("raytron.launcher")
@@ -44,11 +45,15 @@ def finetune(cfg: SentimentConfig) -> ray.train.Result:
     if not cfg.run.resume:
         shutil.rmtree(storage / cfg.run.name, ignore_errors=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    raw = read_raw_splits(cfg.data)
-    num_train_rows = raw["train"].count()
+    previous = sorted(p for p in (storage / cfg.run.name).glob("checkpoint_*") if p.is_dir())
+    if previous:  # Ray Train V2 resumes from the newest: check it before any worker starts
+        checkpoint.verify(previous[-1])
+        log.info("resuming from %s", previous[-1])
+    splits, rows = load_splits(cfg.data, resolve_pretrained(cfg.model.pretrained))
+    num_train_rows = rows["train"]
     log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s", num_train_rows,
-             cfg.data.data_dir, cfg.resources.num_workers, cfg.parallel.tensor, cfg.parallel.data, use_gpu)
-    splits = encode_splits(raw, cfg.data, resolve_pretrained(cfg.model.pretrained))
+             cfg.data.prepared_dir or cfg.data.data_dir, cfg.resources.num_workers, cfg.parallel.tensor,
+             cfg.parallel.data, use_gpu)
     # Train streams through preprocessing while the workers step; val is small: encode it up front.
     datasets = {
         "train": splits["train"].select_columns(TRAIN_COLUMNS),
@@ -78,3 +83,4 @@ def finetune(cfg: SentimentConfig) -> ray.train.Result:
             f"training failed: {error}\nThe last checkpoint is under {storage / cfg.run.name}; rerun the same "
             "command to resume from it, or add run.resume=false to start over."
         ) from error
+
