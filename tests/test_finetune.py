@@ -3,11 +3,11 @@
 import json
 
 import pytest
+
 from raytron.config import load_config
 from raytron.evaluate.sentiment import evaluate
 from raytron.store import read_meta
 from raytron.train.launcher import finetune
-
 from tests.conftest import REPO, tiny_overrides
 
 RECIPE = REPO / "configs" / "sentiment.yaml"

@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from raytron.config import DataConfig, resolve_pretrained
 from raytron.data import sources
 from raytron.data.imdb import (

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import torch
+
 from raytron import megatron_cpu
 
 
