@@ -11,6 +11,7 @@ from raytron.models.bert import model as bert_model
 from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
 from raytron.models.classifier import SequenceClassifier
 from raytron.models.tensor_parallel_io import load_full_state_dict
+from raytron.models.vocab import padded_vocab_size
 from raytron.store import read_head, read_meta
 from raytron.train.distributed import init_megatron
 
@@ -25,7 +26,7 @@ class SentimentPredictor:
         hf_config, weights = read_hf_folder(model_dir / "encoder")
         tconfig = bert_model.transformer_config(hf_config, hidden_dropout=0.0, attention_dropout=0.0)
         model = SequenceClassifier(hf_config, tconfig, len(self.meta["features"]), len(self.meta["labels"]), 0.0)
-        full = hf_to_mcore(hf_config, weights, bert_model.padded_vocab_size(hf_config["vocab_size"], 1))
+        full = hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], 1))
         load_full_state_dict(model.bert, full, optional_prefixes=OPTIONAL_MCORE_PREFIXES)
         model.head.load_state_dict(read_head(model_dir))
         self.model = model.eval().to(self.device)

@@ -28,6 +28,7 @@ from raytron.models.bert import model as bert_model
 from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
 from raytron.models.classifier import SequenceClassifier
 from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
+from raytron.models.vocab import padded_vocab_size
 from raytron.store import write_classifier
 from raytron.train import checkpoint
 from raytron.train.distributed import init_megatron
@@ -43,7 +44,7 @@ def build_classifier(cfg: SentimentConfig, device: torch.device, bf16: bool):
     hf_config, hf_weights = read_hf_folder(pretrained)
     tconfig = bert_model.transformer_config(hf_config, params_dtype=torch.bfloat16 if bf16 else torch.float32)
     model = SequenceClassifier(hf_config, tconfig, len(cfg.model.features), len(LABELS), cfg.model.head_dropout)
-    padded = bert_model.padded_vocab_size(hf_config["vocab_size"], cfg.parallel.tensor)
+    padded = padded_vocab_size(hf_config["vocab_size"], cfg.parallel.tensor)
     load_full_state_dict(model.bert, hf_to_mcore(hf_config, hf_weights, padded), optional_prefixes=OPTIONAL_MCORE_PREFIXES)
     return model.to(device), tconfig, hf_config, pretrained
 

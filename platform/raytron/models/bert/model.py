@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -12,17 +11,9 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.models.bert.layer import post_layernorm_bert_layer_spec
-
-VOCAB_DIVISOR = 128
-"""Pad the vocabulary to a multiple of this times TP, as Megatron-LM's --make-vocab-size-divisible-by."""
+from raytron.models.vocab import padded_vocab_size
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
-
-
-def padded_vocab_size(vocab_size: int, tensor_parallel: int) -> int:
-    """Smallest multiple of VOCAB_DIVISOR * TP that holds `vocab_size` rows."""
-    step = VOCAB_DIVISOR * tensor_parallel
-    return int(math.ceil(vocab_size / step) * step)
 
 
 def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **overrides) -> TransformerConfig:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raytron.models.qkv import fuse_qkv, split_qkv
+from raytron.models.vocab import pad_rows
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 OPTIONAL_MCORE_PREFIXES = ("pooler.", "binary_head.", "lm_head.", "output_layer.")
@@ -39,11 +40,6 @@ def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, weights
 
 
-def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    pad = torch.zeros((rows - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
-    return torch.cat([tensor, pad])
-
-
 def hf_to_mcore(config: dict, hf: dict[str, torch.Tensor], padded_vocab: int) -> dict[str, torch.Tensor]:
     """Full Megatron-Core BertModel state dict from an HF BERT state dict."""
     prefix = "bert." if any(k.startswith("bert.") for k in hf) else ""
@@ -51,7 +47,7 @@ def hf_to_mcore(config: dict, hf: dict[str, torch.Tensor], padded_vocab: int) ->
     n_layers = config["num_hidden_layers"]
     get = lambda name: hf[prefix + name]  # noqa: E731
     out = {
-        "embedding.word_embeddings.weight": _pad_rows(get("embeddings.word_embeddings.weight"), padded_vocab),
+        "embedding.word_embeddings.weight": pad_rows(get("embeddings.word_embeddings.weight"), padded_vocab),
         "embedding.position_embeddings.weight": get("embeddings.position_embeddings.weight"),
         "embedding.tokentype_embeddings.weight": get("embeddings.token_type_embeddings.weight"),
     }
@@ -74,7 +70,7 @@ def hf_to_mcore(config: dict, hf: dict[str, torch.Tensor], padded_vocab: int) ->
             out[f"lm_head.dense.{suffix}"] = hf[f"cls.predictions.transform.dense.{suffix}"]
             out[f"lm_head.layer_norm.{suffix}"] = hf[f"cls.predictions.transform.LayerNorm.{suffix}"]
     if "cls.predictions.bias" in hf:
-        out["output_layer.bias"] = _pad_rows(hf["cls.predictions.bias"], padded_vocab)
+        out["output_layer.bias"] = pad_rows(hf["cls.predictions.bias"], padded_vocab)
     return out
 
 
