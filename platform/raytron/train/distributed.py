@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import torch
@@ -27,9 +26,10 @@ def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     """
     on_cpu = megatron_cpu.enable()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("gloo" if on_cpu else "nccl", rank=0, world_size=1)
+        # A fresh port, not MASTER_PORT: a reused Ray worker process may carry a stale one.
+        dist.init_process_group(
+            "gloo" if on_cpu else "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):
         raise ValueError(f"{world} ranks cannot be split into TP={tensor_parallel} x PP={pipeline_parallel}")
