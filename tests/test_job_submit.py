@@ -3,16 +3,25 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import REPO, tiny_overrides
 
 pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -21,12 +30,20 @@ def head_node():
     temp_dir = tempfile.mkdtemp(prefix="rt")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    started = subprocess.run([ray_bin, "start", "--head", "--port=6390", "--num-cpus=2", "--dashboard-port=8275",
+    # Free ports for everything that has a fixed default: the session's own cluster holds those.
+    ports = [f"--{flag}={free_port()}" for flag in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
+    started = subprocess.run([ray_bin, "start", "--head", *ports, "--num-cpus=2", "--dashboard-port=8275",
                               "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                              env=env, capture_output=True, text=True)
     assert started.returncode == 0, started.stdout + started.stderr
     yield env, ray_bin, "http://127.0.0.1:8275"
-    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+    # Not `ray stop`: it would also stop the session's own local cluster (and its driver, pytest).
+    ours = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    for proc in ours:
+        proc.kill()
+    psutil.wait_procs(ours, timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -38,7 +55,11 @@ def test_job_submit_runs_finetune(head_node, tmp_path):
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "jobs/finetune.py", "--config", "configs/sentiment.yaml",
                *tiny_overrides(tmp_path, **{"train.epochs": 1, "run.name": "submitted"})]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    for _ in range(12):  # the head's job agent comes up a few seconds after `ray start` returns
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in done.stderr:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     assert (tmp_path / "submitted" / "model" / "raytron.json").is_file()
