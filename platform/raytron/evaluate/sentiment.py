@@ -6,6 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import ray
 import ray.data
 
@@ -61,6 +62,6 @@ def log_to_wandb(cfg: SentimentConfig, out_dir: Path, result: dict) -> None:
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
     run.log({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     run.log({"test/confusion_matrix": wandb.Image(str(out_dir / "confusion_matrix.png"))})
-    errors = __import__("pandas").read_json(out_dir / "errors.jsonl", lines=True)
+    errors = pd.read_json(out_dir / "errors.jsonl", lines=True)
     run.log({"test/errors": wandb.Table(dataframe=errors)})
     run.finish()
