@@ -28,7 +28,8 @@ def free_port() -> int:
 def head_node():
     """`ray start --head` in its own temp dir (short: Ray's socket paths are length-limited); token auth on."""
     temp_dir = tempfile.mkdtemp(prefix="rt")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # the job's `python` is this interpreter (CI runs .venv/bin/python without activating the venv)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # Free ports for everything that has a fixed default: the session's own cluster holds those.
     ports = [f"--{flag}={free_port()}" for flag in (
@@ -49,8 +50,11 @@ def head_node():
 
 def test_job_submit_runs_finetune(head_node, tmp_path):
     env, ray_bin, address = head_node
-    runtime_env = {"excludes": [".venv", ".git", ".dev", "runs"], "env_vars": {"RAYTRON_DATA_DIR": env["RAYTRON_DATA_DIR"],
-                                                                             "WANDB_MODE": "offline"}}
+    runtime_env = {
+        "excludes": [".venv", ".git", ".dev", "runs"],
+        # the submitted copy of the code, not an installed one
+        "env_vars": {"PYTHONPATH": "platform", "RAYTRON_DATA_DIR": env["RAYTRON_DATA_DIR"], "WANDB_MODE": "offline"},
+    }
     command = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "jobs/finetune.py", "--config", "configs/sentiment.yaml",
