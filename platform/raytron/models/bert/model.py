@@ -11,6 +11,7 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.models.bert.layer import post_layernorm_bert_layer_spec
+from raytron.models.runtime import runtime_fields
 from raytron.models.vocab import padded_vocab_size
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -33,18 +34,7 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **over
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         init_method_std=hf.get("initializer_range", 0.02),
         add_bias_linear=True,
-        params_dtype=params_dtype,
-        bf16=params_dtype == torch.bfloat16,
-        use_cpu_initialization=not torch.cuda.is_available(),
-        # Fused kernels need CUDA/apex; the unfused paths compute the same function.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
-        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
-        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        **runtime_fields(params_dtype),
     )
     fields.update(overrides)
     return TransformerConfig(**fields)
