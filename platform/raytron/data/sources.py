@@ -26,6 +26,7 @@ class Source:
 
 SOURCES = {
     "imdb": Source(local="imdb/imdb_50k.jsonl.gz", hub="stanfordnlp/imdb"),
+    "cnn_dailymail": Source(local="cnn_dailymail/cnn_dailymail_3.0.0_validation_800.jsonl.gz", hub="abisee/cnn_dailymail"),
 }
 
 
