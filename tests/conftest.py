@@ -18,6 +18,9 @@ def environment():
     os.environ["RAYTRON_DATA_DIR"] = str(DATA_ROOT)
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from raytron.train.launcher import WORKER_START_TIMEOUT_S
+
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)  # before ray.init
 
 
 @pytest.fixture(scope="session")

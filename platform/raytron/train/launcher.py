@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -29,8 +30,13 @@ def absolute_paths(cfg: SentimentConfig) -> SentimentConfig:
     return cfg
 
 
+WORKER_START_TIMEOUT_S = "300"
+"""Ray Train's default (60 s) is too short for 2 workers importing torch + Megatron-Core on a busy 2-core laptop."""
+
+
 def connect_ray() -> None:
     """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
 
