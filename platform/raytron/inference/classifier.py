@@ -7,11 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
-from raytron.models.classifier import SequenceClassifier
-from raytron.models.tensor_parallel_io import load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.classifier import classifier_from_hf
 from raytron.store import read_head, read_meta
 from raytron.train.distributed import init_megatron
 
@@ -23,11 +19,10 @@ class SentimentPredictor:
         model_dir = Path(model_dir)
         self.meta = read_meta(model_dir)
         self.device = init_megatron()
-        hf_config, weights = read_hf_folder(model_dir / "encoder")
-        tconfig = bert_model.transformer_config(hf_config, hidden_dropout=0.0, attention_dropout=0.0)
-        model = SequenceClassifier(hf_config, tconfig, len(self.meta["features"]), len(self.meta["labels"]), 0.0)
-        full = hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], 1))
-        load_full_state_dict(model.bert, full, optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+        model, _, _ = classifier_from_hf(
+            model_dir / "encoder", len(self.meta["features"]), len(self.meta["labels"]), 0.0,
+            hidden_dropout=0.0, attention_dropout=0.0,
+        )
         model.head.load_state_dict(read_head(model_dir))
         self.model = model.eval().to(self.device)
 

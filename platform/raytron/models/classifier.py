@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
+from raytron.models.bert import model as bert_model
 from raytron.models.bert.model import build_bert, encode
+from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
+from raytron.models.tensor_parallel_io import load_full_state_dict
+from raytron.models.vocab import padded_vocab_size
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -42,3 +49,15 @@ class SequenceClassifier(MegatronModule):
         hidden = encode(self.bert, input_ids, attention_mask)
         pooled = mean_pool(hidden, attention_mask)
         return self.head(torch.cat([pooled, features.to(pooled.dtype)], dim=-1))
+
+
+def classifier_from_hf(encoder_dir: Path, num_features: int, num_labels: int, head_dropout: float,
+                       params_dtype=torch.float32, **config_overrides):
+    """A SequenceClassifier whose encoder holds this rank's TP shard of an HF BERT folder's weights
+    (the head keeps its initialization). Returns the model, its TransformerConfig and the HF config."""
+    hf_config, weights = read_hf_folder(encoder_dir)
+    tconfig = bert_model.transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
+    model = SequenceClassifier(hf_config, tconfig, num_features, num_labels, head_dropout)
+    padded = padded_vocab_size(hf_config["vocab_size"], parallel_state.get_tensor_model_parallel_world_size())
+    load_full_state_dict(model.bert, hf_to_mcore(hf_config, weights, padded), optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+    return model, tconfig, hf_config

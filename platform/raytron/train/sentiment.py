@@ -24,11 +24,8 @@ from megatron.core import parallel_state
 
 from raytron.config import SentimentConfig, resolve_pretrained
 from raytron.data.imdb import LABELS
-from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
-from raytron.models.classifier import SequenceClassifier
-from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.classifier import classifier_from_hf
+from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_classifier
 from raytron.train import checkpoint
 from raytron.train.distributed import init_megatron
@@ -41,11 +38,10 @@ TRAIN_COLUMNS = ["input_ids", "attention_mask", "label", "log_length", "vader_co
 def build_classifier(cfg: SentimentConfig, device: torch.device, bf16: bool):
     """The pretrained encoder (HF -> Megatron-Core) with a fresh head, on `device`."""
     pretrained = resolve_pretrained(cfg.model.pretrained)
-    hf_config, hf_weights = read_hf_folder(pretrained)
-    tconfig = bert_model.transformer_config(hf_config, params_dtype=torch.bfloat16 if bf16 else torch.float32)
-    model = SequenceClassifier(hf_config, tconfig, len(cfg.model.features), len(LABELS), cfg.model.head_dropout)
-    padded = padded_vocab_size(hf_config["vocab_size"], cfg.parallel.tensor)
-    load_full_state_dict(model.bert, hf_to_mcore(hf_config, hf_weights, padded), optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+    model, tconfig, hf_config = classifier_from_hf(
+        pretrained, len(cfg.model.features), len(LABELS), cfg.model.head_dropout,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+    )
     return model.to(device), tconfig, hf_config, pretrained
 
 
@@ -86,8 +82,9 @@ def evaluate_split(ddp, shard, per_worker: int, features: list[str], device) -> 
     return {"loss": (totals[0] / totals[2]).item(), "accuracy": (totals[1] / totals[2]).item()}
 
 
-def append_metrics(run_dir: Path, metrics: dict) -> None:
-    """One JSON line per report in `<run>/metrics.jsonl`, readable without W&B."""
+def record_metrics(wandb_run, run_dir: Path, metrics: dict) -> None:
+    """Log to W&B at `metrics["step"]` and append one JSON line to `<run>/metrics.jsonl` (readable without W&B)."""
+    wandb_run.log(metrics, step=metrics["step"])
     with open(run_dir / "metrics.jsonl", "a") as out:
         out.write(json.dumps(metrics) + "\n")
 
@@ -205,8 +202,7 @@ def train_worker(config: dict) -> None:
                         state["epoch"] + 1, state["step"], total_steps, metrics["train/loss"], metrics["train/lr"],
                         metrics["train/tokens_per_s"], metrics["train/step_time_ms"],
                     )
-                    wandb_run.log(metrics, step=state["step"])
-                    append_metrics(cfg.run_dir, metrics)
+                    record_metrics(wandb_run, cfg.run_dir, metrics)
                 ray.train.report(metrics)
                 window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
             if state["step"] >= total_steps:
@@ -218,14 +214,14 @@ def train_worker(config: dict) -> None:
             state["best_val_accuracy"] = val["accuracy"]
             export_model(cfg, model, hf_config, pretrained, {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
                                                              "step": state["step"], "epoch": state["epoch"]})
+        val_metrics = {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"]}
         if rank == 0:
             log.info("epoch %d: val loss %.4f accuracy %.4f%s", state["epoch"], val["loss"], val["accuracy"],
                      " (best so far: model exported)" if improved else "")
-            wandb_run.log({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}, step=state["step"])
-            append_metrics(cfg.run_dir, {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"]})
+            record_metrics(wandb_run, cfg.run_dir, val_metrics)
         staging = cfg.run_dir / "checkpoint-staging" / f"step-{state['step']:07d}"
         checkpoint.save(staging, model, optimizer, scheduler, state)
-        report = {"val/loss": val["loss"], "val/accuracy": val["accuracy"], "step": state["step"], "epoch": state["epoch"]}
+        report = {**val_metrics, "epoch": state["epoch"]}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(staging) if rank == 0 else None)
         dist.barrier()
         if rank == 0:  # Ray copied it into the run's storage
