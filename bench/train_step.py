@@ -22,12 +22,12 @@ def run_steps(args: dict) -> dict:
     from raytron.config import SentimentConfig
     from raytron.train.distributed import init_megatron
     from raytron.train.optim import wrap_for_training
-    from raytron.train.sentiment import build_classifier
+    from raytron.train.sentiment import SentimentTask
 
     cfg = SentimentConfig.model_validate({"train": {"micro_batch_size": args["batch"], "global_batch_size": args["batch"]}})
     device = init_megatron()
     bf16 = device.type == "cuda"
-    model, tconfig, _, _ = build_classifier(cfg, device, bf16)
+    model, tconfig = SentimentTask(cfg).build(device, torch.bfloat16 if bf16 else torch.float32)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=args["steps"])
     ids = torch.randint(1000, 30000, (args["batch"], args["seq"]), device=device)
     mask = torch.ones_like(ids)

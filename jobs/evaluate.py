@@ -1,16 +1,24 @@
-"""Evaluate a fine-tuned model on the held-out test split: `python jobs/evaluate.py --config configs/sentiment.yaml`."""
+"""Evaluate a fine-tuned model on the held-out test split: `python jobs/evaluate.py --config configs/<task>.yaml`.
+
+sentiment: accuracy, precision, recall, F1, confusion matrix, error analysis.
+summarization: the ROUGE table of Lead-3, extractive, zero-shot and fine-tuned decoder.
+"""
 
 from raytron.cli import parse_job
 from raytron.errors import exit_on_user_error
-from raytron.evaluate.sentiment import evaluate
+
+
+def evaluator(task: str):
+    from raytron.evaluate import sentiment, summarization
+
+    return {"sentiment": sentiment.evaluate, "summarization": summarization.evaluate}[task]
 
 
 @exit_on_user_error
 def main() -> None:
     args, cfg = parse_job(__doc__, ("--model", {"default": None, "help": "model folder (default: <run dir>/model)"}))
-    result = evaluate(cfg, args.model)
-    print(f"test accuracy {result['accuracy']:.4f} precision {result['precision']:.4f} "
-          f"recall {result['recall']:.4f} F1 {result['f1']:.4f} ({result['rows']} rows)")
+    evaluator(cfg.task)(cfg, args.model)
+    print(f"done: report in {cfg.run_dir / 'eval'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained encoder on a task: `python jobs/finetune.py --config configs/sentiment.yaml [key=value ...]`."""
+"""Fine-tune a pretrained model on a task: `python jobs/finetune.py --config configs/<task>.yaml [key=value ...]`."""
 
 from raytron.cli import parse_job
 from raytron.errors import exit_on_user_error
@@ -9,7 +9,8 @@ from raytron.train.launcher import finetune
 def main() -> None:
     _, cfg = parse_job(__doc__)
     result = finetune(cfg)
-    print(f"done: best validation accuracy {result.metrics.get('val/accuracy')}; model in {cfg.run_dir / 'model'}")
+    validation = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("val/"))
+    print(f"done: last validation {validation}; best model in {cfg.run_dir / 'model'}")
 
 
 if __name__ == "__main__":

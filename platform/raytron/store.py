@@ -1,20 +1,23 @@
-"""Trained-model folders: the HF encoder, the task head and metadata, written atomically.
+"""Trained-model folders, written atomically (a temporary folder renamed into place).
 
-Layout of `<run>/model/`: `encoder/` (an HF BERT folder any transformers user can load),
-`head.safetensors`, `raytron.json` (task, labels, features, max_length, metrics, provenance).
+Sentiment (`<run>/model/`): `encoder/` (an HF BERT folder any transformers user can load),
+`head.safetensors`, `raytron.json`. Summarization: an HF Llama folder plus `raytron.json`.
+`raytron.json` holds the task, what inference needs (labels, lengths), metrics and provenance.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from raytron.models.bert.state_dict_adapter import mcore_to_hf, write_hf_folder
+from raytron.atomic import replace_dir
+from raytron.models.bert.state_dict_adapter import mcore_to_hf as bert_to_hf
+from raytron.models.hf_folder import write_hf_folder
 
 META = "raytron.json"
 
@@ -29,22 +32,27 @@ def git_commit() -> str | None:
         return None
 
 
+def write_model_folder(folder: Path, fill: Callable[[Path], None], meta: dict) -> Path:
+    """`fill(staging)` writes the files, then `raytron.json`; the folder appears only when complete."""
+    with replace_dir(folder) as staging:
+        fill(staging)
+        (staging / META).write_text(json.dumps({**meta, "commit": git_commit()}, indent=2, default=str))
+    return Path(folder)
+
+
 def write_classifier(folder: Path, hf_config: dict, tokenizer_dir: Path, bert_full: dict, head: dict, meta: dict) -> Path:
-    """Write the folder under a temporary name and rename it into place: never half-written."""
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write_hf_folder(staging / "encoder", hf_config, mcore_to_hf(hf_config, bert_full), tokenizer_dir)
-    save_file({k: v.float().contiguous() for k, v in head.items()}, staging / "head.safetensors")
-    (staging / META).write_text(json.dumps({**meta, "commit": git_commit()}, indent=2, default=str))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def fill(staging: Path) -> None:
+        write_hf_folder(staging / "encoder", hf_config, bert_to_hf(hf_config, bert_full), tokenizer_dir)
+        save_file({k: v.float().contiguous() for k, v in head.items()}, staging / "head.safetensors")
+
+    return write_model_folder(folder, fill, meta)
+
+
+def write_decoder(folder: Path, hf_config: dict, tokenizer_dir: Path, hf_weights: dict, meta: dict) -> Path:
+    def fill(staging: Path) -> None:
+        write_hf_folder(staging / "decoder", hf_config, hf_weights, tokenizer_dir)
+
+    return write_model_folder(folder, fill, meta)
 
 
 def read_meta(folder: Path) -> dict:

@@ -1,7 +1,7 @@
 """CNN/DailyMail for a decoder: fixed splits, prompt + summary tokens, loss only on the summary.
 
 The data root holds 800 rows of the 3.0.0 validation split. They are split once by a hash of each
-row's id (stable across runs and machines): 600 train, 100 val, 100 test; test is never used for
+row's id (stable across runs and machines): 595 train, 107 val, 98 test; test is never used for
 training or selection.
 """
 
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import ray.data
 
+from raytron.config import SummaryDataConfig
 from raytron.data.sources import local_file, read_hub
 
 SPLIT_SHARES = (("train", 0.75), ("val", 0.125), ("test", 0.125))
@@ -43,8 +45,10 @@ def summary_text(highlights: str) -> str:
     return "\n".join(re.sub(r"\s+\.$", ".", line.strip()) for line in highlights.splitlines() if line.strip())
 
 
-def read_splits(data_dir: str | None) -> dict[str, ray.data.Dataset]:
-    """Cleaned rows (id, article, summary) per fixed split, from the data root or the Hub."""
+def read_splits(data_dir: str | None, limits: dict[str, int | None] | None = None) -> dict[str, ray.data.Dataset]:
+    """Cleaned rows (id, article, summary) per fixed split, from the data root or the Hub; `limits`
+    keeps the first n rows of a split (in file order)."""
+    limits = limits or {}
     path = local_file("cnn_dailymail", data_dir)
     frame = pd.read_json(path, lines=True) if path else read_hub("cnn_dailymail", data_dir)["validation"].to_pandas()
     frame = pd.DataFrame({
@@ -53,8 +57,20 @@ def read_splits(data_dir: str | None) -> dict[str, ray.data.Dataset]:
         "summary": frame["highlights"].map(summary_text),
     })
     frame["split"] = frame["id"].map(split_of)
-    return {split: ray.data.from_pandas(frame[frame["split"] == split].drop(columns="split"))
+    return {split: ray.data.from_pandas(frame[frame["split"] == split].drop(columns="split").head(limits.get(split)))
             for split, _ in SPLIT_SHARES}
+
+
+def prompt_ids(tokenizer, article_ids: list[int], budget: int) -> list[int]:
+    """The chat-formatted summarization prompt, its article cut so the whole prompt fits `budget` tokens."""
+
+    def render(ids: list[int]) -> list[int]:
+        messages = [{"role": "user", "content": PROMPT.format(article=tokenizer.decode(ids))}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    overhead = len(render([]))
+    return render(article_ids[: max(budget - overhead, 0)])[:budget]
 
 
 class SummaryEncoder:
@@ -68,12 +84,6 @@ class SummaryEncoder:
         self.max_length = max_length
         self.max_summary_tokens = max_summary_tokens
 
-    def prompt_ids(self, article_ids: list[int]) -> list[int]:
-        article = self.tokenizer.decode(article_ids)
-        messages = [{"role": "user", "content": PROMPT.format(article=article)}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -83,11 +93,27 @@ class SummaryEncoder:
         for row, (article, summary) in enumerate(zip(batch["article"], batch["summary"], strict=True)):
             target = self.tokenizer(summary, add_special_tokens=False)["input_ids"][: self.max_summary_tokens] + [eos]
             article_ids = self.tokenizer(article, add_special_tokens=False)["input_ids"]
-            overhead = len(self.prompt_ids([])) + len(target)
-            prompt = self.prompt_ids(article_ids[: max(self.max_length - overhead, 0)])
-            prompt = prompt[: self.max_length - len(target)]
+            prompt = prompt_ids(self.tokenizer, article_ids, self.max_length - len(target))
             ids = prompt + target
             input_ids[row, : len(ids)] = ids
             labels[row, len(prompt): len(ids)] = target
         return {"id": batch["id"].to_numpy(), "input_ids": input_ids, "labels": labels,
                 "summary": batch["summary"].to_numpy(dtype=object)}
+
+
+def load_splits(cfg: SummaryDataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """Encoded splits (materialized: 800 rows) and their row counts."""
+    raw = read_splits(cfg.data_dir, {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows})
+    encoded = {
+        split: ds.map_batches(
+            SummaryEncoder,
+            fn_constructor_kwargs=dict(tokenizer_dir=str(tokenizer_dir), max_length=cfg.max_length,
+                                       max_summary_tokens=cfg.max_summary_tokens),
+            batch_format="pandas",
+            batch_size=64,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.preprocess_actors),
+            num_cpus=0.5,
+        ).materialize()
+        for split, ds in raw.items()
+    }
+    return encoded, {split: ds.count() for split, ds in encoded.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pandas as pd
 import ray.data
 from ray.data.expressions import col
 
+from raytron.atomic import replace_dir
 from raytron.config import DataConfig
 from raytron.data.sources import local_file, read_hub
 from raytron.errors import RaytronError
@@ -136,18 +136,14 @@ _ENCODING_KEYS = ("max_length", "head_tokens")
 
 def write_prepared(encoded: dict[str, ray.data.Dataset], cfg: DataConfig, out_dir: Path) -> Path:
     """Write each split as parquet shards, then a manifest; a folder without it is incomplete."""
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    counts = {}
-    for split, ds in encoded.items():
-        ds.write_parquet(str(staging / split))
-        counts[split] = ray.data.read_parquet(str(staging / split)).count()
-    manifest = {**{key: getattr(cfg, key) for key in _ENCODING_KEYS}, "dataset": cfg.dataset, "rows": counts}
-    (staging / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return out_dir
+    with replace_dir(out_dir) as staging:
+        counts = {}
+        for split, ds in encoded.items():
+            ds.write_parquet(str(staging / split))
+            counts[split] = ray.data.read_parquet(str(staging / split)).count()
+        manifest = {**{key: getattr(cfg, key) for key in _ENCODING_KEYS}, "dataset": cfg.dataset, "rows": counts}
+        (staging / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return Path(out_dir)
 
 
 def read_prepared(cfg: DataConfig) -> dict[str, ray.data.Dataset]:

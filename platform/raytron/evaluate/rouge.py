@@ -27,10 +27,16 @@ def lead3(article: str) -> str:
     return "\n".join(sentences(article)[:3])
 
 
+def one_sentence_a_line(text: str) -> str:
+    """rougeLsum reads sentences from newlines: split every text the same way (as papers do with NLTK)."""
+    return "\n".join(s for line in text.splitlines() for s in sentences(line))
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
-    """Per-example F1 x 100 for each metric; newlines separate sentences for rougeLsum."""
+    """Per-example F1 x 100 for each metric, both sides split one sentence a line first."""
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
-    rows = [scorer.score(ref, pred) for pred, ref in zip(predictions, references, strict=True)]
+    rows = [scorer.score(one_sentence_a_line(ref), one_sentence_a_line(pred))
+            for pred, ref in zip(predictions, references, strict=True)]
     return {m: np.array([100 * r[m].fmeasure for r in rows]) for m in METRICS}
 
 

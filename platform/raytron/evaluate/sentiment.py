@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import ray
 import ray.data
 
+from raytron.atomic import replace_dir
 from raytron.config import SentimentConfig
 from raytron.data.imdb import load_splits
 from raytron.evaluate.classification import write_report
@@ -43,11 +43,8 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
     )
     frame = scored.drop_columns(["input_ids", "attention_mask"]).to_pandas()
     out_dir = cfg.run_dir / "eval"
-    staging = out_dir.with_name("eval.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    result = write_report(staging, frame, meta["labels"])
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    with replace_dir(out_dir) as staging:
+        result = write_report(staging, frame, meta["labels"])
     log.info("test accuracy %.4f precision %.4f recall %.4f F1 %.4f on %d rows; report in %s",
              result["accuracy"], result["precision"], result["recall"], result["f1"], result["rows"], out_dir)
     log_to_wandb(cfg, out_dir, result)

@@ -11,17 +11,17 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raytron.config import SentimentConfig, resolve_pretrained
-from raytron.data.imdb import load_splits
+from raytron.config import JobConfig
 from raytron.data.sources import data_root
 from raytron.errors import RaytronError
 from raytron.train import checkpoint
-from raytron.train.sentiment import TRAIN_COLUMNS, train_worker
+from raytron.train.loop import train_worker
+from raytron.train.tasks import load_task_splits, make_task
 
 log = logging.getLogger("raytron.launcher")
 
 
-def absolute_paths(cfg: SentimentConfig) -> SentimentConfig:
+def absolute_paths(cfg: JobConfig) -> JobConfig:
     """Workers run in other directories (and `ray job submit` in a copy): pin every path now."""
     cfg = cfg.model_copy(deep=True)
     cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
@@ -41,7 +41,7 @@ def connect_ray() -> None:
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
 
 
-def finetune(cfg: SentimentConfig) -> ray.train.Result:
+def finetune(cfg: JobConfig) -> ray.train.Result:
     cfg = absolute_paths(cfg)
     connect_ray()
     use_gpu = cfg.resources.use_gpu
@@ -55,15 +55,16 @@ def finetune(cfg: SentimentConfig) -> ray.train.Result:
     if previous:  # Ray Train V2 resumes from the newest: check it before any worker starts
         checkpoint.verify(previous[-1])
         log.info("resuming from %s", previous[-1])
-    splits, rows = load_splits(cfg.data, resolve_pretrained(cfg.model.pretrained))
+    splits, rows = load_task_splits(cfg)
     num_train_rows = rows["train"]
+    columns = list(make_task(cfg).columns)
     log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s", num_train_rows,
-             cfg.data.prepared_dir or cfg.data.data_dir, cfg.resources.num_workers, cfg.parallel.tensor,
-             cfg.parallel.data, use_gpu)
+             getattr(cfg.data, "prepared_dir", None) or cfg.data.data_dir, cfg.resources.num_workers,
+             cfg.parallel.tensor, cfg.parallel.data, use_gpu)
     # Train streams through preprocessing while the workers step; val is small: encode it up front.
     datasets = {
-        "train": splits["train"].select_columns(TRAIN_COLUMNS),
-        "val": splits["val"].select_columns(TRAIN_COLUMNS).materialize(),
+        "train": splits["train"].select_columns(columns),
+        "val": splits["val"].select_columns(columns).materialize(),
     }
     trainer = TorchTrainer(
         train_worker,

@@ -1,4 +1,4 @@
-"""HF BERT <-> Megatron-Core BertModel state dicts (full tensors), and HF folder read/write.
+"""HF BERT <-> Megatron-Core BertModel state dicts (full tensors), and reading HF BERT folders.
 
 Names follow `transformers.BertModel` / `BertForMaskedLM`; the post-LN norms move one layer
 down as explained in `raytron.models.bert.layer`. The MLM head (`cls.predictions`) and pooler
@@ -7,37 +7,21 @@ are carried when the checkpoint has them, so HF -> Megatron -> HF is bit-identic
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from raytron.models import hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
 from raytron.models.vocab import pad_rows
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 OPTIONAL_MCORE_PREFIXES = ("pooler.", "binary_head.", "lm_head.", "output_layer.")
 """Megatron parameters that a plain `BertModel` checkpoint does not carry (heads we train anew)."""
 
 
 def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """config.json and the weights (model.safetensors or pytorch_model.bin) of an HF folder."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: config.json is missing")
-    config = json.loads(config_path.read_text())
-    if config.get("model_type") != "bert":
-        raise ValueError(f"{folder}: model_type is {config.get('model_type')!r}, expected 'bert'")
-    if (folder / "model.safetensors").is_file():
-        weights = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        weights = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{folder} has no model.safetensors or pytorch_model.bin")
-    return config, weights
+    """config.json and the weights of an HF BERT folder."""
+    return hf_folder.read_hf_folder(folder, "bert")
 
 
 def hf_to_mcore(config: dict, hf: dict[str, torch.Tensor], padded_vocab: int) -> dict[str, torch.Tensor]:
@@ -111,18 +95,3 @@ def mcore_to_hf(config: dict, mcore: dict[str, torch.Tensor]) -> dict[str, torch
         out["cls.predictions.bias"] = mcore["output_layer.bias"][:vocab]
     return {name: tensor.contiguous() for name, tensor in out.items()}
 
-
-def write_hf_folder(folder: str | Path, config: dict, hf: dict[str, torch.Tensor], tokenizer_from: str | Path) -> Path:
-    """Write an HF folder (config, safetensors, tokenizer files) atomically: a temp dir, then rename."""
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file(hf, staging / "model.safetensors", metadata={"format": "pt"})
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    for name in TOKENIZER_FILES:
-        if (Path(tokenizer_from) / name).is_file():
-            shutil.copy2(Path(tokenizer_from) / name, staging / name)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return folder

@@ -30,10 +30,12 @@ def shipped_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
 
 
-def gguf_to_hf_folder(gguf: Path, out_dir: Path) -> Path:
-    """Dequantize `gguf` into an HF folder at `out_dir` (written under a temporary name, then renamed)."""
+def gguf_to_hf_folder(gguf: Path, out_dir: Path | None = None) -> Path:
+    """Dequantize `gguf` into an HF folder (default: the cache, named after the file) written under a
+    temporary name, then renamed; an existing folder is reused."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    out_dir = out_dir or cache_dir() / gguf.name.split(".")[0].lower()
     if (out_dir / "config.json").is_file():
         return out_dir
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -53,4 +55,4 @@ def gguf_to_hf_folder(gguf: Path, out_dir: Path) -> Path:
 
 def smollm2_folder() -> Path:
     """The dequantized SmolLM2-135M-Instruct HF folder, made on first use."""
-    return gguf_to_hf_folder(shipped_gguf(), cache_dir() / "smollm2-135m-instruct")
+    return gguf_to_hf_folder(shipped_gguf())

@@ -7,29 +7,18 @@ is loaded into. QKV uses the per-group layout of `raytron.models.qkv`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from raytron.models import hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
 from raytron.models.vocab import pad_rows
 
 
 def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: config.json is missing")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") != "llama":
-        raise ValueError(f"{folder}: model_type is {config.get('model_type')!r}, expected 'llama'")
-    weights = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(shard))
-    if not weights:
-        raise FileNotFoundError(f"{folder} has no *.safetensors weights")
-    return config, weights
+    """config.json and the weights of an HF Llama folder."""
+    return hf_folder.read_hf_folder(folder, "llama")
 
 
 def _fc1(gate: torch.Tensor, up: torch.Tensor, tp: int) -> torch.Tensor:
