@@ -85,3 +85,25 @@ def tiny_overrides(run_dir: Path, **extra) -> list[str]:
         **extra,
     }
     return [f"{key}={value}" for key, value in values.items()]
+
+
+PROMPT = "The capital of France is Paris. The capital of Germany is"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct converted to Megatron-Core (fp32, TP=1), its HF twin, weights, tokenizer."""
+    import transformers
+
+    from raytron.models.llama.gguf import smollm2_folder
+    from raytron.models.llama.state_dict_adapter import read_hf_folder
+    from raytron.train.distributed import init_megatron
+    from raytron.train.summarization import decoder_from_hf
+
+    init_megatron()
+    folder = smollm2_folder()
+    ours, _, config = decoder_from_hf(folder)
+    weights = read_hf_folder(folder)[1]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    return config, weights, ours.eval(), reference, tokenizer
