@@ -71,7 +71,11 @@ def test_rouge_table_has_every_technique(trained):
             assert 0 < metrics[m]["mean"] < 100 and metrics[m]["low"] <= metrics[m]["mean"] <= metrics[m]["high"]
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == result["rows"] == 3 and all(s["fine-tuned decoder"] for s in samples)
-    assert (run_dir / "eval" / "rouge.md").read_text().count("\n|") == 7  # header, rule, 5 techniques
+    assert (run_dir / "eval" / "rouge.md").read_text().count("\n|") == 7 + 4  # 5 techniques; 2 paired differences
+    paired = result["paired"]["fine-tuned decoder - zero-shot decoder"]["rouge1"]
+    assert paired["mean"] == pytest.approx(table["fine-tuned decoder"]["rouge1"]["mean"]
+                                           - table["zero-shot decoder"]["rouge1"]["mean"])
+    assert paired["low"] <= paired["mean"] <= paired["high"]
     assert (run_dir / "extractive" / "sentence_scorer.json").is_file()
 
 

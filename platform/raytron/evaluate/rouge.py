@@ -49,3 +49,11 @@ def bootstrap(scores: dict[str, np.ndarray], samples: int = 1000, seed: int = 0)
         out[metric] = {"mean": float(values.mean()), "low": float(np.percentile(means, 2.5)),
                        "high": float(np.percentile(means, 97.5))}
     return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of per-example a - b with a 95% paired-bootstrap interval (same resampled rows for both)."""
+    rng = np.random.default_rng(seed)
+    means = (a - b)[rng.integers(0, len(a), size=(samples, len(a)))].mean(axis=1)
+    return {"mean": float((a - b).mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5))}

@@ -18,10 +18,12 @@ import ray.data
 from raytron.atomic import replace_dir
 from raytron.config import SummarizationConfig, resolve_pretrained
 from raytron.data.cnn_dailymail import read_splits
-from raytron.evaluate.rouge import METRICS, bootstrap, lead3, rouge_scores
+from raytron.evaluate.rouge import METRICS, bootstrap, lead3, paired_difference, rouge_scores
 from raytron.train.launcher import absolute_paths, connect_ray
 
 log = logging.getLogger("raytron.evaluate")
+COMPARISONS = (("fine-tuned decoder", "zero-shot decoder"), ("extractive (oracle-trained scorer)", "lead-3"))
+"""The issue's two questions, answered with paired bootstrap intervals on the same test rows."""
 
 
 def _predict(frame: pd.DataFrame, summarizer: type, kwargs: dict, use_gpu: bool) -> list[str]:
@@ -87,19 +89,23 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
             test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(model_dir / "decoder")}, use_gpu)
     else:
         log.warning("no fine-tuned decoder at %s (run jobs/finetune.py first): leaving it out of the table", model_dir)
-    predictions, table = {}, {}
+    predictions, scores, table = {}, {}, {}
     for name, run in techniques.items():
         log.info("summarizing %d test rows: %s (%s)", len(test), name, cfg.generation.strategy if "decoder" in name else "")
         predictions[name] = run()
-        table[name] = bootstrap(rouge_scores(predictions[name], list(test["summary"])))
+        scores[name] = rouge_scores(predictions[name], list(test["summary"]))
+        table[name] = bootstrap(scores[name])
         log.info("%s: %s", name, ", ".join(f"{m} {table[name][m]['mean']:.2f}" for m in METRICS))
+    comparisons = {f"{a} - {b}": {m: paired_difference(scores[a][m], scores[b][m]) for m in METRICS}
+                   for a, b in COMPARISONS if a in scores and b in scores}
     samples = pd.DataFrame({"id": test["id"], "article": test["article"].str.slice(0, 1500),
                             "reference": test["summary"], **predictions})
-    result = {"rows": len(test), "generation": cfg.generation.model_dump(), "table": table}
+    result = {"rows": len(test), "generation": cfg.generation.model_dump(), "table": table, "paired": comparisons}
     out_dir = cfg.run_dir / "eval"
     with replace_dir(out_dir) as staging:
         (staging / "rouge.json").write_text(json.dumps(result, indent=2))
-        (staging / "rouge.md").write_text(markdown_table(table, len(test)))
+        (staging / "rouge.md").write_text(markdown_table(table, len(test)) + "\nPaired differences (95% paired bootstrap):\n\n"
+                                          + markdown_table(comparisons, len(test)).split("\n", 2)[2])
         samples.to_json(staging / "samples.jsonl", orient="records", lines=True)
     log.info("ROUGE table in %s:\n%s", out_dir / "rouge.md", markdown_table(table, len(test)))
     log_to_wandb(cfg, table, samples)
