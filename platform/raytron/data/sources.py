@@ -19,7 +19,7 @@ class Source:
     """One corpus: its file under the data root and its Hugging Face Hub twin."""
 
     local: str
-    """Path under the data root (gzipped JSON Lines)."""
+    """Path under the data root (JSON Lines, gzipped when it ends in .gz)."""
     hub: str
     """Hugging Face Hub dataset id, read when the file is absent."""
 
@@ -27,6 +27,9 @@ class Source:
 SOURCES = {
     "imdb": Source(local="imdb/imdb_50k.jsonl.gz", hub="stanfordnlp/imdb"),
     "cnn_dailymail": Source(local="cnn_dailymail/cnn_dailymail_3.0.0_validation_800.jsonl.gz", hub="abisee/cnn_dailymail"),
+    "20newsgroups": Source(local="20newsgroups/20news_bydate.jsonl.gz", hub="SetFit/20_newsgroups"),
+    "reuters21578": Source(local="reuters21578/reuters21578.jsonl.gz", hub="ucirvine/reuters21578"),
+    "newsapi": Source(local="newsapi/articles.jsonl", hub="(none: collect with jobs/collect_news.py)"),
 }
 
 

@@ -1,0 +1,161 @@
+"""NewsAPI collector (https://newsapi.org/docs): `/v2/everything` and `/v2/top-headlines`, paged.
+
+The key comes from $NEWSAPI_KEY (sent as the `X-Api-Key` header). Pages are fetched until the
+results run out, `max_pages` is reached, or NewsAPI answers `maximumResultsReached` (the free plan
+stops at 100 results). 429 `rateLimited` waits the `Retry-After` seconds (else an exponential
+backoff) and retries; 5xx retries the same way; other errors (bad key, bad parameter) stop with
+NewsAPI's own message. Articles are deduplicated by URL and appended one page at a time to a JSON
+Lines file (one write per page, flushed), next to a `.state.json` holding the next page per query:
+rerunning the same query resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import requests
+
+from raytron.errors import RaytronError
+
+log = logging.getLogger("raytron.newsapi")
+DEFAULT_BASE_URL = "https://newsapi.org"
+
+
+@dataclass(frozen=True)
+class NewsQuery:
+    """One NewsAPI request, without its page (parameter names as NewsAPI documents them)."""
+
+    endpoint: Literal["everything", "top-headlines"] = "everything"
+    q: str | None = None
+    from_date: str | None = None
+    """ISO date or datetime: oldest article (everything only)."""
+    to_date: str | None = None
+    """ISO date or datetime: newest article (everything only)."""
+    language: str | None = "en"
+    country: str | None = None
+    """top-headlines only (e.g. us)."""
+    category: str | None = None
+    """top-headlines only (business, technology, ...)."""
+    sort_by: str = "publishedAt"
+    page_size: int = 100
+
+    def params(self, page: int) -> dict[str, str | int]:
+        if self.endpoint == "everything":
+            fields = {"q": self.q, "from": self.from_date, "to": self.to_date, "language": self.language,
+                      "sortBy": self.sort_by}
+        else:
+            fields = {"q": self.q, "country": self.country, "category": self.category}
+        return {**{k: v for k, v in fields.items() if v}, "pageSize": self.page_size, "page": page}
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class NewsAPIClient:
+    def __init__(self, api_key: str | None = None, base_url: str = DEFAULT_BASE_URL, max_retries: int = 5,
+                 timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep):
+        self.api_key = api_key or os.environ.get("NEWSAPI_KEY")
+        if not self.api_key:
+            raise RaytronError("no NewsAPI key: set NEWSAPI_KEY (get one at https://newsapi.org/register)")
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.session = requests.Session()
+
+    def page(self, query: NewsQuery, page: int) -> dict | None:
+        """One page of results, or None when NewsAPI says the plan's maximum results are reached."""
+        url = f"{self.base_url}/v2/{query.endpoint}"
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.session.get(url, params=query.params(page), headers={"X-Api-Key": self.api_key},
+                                            timeout=self.timeout_s)
+            except requests.RequestException as error:
+                if attempt == self.max_retries:
+                    raise RaytronError(f"NewsAPI unreachable at {url}: {error}") from None
+                self.sleep(2.0 ** attempt)
+                continue
+            body = _json(response)
+            if response.status_code == 200 and body.get("status") == "ok":
+                return body
+            code = body.get("code", f"http{response.status_code}")
+            if code == "maximumResultsReached":
+                return None
+            if response.status_code == 429 or response.status_code >= 500:
+                if attempt == self.max_retries:
+                    break
+                wait = float(response.headers.get("Retry-After") or 2.0 ** attempt)
+                log.warning("NewsAPI %s (%s): waiting %.0f s before retrying page %d", response.status_code, code,
+                            wait, page)
+                self.sleep(wait)
+                continue
+            hint = " (check NEWSAPI_KEY)" if code.startswith("apiKey") else ""
+            raise RaytronError(f"NewsAPI refused page {page}: {code}: {body.get('message', response.text[:200])}{hint}")
+        raise RaytronError(f"NewsAPI kept failing on page {page} after {self.max_retries} retries; rerun later to resume")
+
+
+def _json(response: requests.Response) -> dict:
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def read_articles(path: Path) -> list[dict]:
+    """Stored articles; a torn last line (a crash mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipping a torn line", path)
+    return rows
+
+
+def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int = 10) -> dict[str, int]:
+    """Fetch pages (resuming at the stored next page), append new URLs to `out`; returns counts."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state_path = out.with_name(out.name + ".state.json")
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    progress = state.get(query.key(), {"next_page": 1, "done": False})
+    seen = {row["url"] for row in read_articles(out)}
+    counts = {"pages": 0, "new": 0, "duplicates": 0}
+    while not progress["done"] and counts["pages"] < max_pages:
+        page = progress["next_page"]
+        body = client.page(query, page)
+        articles = (body or {}).get("articles", [])
+        fresh = []
+        for article in articles:
+            if not article.get("url") or article["url"] in seen:
+                counts["duplicates"] += 1
+                continue
+            seen.add(article["url"])
+            fresh.append({**article, "query": asdict(query)})
+        if fresh:
+            with open(out, "a") as sink:
+                sink.write("".join(json.dumps(a) + "\n" for a in fresh))
+                sink.flush()
+                os.fsync(sink.fileno())
+        counts["pages"] += 1
+        counts["new"] += len(fresh)
+        total = (body or {}).get("totalResults", 0)
+        progress = {"next_page": page + 1,
+                    "done": body is None or not articles or page * query.page_size >= total}
+        state[query.key()] = progress
+        partial = state_path.with_name(state_path.name + ".partial")
+        partial.write_text(json.dumps(state, indent=1))
+        partial.rename(state_path)
+        log.info("page %d: %d articles, %d new (%d of %d results fetched so far)%s", page, len(articles), len(fresh),
+                 min(page * query.page_size, total), total, "; plan limit reached" if body is None else "")
+    return counts

@@ -1,0 +1,82 @@
+"""The NewsAPI collector against a local server speaking NewsAPI's format: paging, 429, limits, dedup, resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from raytron.data.newsapi import NewsAPIClient, NewsQuery, collect, read_articles
+from raytron.errors import RaytronError
+from tests.conftest import REPO
+from tests.newsapi_server import API_KEY, FakeNewsAPI, make_articles
+
+
+@pytest.fixture
+def server():
+    fake = FakeNewsAPI(make_articles(25), max_results=100, rate_limit_page=2)
+    yield fake
+    fake.close()
+
+
+def client(server, waits=None, key=API_KEY):
+    return NewsAPIClient(api_key=key, base_url=server.url, sleep=(waits.append if waits is not None else None))
+
+
+def test_pages_through_everything_obeys_retry_after_and_dedups(server, tmp_path):
+    waits = []
+    out = tmp_path / "articles.jsonl"
+    counts = collect(client(server, waits), NewsQuery(q="markets", page_size=10), out)
+    assert server.pages_served() == [1, 2, 2, 3]  # page 2 was rate limited once, then retried
+    assert waits == [1.0]  # the Retry-After header, not a guess
+    rows = read_articles(out)
+    assert len(rows) == 24 and len({r["url"] for r in rows}) == 24  # 25 served, one URL twice
+    assert counts == {"pages": 3, "new": 24, "duplicates": 1}
+    assert server.requests[0][1] == {"q": "markets", "language": "en", "sortBy": "publishedAt", "pageSize": "10",
+                                     "page": "1"}
+
+
+def test_resume_continues_at_the_next_page(server, tmp_path):
+    out = tmp_path / "articles.jsonl"
+    query = NewsQuery(q="markets", page_size=10)
+    first = collect(client(server, []), query, out, max_pages=1)
+    assert first["new"] == 9  # story 6 twice on page 1
+    second = collect(client(server, []), query, out)
+    assert server.pages_served() == [1, 2, 2, 3]  # page 1 was not fetched again
+    assert second["new"] == 15 and len(read_articles(out)) == 24
+    assert collect(client(server, []), query, out) == {"pages": 0, "new": 0, "duplicates": 0}  # already complete
+
+
+def test_plan_limit_stops_cleanly(tmp_path):
+    fake = FakeNewsAPI(make_articles(60), max_results=20)
+    try:
+        counts = collect(client(fake, []), NewsQuery(endpoint="top-headlines", country="us", page_size=10),
+                         tmp_path / "a.jsonl")
+    finally:
+        fake.close()
+    assert counts["new"] == 19 and fake.pages_served() == [1, 2, 3]  # 20 served, 1 duplicate; page 3: the limit
+    assert fake.requests[0][0] == "/v2/top-headlines" and fake.requests[0][1]["country"] == "us"
+
+
+def test_bad_key_is_a_clear_error(server, tmp_path):
+    with pytest.raises(RaytronError, match="apiKeyInvalid: Your API key is invalid.*check NEWSAPI_KEY"):
+        collect(client(server, [], key="wrong"), NewsQuery(q="x"), tmp_path / "a.jsonl")
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+    out = tmp_path / "a.jsonl"
+    out.write_text(json.dumps({"url": "u1"}) + "\n" + '{"url": "u2", "ti')
+    assert read_articles(out) == [{"url": "u1"}]
+
+
+def test_collect_command(server, tmp_path):
+    out = tmp_path / "news.jsonl"
+    env = {"NEWSAPI_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "collect_news.py"), "--q", "markets",
+                           "--base-url", server.url, "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "24 new articles" in done.stdout and len(read_articles(out)) == 24
+    missing = subprocess.run([sys.executable, str(REPO / "jobs" / "collect_news.py"), "--q", "x"],
+                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert missing.returncode == 2 and "no NewsAPI key: set NEWSAPI_KEY" in missing.stderr
