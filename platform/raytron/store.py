@@ -1,7 +1,8 @@
 """Trained-model folders, written atomically (a temporary folder renamed into place).
 
 Sentiment (`<run>/model/`): `encoder/` (an HF BERT folder any transformers user can load),
-`head.safetensors`, `raytron.json`. Summarization: an HF Llama folder plus `raytron.json`.
+`head.safetensors`, `raytron.json`. Summarization: `decoder/` (an HF Llama folder) plus `raytron.json`. Topics:
+`encoder/` (the SimCSE-tuned HF BERT folder) plus `raytron.json`.
 `raytron.json` holds the task, what inference needs (labels, lengths), metrics and provenance.
 """
 
@@ -44,6 +45,13 @@ def write_classifier(folder: Path, hf_config: dict, tokenizer_dir: Path, bert_fu
     def fill(staging: Path) -> None:
         write_hf_folder(staging / "encoder", hf_config, bert_to_hf(hf_config, bert_full), tokenizer_dir)
         save_file({k: v.float().contiguous() for k, v in head.items()}, staging / "head.safetensors")
+
+    return write_model_folder(folder, fill, meta)
+
+
+def write_encoder(folder: Path, hf_config: dict, tokenizer_dir: Path, bert_full: dict, meta: dict) -> Path:
+    def fill(staging: Path) -> None:
+        write_hf_folder(staging / "encoder", hf_config, bert_to_hf(hf_config, bert_full), tokenizer_dir)
 
     return write_model_folder(folder, fill, meta)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import ray.data
 from sklearn.datasets._twenty_newsgroups import (
@@ -78,3 +80,47 @@ def load_documents(cfg: TopicDataConfig) -> pd.DataFrame:
     if docs.empty:
         raise RaytronError(f"{cfg.dataset}: no documents left after cleaning")
     return docs
+
+
+class SpanPairEncoder:
+    """Ray Data callable class: two views of each document for contrastive training, tokenized with
+    the encoder's fast tokenizer: the first and the second half of its words (both the whole
+    document when it is shorter than MIN_SPLIT_WORDS), each cut to max_length tokens."""
+
+    MIN_SPLIT_WORDS = 32
+
+    def __init__(self, tokenizer_dir: str, max_length: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.max_length = max_length
+
+    def _encode(self, texts: list[str], suffix: str) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
+        return {f"input_ids{suffix}": encoded["input_ids"].astype(np.int32),
+                f"attention_mask{suffix}": encoded["attention_mask"].astype(np.int8)}
+
+    def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        first, second = [], []
+        for text in batch["text"]:
+            words = text.split()
+            half = len(words) // 2 if len(words) >= self.MIN_SPLIT_WORDS else len(words)
+            first.append(" ".join(words[:half]))
+            second.append(" ".join(words[half:] if half < len(words) else words))
+        return {**self._encode(first, ""), **self._encode(second, "_b")}
+
+
+def load_splits(cfg: TopicDataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """Documents for the unsupervised encoder fine-tune: a seeded train/val hold-out, tokenized (no labels)."""
+    docs = load_documents(cfg).sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
+    val_rows = max(1, int(len(docs) * cfg.val_share))
+    parts = {"train": docs.iloc[val_rows:], "val": docs.iloc[:val_rows]}
+    splits = {
+        split: ray.data.from_pandas(frame[["text"]]).map_batches(
+            SpanPairEncoder, fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "max_length": cfg.max_length},
+            batch_format="pandas", batch_size=256, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+            num_cpus=0.5)
+        for split, frame in parts.items()
+    }
+    return splits, {split: len(frame) for split, frame in parts.items()}

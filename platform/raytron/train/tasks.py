@@ -11,14 +11,16 @@ from raytron.config import JobConfig, resolve_pretrained
 
 def make_task(cfg: JobConfig):
     from raytron.train.sentiment import SentimentTask
+    from raytron.train.simcse import ContrastiveTask
     from raytron.train.summarization import SummarizationTask
 
-    return {"sentiment": SentimentTask, "summarization": SummarizationTask}[cfg.task](cfg)
+    return {"sentiment": SentimentTask, "summarization": SummarizationTask, "topics": ContrastiveTask}[cfg.task](cfg)
 
 
 def load_task_splits(cfg: JobConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
     """Encoded train/val/test splits and their row counts, tokenized with the model's own tokenizer."""
-    from raytron.data import cnn_dailymail, imdb
+    from raytron.data import cnn_dailymail, imdb, news
 
-    loader = {"sentiment": imdb.load_splits, "summarization": cnn_dailymail.load_splits}[cfg.task]
+    loader = {"sentiment": imdb.load_splits, "summarization": cnn_dailymail.load_splits,
+              "topics": news.load_splits}[cfg.task]
     return loader(cfg.data, Path(resolve_pretrained(cfg.model.pretrained)))
