@@ -40,7 +40,8 @@ def clean_newsgroup_post(text: str) -> str:
 def _clean_batch(batch: pd.DataFrame, dataset: str) -> pd.DataFrame:
     if dataset == "20newsgroups":
         text = batch["text"].map(clean_newsgroup_post)
-        return pd.DataFrame({"id": batch["id"].astype(str), "text": text, "label": batch["group"],
+        # article numbers repeat across groups: the id is group/number
+        return pd.DataFrame({"id": batch["group"] + "/" + batch["id"].astype(str), "text": text, "label": batch["group"],
                              "date": pd.Series(pd.NaT, index=batch.index, dtype="datetime64[ns]")})
     if dataset == "reuters21578":
         body = batch["title"].fillna("") + ". " + batch["body"].fillna("")

@@ -1,0 +1,1 @@
+"""Topic modeling: BERTopic on raytron's Megatron-Core embeddings, LDA, and their evaluation."""

@@ -1,0 +1,196 @@
+"""The topic job: embed with Ray Data, sweep BERTopic and LDA over topic counts and seeds as Ray
+tasks, compare NPMI/diversity, then fit the run's BERTopic model (keywords, topics over time on
+dated corpora, interactive HTML plots) and save it with safetensors. Outputs go to
+`<run>/topics/` and `<run>/topic_model/` (both atomically) and to W&B."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.data
+
+from raytron.atomic import replace_dir
+from raytron.config import TopicModelConfig, TopicsConfig, resolve_pretrained
+from raytron.data.news import load_documents
+from raytron.inference.embedder import SentenceEmbedder
+from raytron.store import write_model_folder
+from raytron.topics.metrics import diversity, npmi, tokenize
+from raytron.topics.models import bertopic_words, fit_bertopic, fit_lda
+from raytron.train.launcher import absolute_paths, connect_ray
+
+log = logging.getLogger("raytron.topics")
+SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+"""Sweep tasks run side by side, one core each: no nested thread pools."""
+
+
+def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, use_gpu: bool) -> np.ndarray:
+    """Unit-length sentence embeddings of every document, in order, from a Ray Data actor pool."""
+    rows = pd.DataFrame({"row": np.arange(len(docs)), "text": docs["text"].to_numpy()})
+    embedded = ray.data.from_pandas(rows).map_batches(
+        SentenceEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_length": cfg.data.max_length},
+        batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if use_gpu else 0, num_cpus=0.5,
+    ).select_columns(["row", "embedding"]).to_pandas().sort_values("row")["embedding"]
+    return np.stack(embedded.to_list()).astype(np.float32)
+
+
+def bucket_dates(dates: pd.Series, bucket: str) -> list[pd.Timestamp]:
+    """Each date's bucket start: the day, the Monday of its week, or the first of its month."""
+    return list(pd.to_datetime(dates).dt.to_period(bucket).dt.start_time)
+
+
+@ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)
+def _score_bertopic(texts, embeddings, tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) -> dict:
+    model, _ = fit_bertopic(texts, embeddings, cfg, seed, nr_topics=count + 1)  # + the outlier topic -1
+    words = bertopic_words(model)
+    return {"topics": len(words), "npmi": npmi(words, tokens, dictionary, cfg.top_words),
+            "diversity": diversity(words, cfg.diversity_words)}
+
+
+@ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)
+def _score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) -> dict:
+    words = fit_lda(tokens, dictionary, count, seed, cfg.lda_passes, cfg.diversity_words)
+    return {"topics": len(words), "npmi": npmi(words, tokens, dictionary, cfg.top_words),
+            "diversity": diversity(words, cfg.diversity_words)}
+
+
+def sweep(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig) -> pd.DataFrame:
+    """NPMI and diversity of BERTopic (per encoder) and LDA at every topic count and seed."""
+    from gensim.corpora import Dictionary
+
+    tokens = tokenize(texts)
+    dictionary = Dictionary(tokens)
+    shared = {"texts": ray.put(texts), "tokens": ray.put(tokens), "dictionary": ray.put(dictionary)}
+    jobs = []
+    for count in cfg.topic_counts:
+        for seed in cfg.seeds:
+            for encoder, vectors in embeddings.items():
+                ref = _score_bertopic.remote(shared["texts"], ray.put(vectors), shared["tokens"], shared["dictionary"],
+                                             cfg, seed, count)
+                jobs.append(({"model": f"BERTopic ({encoder})", "requested": count, "seed": seed}, ref))
+            jobs.append(({"model": "LDA (gensim)", "requested": count, "seed": seed},
+                         _score_lda.remote(shared["tokens"], shared["dictionary"], cfg, seed, count)))
+    log.info("sweep: %d fits (%d topic counts x %d seeds x %d models) as Ray tasks", len(jobs), len(cfg.topic_counts),
+             len(cfg.seeds), len(embeddings) + 1)
+    rows = []
+    for key, ref in jobs:
+        rows.append({**key, **ray.get(ref)})
+        log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f", rows[-1]["model"], rows[-1]["topics"],
+                 key["seed"], rows[-1]["npmi"], rows[-1]["diversity"])
+    return pd.DataFrame(rows)
+
+
+def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds, per model and requested topic count, plus each model's average."""
+    by_count = results.groupby(["model", "requested"]).agg(
+        topics=("topics", "mean"), npmi=("npmi", "mean"), npmi_sd=("npmi", "std"), diversity=("diversity", "mean"),
+        diversity_sd=("diversity", "std")).reset_index()
+    overall = results.groupby("model").agg(npmi=("npmi", "mean"), diversity=("diversity", "mean")).reset_index()
+    overall["requested"] = "all"
+    return pd.concat([by_count, overall], ignore_index=True).fillna(0.0)
+
+
+def markdown(table: pd.DataFrame, docs: int, seeds: int) -> str:
+    lines = [f"NPMI (top-10 words) and topic diversity (top-25 words) on {docs} documents; mean (sd) over "
+             f"{seeds} seed(s)", "", "| model | topics requested | topics found | NPMI | diversity |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        found = f"{row.topics:.1f}" if row.requested != "all" else ""
+        npmi_sd = f" ({row.npmi_sd:.3f})" if row.requested != "all" else ""
+        div_sd = f" ({row.diversity_sd:.3f})" if row.requested != "all" else ""
+        lines.append(f"| {row.model} | {row.requested} | {found} | {row.npmi:.3f}{npmi_sd} | {row.diversity:.3f}{div_sd} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(model, docs: list[str], over_time: pd.DataFrame | None, out: Path) -> list[str]:
+    """Interactive HTML (plotly, self-contained): topic map, keyword bars, hierarchy, topics over time."""
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"topic_map": lambda: model.visualize_topics(), "barchart": lambda: model.visualize_barchart(top_n_topics=12),
+               "hierarchy": lambda: model.visualize_hierarchy()}
+    if over_time is not None:
+        figures["topics_over_time"] = lambda: model.visualize_topics_over_time(over_time, top_n_topics=10)
+    written = []
+    for name, draw in figures.items():
+        try:
+            draw().write_html(out / f"{name}.html", include_plotlyjs=True)
+            written.append(name)
+        except (ValueError, TypeError, IndexError) as error:  # e.g. too few topics for a 2-D map
+            log.warning("plot %s skipped: %s", name, error)
+    return written
+
+
+def run(cfg: TopicsConfig) -> dict:
+    cfg = absolute_paths(cfg)
+    connect_ray()
+    use_gpu = cfg.resources.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    docs = load_documents(cfg.data)
+    texts = list(docs["text"])
+    encoders = {"pretrained": resolve_pretrained(cfg.model.pretrained)}
+    tuned = cfg.run_dir / "model" / "encoder"
+    if (tuned / "config.json").is_file():
+        encoders["fine-tuned"] = tuned
+    else:
+        log.warning("no fine-tuned encoder at %s (jobs/finetune.py --config ...): comparing the pretrained one only", tuned)
+    embeddings = {}
+    for name, folder in encoders.items():
+        log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, folder, use_gpu)
+        embeddings[name] = embed(docs, folder, cfg, use_gpu)
+    results = sweep(texts, embeddings, cfg.topics) if cfg.topics.topic_counts else pd.DataFrame()
+    table = comparison_table(results) if len(results) else pd.DataFrame()
+
+    main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
+    main_name = next((n for n, f in encoders.items() if f == main_encoder), "given")
+    vectors = embeddings[main_name] if main_name in embeddings else embed(docs, main_encoder, cfg, use_gpu)
+    log.info("fitting the run's BERTopic model on %d documents (%s encoder)", len(docs), main_name)
+    model, topics = fit_bertopic(texts, vectors, cfg.topics, seed=cfg.topics.seeds[0],
+                                 nr_topics=cfg.topics.main_topics + 1 if cfg.topics.main_topics else None)
+    info = model.get_topic_info()
+    over_time = None
+    if docs["date"].notna().all():
+        stamps = bucket_dates(docs["date"], cfg.topics.time_bucket)
+        over_time = model.topics_over_time(texts, stamps, topics=topics, nr_bins=None)
+    out = cfg.run_dir / "topics"
+    with replace_dir(out) as staging:
+        if len(results):
+            results.to_csv(staging / "sweep.csv", index=False)
+            table.to_csv(staging / "comparison.csv", index=False)
+            (staging / "comparison.md").write_text(markdown(table, len(docs), len(cfg.topics.seeds)))
+        info.drop(columns=["Representative_Docs"], errors="ignore").to_csv(staging / "topics.csv", index=False)
+        pd.DataFrame({"id": docs["id"], "topic": topics, "label": docs["label"]}).to_parquet(staging / "assignments.parquet")
+        if over_time is not None:
+            over_time.to_csv(staging / "topics_over_time.csv", index=False)
+        plots = write_plots(model, texts, over_time, staging / "plots")
+
+    def fill(staging: Path) -> None:
+        model.save(staging / "bertopic", serialization="safetensors", save_ctfidf=True, save_embedding_model=False)
+
+    meta = {"task": "topics", "encoder": str(main_encoder), "max_length": cfg.data.max_length,
+            "dataset": cfg.data.dataset, "documents": len(docs), "topics": int((info["Topic"] != -1).sum()),
+            "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
+    write_model_folder(cfg.run_dir / "topic_model", fill, meta)
+    log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
+    if len(table):
+        log.info("comparison:\n%s", markdown(table, len(docs), len(cfg.topics.seeds)))
+    log_to_wandb(cfg, table, info, out, plots)
+    return {"documents": len(docs), "topics": meta["topics"], "table": table, "plots": plots,
+            "over_time": over_time}
+
+
+def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, info: pd.DataFrame, out: Path, plots: list[str]) -> None:
+    import wandb
+
+    from raytron.tracking import start_run
+
+    run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "topics", cfg.model_dump())
+    if len(table):
+        run.log({"topics/comparison": wandb.Table(dataframe=table.astype({"requested": str}))})
+    keywords = info.assign(Representation=info["Representation"].map(lambda words: ", ".join(words[:10])))
+    run.log({"topics/keywords": wandb.Table(dataframe=keywords[["Topic", "Count", "Name", "Representation"]])})
+    for name in plots:
+        run.log({f"topics/{name}": wandb.Html(str(out / "plots" / f"{name}.html"))})
+    run.finish()

