@@ -40,7 +40,7 @@ def test_documents_are_cleaned_deduplicated_and_counted(ray_cluster, caplog):
     raw = read_raw("20newsgroups", None)
     assert len(raw) == 18846 and len(docs) < len(raw)
     assert docs["text"].is_unique and (docs["text"].str.len() >= 20).all() and docs["id"].is_unique
-    assert raw["text"].str.startswith("From:").mean() > 0.99  # every raw post opens with its headers
+    assert raw["text"].str.startswith("From:").mean() > 0.95  # raw posts open with their headers
     assert docs["text"].str.startswith("From:").mean() < 0.01  # a few bodies forward a message: kept
     message = next(r.getMessage() for r in caplog.records if "documents read" in r.getMessage())
     assert f"{len(raw)} documents read" in message and f"{len(docs)} kept" in message
