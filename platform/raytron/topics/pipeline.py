@@ -5,6 +5,7 @@ dated corpora, interactive HTML plots) and save it with safetensors. Outputs go 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -58,30 +59,46 @@ def _score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int)
             "diversity": diversity(words, cfg.diversity_words)}
 
 
-def sweep(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig) -> pd.DataFrame:
-    """NPMI and diversity of BERTopic (per encoder) and LDA at every topic count and seed."""
+def sweep(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig, journal: Path) -> pd.DataFrame:
+    """NPMI and diversity of BERTopic (per encoder) and LDA at every topic count and seed.
+
+    Each fit is a Ray task; results are appended to `journal` (JSON lines) as they finish, and a
+    rerun skips the fits already there: an interrupted sweep resumes instead of starting over.
+    """
     from gensim.corpora import Dictionary
 
+    done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
+    done = [r for r in done if r.get("documents") == len(texts)]  # a journal of another document set is stale
+    finished = {(r["model"], r["requested"], r["seed"]) for r in done}
     tokens = tokenize(texts)
     dictionary = Dictionary(tokens)
     shared = {"texts": ray.put(texts), "tokens": ray.put(tokens), "dictionary": ray.put(dictionary)}
-    jobs = []
+    vectors = {name: ray.put(v) for name, v in embeddings.items()}
+    pending = {}
     for count in cfg.topic_counts:
         for seed in cfg.seeds:
-            for encoder, vectors in embeddings.items():
-                ref = _score_bertopic.remote(shared["texts"], ray.put(vectors), shared["tokens"], shared["dictionary"],
-                                             cfg, seed, count)
-                jobs.append(({"model": f"BERTopic ({encoder})", "requested": count, "seed": seed}, ref))
-            jobs.append(({"model": "LDA (gensim)", "requested": count, "seed": seed},
-                         _score_lda.remote(shared["tokens"], shared["dictionary"], cfg, seed, count)))
-    log.info("sweep: %d fits (%d topic counts x %d seeds x %d models) as Ray tasks", len(jobs), len(cfg.topic_counts),
-             len(cfg.seeds), len(embeddings) + 1)
-    rows = []
-    for key, ref in jobs:
-        rows.append({**key, **ray.get(ref)})
-        log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f", rows[-1]["model"], rows[-1]["topics"],
-                 key["seed"], rows[-1]["npmi"], rows[-1]["diversity"])
-    return pd.DataFrame(rows)
+            for encoder in embeddings:
+                key = (f"BERTopic ({encoder})", count, seed)
+                if key not in finished:
+                    pending[_score_bertopic.remote(shared["texts"], vectors[encoder], shared["tokens"],
+                                                   shared["dictionary"], cfg, seed, count)] = key
+            if ("LDA (gensim)", count, seed) not in finished:
+                pending[_score_lda.remote(shared["tokens"], shared["dictionary"], cfg, seed, count)] = (
+                    "LDA (gensim)", count, seed)
+    log.info("sweep: %d fits to run as Ray tasks (%d already in %s)", len(pending), len(done), journal)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        model, count, seed = pending.pop(ready[0])
+        row = {"model": model, "requested": count, "seed": seed, "documents": len(texts), **ray.get(ready[0])}
+        with open(journal, "a") as out:
+            out.write(json.dumps(row) + "\n")
+        done.append(row)
+        log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f (%d left)", model, row["topics"], seed,
+                 row["npmi"], row["diversity"], len(pending))
+    wanted = {(m, c, s) for c in cfg.topic_counts for s in cfg.seeds
+              for m in [*(f"BERTopic ({e})" for e in embeddings), "LDA (gensim)"]}
+    return pd.DataFrame([r for r in done if (r["model"], r["requested"], r["seed"]) in wanted])
 
 
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +157,10 @@ def run(cfg: TopicsConfig) -> dict:
     for name, folder in encoders.items():
         log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, folder, use_gpu)
         embeddings[name] = embed(docs, folder, cfg, use_gpu)
-    results = sweep(texts, embeddings, cfg.topics) if cfg.topics.topic_counts else pd.DataFrame()
+    journal = cfg.run_dir / "topics-sweep.jsonl"
+    if not cfg.run.resume:
+        journal.unlink(missing_ok=True)
+    results = sweep(texts, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
     table = comparison_table(results) if len(results) else pd.DataFrame()
 
     main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
