@@ -139,5 +139,6 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     assert meta["task"] == "topics" and meta["topics"] == result["topics"] <= 4
     loaded = BERTopic.load(str(out / "topic_model" / "bertopic"))  # safetensors, no pickle
     texts = ["The shuttle reached orbit after launch.", "The goalie saved the puck in overtime."]
-    predicted, _ = loaded.transform(texts, embeddings=SentenceEmbedder(meta["encoder"]).embed(texts))
+    encoder = SentenceEmbedder(out / "topic_model" / meta["encoder"])  # the encoder travels with the model
+    predicted, _ = loaded.transform(texts, embeddings=encoder.embed(texts))
     assert len(predicted) == 2 and all(-1 <= t < meta["topics"] for t in predicted)

@@ -123,6 +123,11 @@ class RunConfig(Strict):
     """Root of run outputs (checkpoints, metrics, plots, final model)."""
     resume: bool = True
     """Continue from the run's last checkpoint when one exists."""
+    store: str | None = None
+    """Model store (a path or filesystem URI, see `raytron.registry`): when set, the finished model is
+    published there as the next version of `model_name`, for Ray Serve to load."""
+    model_name: str | None = None
+    """Name in the model store; default: the task (sentiment, summarization, topics)."""
 
 
 class JobConfig(Strict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from raytron.inference.embedder import SentenceEmbedder
 from raytron.store import write_model_folder
 from raytron.topics.metrics import diversity, npmi, tokenize
 from raytron.topics.models import bertopic_words, fit_bertopic, fit_lda
-from raytron.train.launcher import absolute_paths, connect_ray
+from raytron.train.launcher import absolute_paths, connect_ray, publish_to_store
 
 log = logging.getLogger("raytron.topics")
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
@@ -186,13 +187,15 @@ def run(cfg: TopicsConfig) -> dict:
             over_time.to_csv(staging / "topics_over_time.csv", index=False)
         plots = write_plots(model, texts, over_time, staging / "plots")
 
-    def fill(staging: Path) -> None:
+    def fill(staging: Path) -> None:  # self-contained: the encoder travels with the topics it was fitted on
         model.save(staging / "bertopic", serialization="safetensors", save_ctfidf=True, save_embedding_model=False)
+        shutil.copytree(main_encoder, staging / "encoder")
 
-    meta = {"task": "topics", "encoder": str(main_encoder), "max_length": cfg.data.max_length,
+    meta = {"task": "topics", "encoder": "encoder", "encoder_source": str(main_encoder), "max_length": cfg.data.max_length,
             "dataset": cfg.data.dataset, "documents": len(docs), "topics": int((info["Topic"] != -1).sum()),
             "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
     write_model_folder(cfg.run_dir / "topic_model", fill, meta)
+    publish_to_store(cfg, cfg.run_dir / "topic_model", "topics")
     log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
     if len(table):
         log.info("comparison:\n%s", markdown(table, len(docs), len(cfg.topics.seeds)))

@@ -84,10 +84,22 @@ def finetune(cfg: JobConfig) -> ray.train.Result:
         datasets=datasets,
     )
     try:
-        return trainer.fit()
+        result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise RaytronError(
             f"training failed: {error}\nThe last checkpoint is under {storage / cfg.run.name}; rerun the same "
             "command to resume from it, or add run.resume=false to start over."
         ) from error
+    publish_to_store(cfg, cfg.run_dir / "model", make_task(cfg).published_as)
+    return result
+
+
+def publish_to_store(cfg: JobConfig, folder: Path, default_name: str) -> None:
+    """Publish a finished model folder as the next version in `run.store` (when set)."""
+    if cfg.run.store:
+        from raytron.registry import publish
+
+        name = cfg.run.model_name or default_name
+        version = publish(folder, cfg.run.store, name)
+        log.info("published %s to the model store %s as %s %s", folder, cfg.run.store, name, version)
 

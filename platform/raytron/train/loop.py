@@ -39,6 +39,8 @@ class Task(Protocol):
     """Dataset columns a batch carries."""
     selection: str
     """Validation metric that picks the exported model (higher is better)."""
+    published_as: str
+    """Default model-store name of the exported model."""
 
     def build(self, device: torch.device, params_dtype: torch.dtype) -> tuple[torch.nn.Module, TransformerConfig]:
         """The pretrained model with this rank's TP shard, on `device`."""

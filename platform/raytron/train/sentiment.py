@@ -18,6 +18,7 @@ TRAIN_COLUMNS = ("input_ids", "attention_mask", "label", "log_length", "vader_co
 class SentimentTask:
     columns = TRAIN_COLUMNS
     selection = "accuracy"
+    published_as = "sentiment"
 
     def __init__(self, cfg: SentimentConfig):
         self.cfg = cfg

@@ -54,6 +54,7 @@ def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> t
 class ContrastiveTask:
     columns = TRAIN_COLUMNS
     selection = "neg_loss"
+    published_as = "topics-encoder"
 
     def __init__(self, cfg: TopicsConfig):
         self.cfg = cfg

@@ -44,6 +44,7 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[
 class SummarizationTask:
     columns = TRAIN_COLUMNS
     selection = "neg_loss"
+    published_as = "summarization"
 
     def __init__(self, cfg: SummarizationConfig):
         self.cfg = cfg
