@@ -149,6 +149,8 @@ class TopicModel:
         vectors = np.array(await self.embedder.embed.remote(texts), dtype=np.float32)
         ids = sorted(self.model.topic_representations_)
         centers = np.asarray(self.model.topic_embeddings_, dtype=np.float32)
+        if len(centers) == len(ids) + 1 and -1 not in ids:  # no outliers left, the outlier row kept
+            ids = [-1, *ids]
         if len(ids) != len(centers):
             raise RuntimeError(f"topic model {self.name} {self.version}: {len(ids)} topics but {len(centers)} embeddings")
         keep = [i for i, topic in enumerate(ids) if topic != -1]
