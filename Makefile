@@ -34,6 +34,8 @@ test: setup chromium
 
 bench: setup
 	$(BIN)/python bench/cpu_demo.py
+	$(BIN)/python jobs/topics.py --config configs/topics.yaml
+	$(BIN)/python bench/serve_load.py
 
 lint: setup
 	$(BIN)/python -m ruff check platform jobs tests bench

@@ -35,3 +35,15 @@ def test_schema_rejects_a_wrong_field():
     bad["spec"]["shutdownAfterJobFinishes"] = "yes"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, crd_schema("ray.io_rayjobs.yaml"))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")
+def test_gpu_overlay_rayservice_embeds_the_serve_config():
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / "overlays" / "gpu")],
+                              capture_output=True, text=True, check=True).stdout
+    services = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "RayService"]
+    assert len(services) == 1
+    jsonschema.validate(services[0], crd_schema("ray.io_rayservices.yaml"))
+    embedded = yaml.safe_load(services[0]["spec"]["serveConfigV2"])
+    assert embedded == yaml.safe_load((REPO / "serve" / "raytron-gpu.yaml").read_text())  # one source
+    assert embedded["applications"][0]["import_path"] == "raytron.serving.app:build"

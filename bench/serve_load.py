@@ -1,0 +1,118 @@
+"""Load test of the Serve app on 127.0.0.1: p50/p99 latency and throughput per endpoint, the
+classifier batched vs unbatched, and Serve's overhead over calling the model in-process.
+
+    python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
+
+Bounded: a fixed number of requests per measurement. Prints a table; writes nothing else.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+REVIEW = "A wonderful, moving film with a clever script, though the second half drags a little."
+ARTICLE = ("NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak. "
+           "The agency said the next attempt could come within two weeks. Officials said the crew was safe.")
+
+
+def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict:
+    """Fire `requests_total` POSTs with `concurrency` in flight; latency percentiles and throughput."""
+    session = requests.Session()
+
+    def one(_):
+        start = time.perf_counter()
+        response = session.post(url, json=body, timeout=600)
+        response.raise_for_status()
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm up
+        start = time.perf_counter()
+        latencies = sorted(pool.map(one, range(requests_total)))
+        elapsed = time.perf_counter() - start
+    return {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "req_per_s": requests_total / elapsed}
+
+
+def direct_classifier_ms(model_dir: Path, repeats: int = 50) -> float:
+    """p50 of encoding + scoring one review in-process (what a replica does per request, minus Serve)."""
+    import numpy as np
+    import pandas as pd
+
+    from raytron.data.imdb import ReviewEncoder
+    from raytron.inference.classifier import SentimentPredictor
+    from raytron.store import read_meta
+
+    meta = read_meta(model_dir)
+    encoder = ReviewEncoder(str(model_dir / "encoder"), meta["max_length"], meta["head_tokens"])
+    predictor = SentimentPredictor(model_dir)
+    rows = pd.DataFrame({"id": np.arange(1), "label": 0, "text": [REVIEW]})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor(encoder(rows))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[5:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sentiment-model", default=str(REPO / "runs" / "sentiment-demo" / "model"))
+    parser.add_argument("--topic-model", default=str(REPO / "runs" / "topics-demo" / "topic_model"))
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+
+    import ray
+    import yaml
+    from ray import serve
+
+    from raytron.registry import publish
+    from raytron.serving.app import build
+
+    store = tempfile.mkdtemp(prefix="raytron-bench-store-")
+    publish(args.sentiment_model, store, "sentiment")
+    publish(args.topic_model, store, "topics")
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    rows = []
+    for batch in (32, 1):
+        config = yaml.safe_load((REPO / "serve" / "raytron.yaml").read_text())["applications"][0]
+        options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in config["deployments"]}
+        options["SentimentClassifier"]["user_config"] = {"max_batch_size": batch, "batch_wait_timeout_s": 0.01}
+        options["SentimentClassifier"].pop("autoscaling_config", None)  # one replica: compare batching alone
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        serve.run(build({**config["args"], "store": store}, options), name="raytron", route_prefix="/")
+        base = f"http://127.0.0.1:{args.port}"
+        sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
+        rows.append((f"POST /v1/sentiment (max_batch_size={batch})", args.concurrency, sentiment))
+        if batch == 32:
+            rows.append(("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
+                                                                   args.requests // 4, 1)))
+            rows.append(("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
+                                                                  args.requests, args.concurrency)))
+            rows.append(("POST /v1/summarize lead-3", args.concurrency, load(
+                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests, args.concurrency)))
+            rows.append(("POST /v1/summarize extractive", 8, load(
+                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
+        serve.delete("raytron")
+    direct = direct_classifier_ms(Path(args.sentiment_model))
+    print(f"\n{'endpoint':<44} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
+    for name, concurrency, r in rows:
+        print(f"{name:<44} {concurrency:>9} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} {r['req_per_s']:>8.1f}")
+    batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1" in n)["req_per_s"]
+    one_in_flight = next(r for n, _, r in rows if "1 in flight" in n)["p50_ms"]
+    print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")
+    print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct:.1f} ms "
+          f"= {one_in_flight - direct:.1f} ms")
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()
