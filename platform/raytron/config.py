@@ -162,9 +162,9 @@ class JobConfig(Strict):
                 f"micro_batch_size x DP = {self.train.micro_batch_size * dp}"
             )
         config = json.loads((resolve_pretrained(self.model.pretrained) / "config.json").read_text())
-        for key in ("num_attention_heads", "num_key_value_heads"):
+        for key, what in (("num_attention_heads", "attention heads"), ("num_key_value_heads", "key-value heads")):
             if config.get(key, tp) % tp:
-                raise ValueError(f"parallel.tensor={tp} does not divide the model's {config[key]} ({key})")
+                raise ValueError(f"parallel.tensor={tp} does not divide the model's {config[key]} {what}")
         return self
 
     @property
