@@ -40,3 +40,23 @@ def test_bad_config_is_a_clear_error(overrides, message):
 def test_missing_config_file():
     with pytest.raises(RaytronError, match="does not exist"):
         load_config(REPO / "configs" / "nope.yaml")
+
+
+@pytest.mark.parametrize("recipe, kind", [("summarization.yaml", "SummarizationConfig"), ("topics.yaml", "TopicsConfig"),
+                                          ("summarization-gpu.yaml", "SummarizationConfig"),
+                                          ("topics-gpu.yaml", "TopicsConfig"), ("sentiment-gpu.yaml", "SentimentConfig")])
+def test_every_recipe_picks_its_task_config(recipe, kind):
+    assert type(load_config(REPO / "configs" / recipe)).__name__ == kind
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("summarization.yaml", ["parallel.tensor=2", "resources.num_workers=2"], "does not divide the model's 9 attention heads"),
+    ("summarization.yaml", ["generation.strategy=nucleus"], "generation.strategy: Input should be 'greedy', 'sample' or 'beam'"),
+    ("summarization.yaml", ["data.max_summary_tokens=300"], "max_summary_tokens must be below data.max_length / 2"),
+    ("topics.yaml", ["topics.cluster_selection=best"], "topics.cluster_selection"),
+    ("sentiment.yaml", ["task=translation"], "task: unknown task 'translation'; allowed: sentiment, summarization, topics"),
+])
+def test_task_specific_mistakes(recipe, overrides, message):
+    with pytest.raises(RaytronError) as error:
+        load_config(REPO / "configs" / recipe, overrides)
+    assert message in str(error.value)
