@@ -20,6 +20,7 @@ def environment():
     os.environ["RAYTRON_DATA_DIR"] = str(DATA_ROOT)
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-tag writes to the GCS from tests
     from raytron.train.launcher import WORKER_START_TIMEOUT_S
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)  # before ray.init
