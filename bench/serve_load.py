@@ -71,11 +71,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    import yaml
     from ray import serve
 
     from raytron.registry import publish
-    from raytron.serving.app import build
+    from raytron.serving.app import from_config_file
 
     store = tempfile.mkdtemp(prefix="raytron-bench-store-")
     publish(args.sentiment_model, store, "sentiment")
@@ -83,12 +82,12 @@ def main() -> None:
     ray.init(include_dashboard=False, logging_level="ERROR")
     rows = []
     for batch in (32, 1):
-        config = yaml.safe_load((REPO / "serve" / "raytron.yaml").read_text())["applications"][0]
-        options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in config["deployments"]}
-        options["SentimentClassifier"]["user_config"] = {"max_batch_size": batch, "batch_wait_timeout_s": 0.01}
-        options["SentimentClassifier"].pop("autoscaling_config", None)  # one replica: compare batching alone
+        classifier = {"user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01},
+                      "autoscaling_config": None}  # one replica: compare batching alone
+        application, _ = from_config_file(REPO / "serve" / "raytron.yaml", {"SentimentClassifier": classifier},
+                                          store=store)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build({**config["args"], "store": store}, options), name="raytron", route_prefix="/")
+        serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
         sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
         rows.append((f"POST /v1/sentiment (max_batch_size={batch})", args.concurrency, sentiment))

@@ -15,7 +15,7 @@ from raytron.data.imdb import load_splits
 from raytron.evaluate.classification import write_report
 from raytron.inference.classifier import SentimentPredictor
 from raytron.store import read_meta
-from raytron.train.launcher import absolute_paths, connect_ray
+from raytron.train.launcher import absolute_paths, connect_ray, use_gpu
 
 log = logging.getLogger("raytron.evaluate")
 
@@ -26,19 +26,17 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
     model_dir = Path(model_dir or cfg.run_dir / "model").resolve()
     meta = read_meta(model_dir)
     connect_ray()
-    use_gpu = cfg.resources.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    gpu = use_gpu(cfg)
     # Tokenize exactly as the model was trained, whatever this config says.
     data_cfg = cfg.data.model_copy(update={"max_length": meta["max_length"], "head_tokens": meta["head_tokens"]})
     test = load_splits(data_cfg, model_dir / "encoder")[0]["test"]
-    log.info("scoring the test split with %s (GPU=%s)", model_dir, use_gpu)
+    log.info("scoring the test split with %s (GPU=%s)", model_dir, gpu)
     scored = test.map_batches(
         SentimentPredictor,
         fn_constructor_kwargs={"model_dir": str(model_dir)},
-        batch_size=256 if use_gpu else 32,
+        batch_size=256 if gpu else 32,
         compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=1 if use_gpu else 0,
+        num_gpus=1 if gpu else 0,
         num_cpus=0.5,
     )
     frame = scored.drop_columns(["input_ids", "attention_mask"]).to_pandas()

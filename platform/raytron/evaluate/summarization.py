@@ -19,18 +19,18 @@ from raytron.atomic import replace_dir
 from raytron.config import SummarizationConfig, resolve_pretrained
 from raytron.data.cnn_dailymail import read_splits
 from raytron.evaluate.rouge import METRICS, bootstrap, lead3, paired_difference, rouge_scores
-from raytron.train.launcher import absolute_paths, connect_ray
+from raytron.train.launcher import absolute_paths, connect_ray, use_gpu
 
 log = logging.getLogger("raytron.evaluate")
 COMPARISONS = (("fine-tuned decoder", "zero-shot decoder"), ("extractive (oracle-trained scorer)", "lead-3"))
 """The issue's two questions, answered with paired bootstrap intervals on the same test rows."""
 
 
-def _predict(frame: pd.DataFrame, summarizer: type, kwargs: dict, use_gpu: bool) -> list[str]:
+def _predict(frame: pd.DataFrame, summarizer: type, kwargs: dict, gpu: bool) -> list[str]:
     """Run a summarizer class over the `article` column in a one-actor Ray Data pool."""
     scored = ray.data.from_pandas(frame[["id", "article"]]).map_batches(
-        summarizer, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=64 if use_gpu else 8,
-        compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if use_gpu else 0, num_cpus=0.5,
+        summarizer, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=64 if gpu else 8,
+        compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if gpu else 0, num_cpus=0.5,
     )
     by_id = scored.select_columns(["id", "prediction"]).to_pandas().set_index("id")["prediction"]
     return [by_id[i] for i in frame["id"]]  # actor pools may return rows out of order
@@ -61,9 +61,7 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
     cfg = absolute_paths(cfg)
     model_dir = Path(model_dir or cfg.run_dir / "model").resolve()
     connect_ray()
-    use_gpu = cfg.resources.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    gpu = use_gpu(cfg)
     splits = read_splits(cfg.data.data_dir, {"train": cfg.data.train_rows, "test": cfg.data.test_rows})
     train, test = splits["train"].to_pandas(), splits["test"].to_pandas()
     encoder = str(resolve_pretrained(cfg.extractive.encoder))
@@ -71,22 +69,22 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
                              max_sentence_tokens=cfg.extractive.max_sentence_tokens)
     scorer_dir = cfg.run_dir / "extractive"
     log.info("fitting the extractive sentence scorer on %d training rows (oracle labels)", len(train))
-    fit = ray.get(_fit_extractive.options(num_gpus=1 if use_gpu else 0).remote(
+    fit = ray.get(_fit_extractive.options(num_gpus=1 if gpu else 0).remote(
         encoder, list(train["article"]), list(train["summary"]), str(scorer_dir), cfg.extractive.model_dump()))
     log.info("scorer fitted on %d sentences (%.1f%% oracle-selected)", fit["sentences"], 100 * fit["oracle_share"])
 
     decoder_kwargs = dict(generation=cfg.generation.model_dump(), max_length=cfg.data.max_length,
-                          batch_size=16 if use_gpu else 4)
+                          batch_size=16 if gpu else 4)
     techniques = {"lead-3": lambda: [lead3(a) for a in test["article"]],
-                  "centroid (unsupervised)": lambda: _predict(test, ExtractiveSummarizer, extractive_kwargs, use_gpu),
+                  "centroid (unsupervised)": lambda: _predict(test, ExtractiveSummarizer, extractive_kwargs, gpu),
                   "extractive (oracle-trained scorer)": lambda: _predict(
-                      test, ExtractiveSummarizer, {**extractive_kwargs, "scorer_dir": str(scorer_dir)}, use_gpu),
+                      test, ExtractiveSummarizer, {**extractive_kwargs, "scorer_dir": str(scorer_dir)}, gpu),
                   "zero-shot decoder": lambda: _predict(
                       test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(resolve_pretrained(
-                          cfg.model.pretrained))}, use_gpu)}
+                          cfg.model.pretrained))}, gpu)}
     if (model_dir / "decoder").is_dir():
         techniques["fine-tuned decoder"] = lambda: _predict(
-            test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(model_dir / "decoder")}, use_gpu)
+            test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(model_dir / "decoder")}, gpu)
     else:
         log.warning("no fine-tuned decoder at %s (run jobs/finetune.py first): leaving it out of the table", model_dir)
     predictions, scores, table = {}, {}, {}

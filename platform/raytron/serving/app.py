@@ -151,12 +151,17 @@ def build(args: dict, options: dict[str, dict] | None = None) -> serve.Applicati
     )
 
 
-def from_config_file(path: str | Path, **arg_overrides) -> tuple[serve.Application, dict]:
+def from_config_file(path: str | Path, deployment_overrides: dict[str, dict] | None = None,
+                     **arg_overrides) -> tuple[serve.Application, dict]:
     """The first application of a Serve config file built in Python (what `serve run FILE` deploys),
-    with its args overridden; returns it and the file's http_options."""
+    with its args overridden and deployment options merged (None drops an option); returns it and
+    the file's http_options."""
     import yaml
 
     config = yaml.safe_load(Path(path).read_text())
     application = config["applications"][0]
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+    for name, extra in (deployment_overrides or {}).items():
+        merged = {**options.get(name, {}), **extra}
+        options[name] = {k: v for k, v in merged.items() if v is not None}
     return build({**application.get("args", {}), **arg_overrides}, options), config.get("http_options", {})

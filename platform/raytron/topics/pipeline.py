@@ -22,20 +22,20 @@ from raytron.inference.embedder import SentenceEmbedder
 from raytron.store import write_model_folder
 from raytron.topics.metrics import diversity, npmi, tokenize
 from raytron.topics.models import bertopic_words, fit_bertopic, fit_lda
-from raytron.train.launcher import absolute_paths, connect_ray, publish_to_store
+from raytron.train.launcher import absolute_paths, connect_ray, publish_to_store, use_gpu
 
 log = logging.getLogger("raytron.topics")
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 """Sweep tasks run side by side, one core each: no nested thread pools."""
 
 
-def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, use_gpu: bool) -> np.ndarray:
+def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -> np.ndarray:
     """Unit-length sentence embeddings of every document, in order, from a Ray Data actor pool."""
     rows = pd.DataFrame({"row": np.arange(len(docs)), "text": docs["text"].to_numpy()})
     embedded = ray.data.from_pandas(rows).map_batches(
         SentenceEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_length": cfg.data.max_length},
         batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=1 if use_gpu else 0, num_cpus=0.5,
+        num_gpus=1 if gpu else 0, num_cpus=0.5,
     ).select_columns(["row", "embedding"]).to_pandas().sort_values("row")["embedding"]
     return np.stack(embedded.to_list()).astype(np.float32)
 
@@ -143,9 +143,7 @@ def write_plots(model, docs: list[str], over_time: pd.DataFrame | None, out: Pat
 def run(cfg: TopicsConfig) -> dict:
     cfg = absolute_paths(cfg)
     connect_ray()
-    use_gpu = cfg.resources.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    gpu = use_gpu(cfg)
     docs = load_documents(cfg.data)
     texts = list(docs["text"])
     encoders = {"pretrained": resolve_pretrained(cfg.model.pretrained)}
@@ -156,8 +154,8 @@ def run(cfg: TopicsConfig) -> dict:
         log.warning("no fine-tuned encoder at %s (jobs/finetune.py --config ...): comparing the pretrained one only", tuned)
     embeddings = {}
     for name, folder in encoders.items():
-        log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, folder, use_gpu)
-        embeddings[name] = embed(docs, folder, cfg, use_gpu)
+        log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, folder, gpu)
+        embeddings[name] = embed(docs, folder, cfg, gpu)
     journal = cfg.run_dir / "topics-sweep.jsonl"
     if not cfg.run.resume:
         journal.unlink(missing_ok=True)
@@ -166,7 +164,7 @@ def run(cfg: TopicsConfig) -> dict:
 
     main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
     main_name = next((n for n, f in encoders.items() if f == main_encoder), "given")
-    vectors = embeddings[main_name] if main_name in embeddings else embed(docs, main_encoder, cfg, use_gpu)
+    vectors = embeddings[main_name] if main_name in embeddings else embed(docs, main_encoder, cfg, gpu)
     log.info("fitting the run's BERTopic model on %d documents (%s encoder)", len(docs), main_name)
     model, topics = fit_bertopic(texts, vectors, cfg.topics, seed=cfg.topics.seeds[0],
                                  nr_topics=cfg.topics.main_topics + 1 if cfg.topics.main_topics else None)

@@ -41,12 +41,17 @@ def connect_ray() -> None:
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
 
 
+def use_gpu(cfg: JobConfig) -> bool:
+    """resources.use_gpu, or when unset: whether the connected Ray cluster has a GPU."""
+    if cfg.resources.use_gpu is not None:
+        return cfg.resources.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
 def finetune(cfg: JobConfig) -> ray.train.Result:
     cfg = absolute_paths(cfg)
     connect_ray()
-    use_gpu = cfg.resources.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    gpu = use_gpu(cfg)
     storage = cfg.run_dir / "ray"
     if not cfg.run.resume:
         shutil.rmtree(storage / cfg.run.name, ignore_errors=True)
@@ -60,7 +65,7 @@ def finetune(cfg: JobConfig) -> ray.train.Result:
     columns = list(make_task(cfg).columns)
     log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s", num_train_rows,
              getattr(cfg.data, "prepared_dir", None) or cfg.data.data_dir, cfg.resources.num_workers,
-             cfg.parallel.tensor, cfg.parallel.data, use_gpu)
+             cfg.parallel.tensor, cfg.parallel.data, gpu)
     # Train streams through preprocessing while the workers step; val is small: encode it up front.
     datasets = {
         "train": splits["train"].select_columns(columns),
@@ -69,11 +74,11 @@ def finetune(cfg: JobConfig) -> ray.train.Result:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": cfg.model_dump(), "num_train_rows": num_train_rows},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.resources.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            use_gpu=gpu,
+            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
