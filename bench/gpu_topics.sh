@@ -15,4 +15,4 @@ grep -E "raytron|Error|real" "$out/reuters.log" | tail -8
 for run in topics-gpu reuters-gpu; do
   mkdir -p "$out/$run"; cp -r $runs/$run/topics/* $runs/$run/topic_model/raytron.json "$out/$run/" 2>/dev/null
 done
-cp $runs/topics-gpu/metrics.jsonl "$out/topics-gpu/" 2>/dev/null
+cp $runs/topics-gpu/metrics.jsonl $runs/topics-gpu/topics-sweep.jsonl "$out/topics-gpu/" 2>/dev/null

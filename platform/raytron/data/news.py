@@ -112,16 +112,21 @@ class SpanPairEncoder:
         return {**self._encode(first, ""), **self._encode(second, "_b")}
 
 
+def blocks(frame: pd.DataFrame, count: int) -> list[pd.DataFrame]:
+    """`frame` cut into at most `count` non-empty row blocks, so that several Ray Data actors share it."""
+    return [frame.iloc[rows] for rows in np.array_split(np.arange(len(frame)), min(count, max(1, len(frame))))]
+
+
 def load_splits(cfg: TopicDataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
     """Documents for the unsupervised encoder fine-tune: a seeded train/val hold-out, tokenized (no labels)."""
     docs = load_documents(cfg).sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
     val_rows = max(1, int(len(docs) * cfg.val_share))
     parts = {"train": docs.iloc[val_rows:], "val": docs.iloc[:val_rows]}
     splits = {
-        split: ray.data.from_pandas(frame[["text"]]).map_batches(
+        split: ray.data.from_pandas(blocks(frame[["text"]], 4 * cfg.preprocess_actors)).map_batches(
             SpanPairEncoder, fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "max_length": cfg.max_length},
-            batch_format="pandas", batch_size=256, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-            num_cpus=0.5)
+            batch_format="pandas", batch_size=256,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.preprocess_actors), num_cpus=0.5)
         for split, frame in parts.items()
     }
     return splits, {split: len(frame) for split, frame in parts.items()}

@@ -2,28 +2,56 @@
 
 NPMI is gensim's `CoherenceModel(coherence="c_npmi")` over the top-10 words of each topic, on the
 same tokenized documents both models saw; diversity is the share of unique words among the
-top-25 words of all topics (Dieng et al. 2020). One tokenizer for both models: scikit-learn's
-CountVectorizer analyzer with English stop words (BERTopic's c-TF-IDF uses the same).
+top-25 words of all topics (Dieng et al. 2020). One tokenizer and one vocabulary for both models
+and the metric, as OCTIS's preprocessed corpora do: scikit-learn's CountVectorizer analyzer with
+English stop words, then the words between a minimum and a maximum document frequency.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import re
 
 from gensim.corpora import Dictionary
 from gensim.models.coherencemodel import CoherenceModel
 from sklearn.feature_extraction.text import CountVectorizer
 
+from raytron.errors import RaytronError
 
-@cache
-def vectorizer() -> CountVectorizer:
-    """Lowercased word tokens of 2+ letters (no digits-only tokens), English stop words removed."""
-    return CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
+STOP_WORDS = "english"
+TOKEN_PATTERN = r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
+"""Lowercased word tokens of 2+ letters (no digits-only tokens)."""
 
 
-def tokenize(texts: list[str]) -> list[list[str]]:
+def bertopic_text(text: str) -> str:
+    """BERTopic's English preprocessing before its vectorizer (`BERTopic._preprocess_text`): newlines
+    and tabs to spaces, then ASCII letters, digits and spaces only ("don't" -> "dont"). Applied
+    before our tokenizer too, so that every word in the vocabulary is one c-TF-IDF can see."""
+    return re.sub(r"[^A-Za-z0-9 ]+", "", text.replace("\n", " ").replace("\t", " "))
+
+
+def vectorizer(vocabulary: list[str] | None = None, min_df: int = 1, max_df: float = 1.0) -> CountVectorizer:
+    """The shared CountVectorizer; with `vocabulary`, it counts those words only."""
+    return CountVectorizer(stop_words=STOP_WORDS, token_pattern=TOKEN_PATTERN, vocabulary=vocabulary,
+                           min_df=min_df, max_df=max_df)
+
+
+def vocabulary(texts: list[str], min_df: int = 1, max_df: float = 1.0) -> list[str]:
+    """Words in at least `min_df` documents and at most a `max_df` share of them, sorted."""
+    try:
+        return list(vectorizer(min_df=min_df, max_df=max_df).fit(map(bertopic_text, texts)).get_feature_names_out())
+    except ValueError as error:  # no word left, or max_df below min_df
+        raise RaytronError(f"no vocabulary from {len(texts)} documents with topics.min_df={min_df} and "
+                           f"topics.max_df={max_df} ({error}): lower min_df or raise max_df") from error
+
+
+def tokenize(texts: list[str], vocabulary: list[str] | None = None) -> list[list[str]]:
+    """Each text's tokens in order, kept to `vocabulary` when given."""
     analyze = vectorizer().build_analyzer()
-    return [analyze(text) for text in texts]
+    tokens = (analyze(bertopic_text(text)) for text in texts)
+    if vocabulary is None:
+        return list(tokens)
+    known = set(vocabulary)
+    return [[word for word in words if word in known] for words in tokens]
 
 
 def npmi(topics: list[list[str]], tokens: list[list[str]], dictionary: Dictionary, top_n: int = 10) -> float:

@@ -1,6 +1,9 @@
-"""Fitting the two topic models on the same documents: BERTopic on given embeddings, and gensim LDA."""
+"""Fitting the two topic models on the same documents and vocabulary: BERTopic on given embeddings,
+and gensim LDA."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 from gensim.corpora import Dictionary
@@ -10,9 +13,10 @@ from raytron.config import TopicModelConfig
 from raytron.topics.metrics import vectorizer
 
 
-def bertopic(cfg: TopicModelConfig, seed: int, nr_topics: int | None = None, top_n_words: int = 25):
-    """An unfitted BERTopic: UMAP (seeded) -> HDBSCAN -> c-TF-IDF with the shared vectorizer."""
+def bertopic(cfg: TopicModelConfig, seed: int, vocabulary: list[str] | None = None):
+    """An unfitted BERTopic: UMAP (seeded) -> HDBSCAN -> c-TF-IDF over `vocabulary`."""
     from bertopic import BERTopic
+    from bertopic.vectorizers import ClassTfidfTransformer
     from hdbscan import HDBSCAN
     from umap import UMAP
 
@@ -21,23 +25,43 @@ def bertopic(cfg: TopicModelConfig, seed: int, nr_topics: int | None = None, top
                         random_state=seed),
         hdbscan_model=HDBSCAN(min_cluster_size=cfg.min_cluster_size, metric="euclidean",
                               cluster_selection_method=cfg.cluster_selection, prediction_data=True),
-        vectorizer_model=vectorizer(),
-        nr_topics=nr_topics,
-        top_n_words=top_n_words,
+        vectorizer_model=vectorizer(vocabulary),
+        ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=cfg.reduce_frequent_words),
+        top_n_words=max(cfg.top_words, cfg.diversity_words),
         calculate_probabilities=False,
     )
 
 
-def fit_bertopic(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int,
-                 nr_topics: int | None = None):
-    """Fit, then give outlier documents (-1) their nearest topic by c-TF-IDF and refresh the keywords."""
-    model = bertopic(cfg, seed, nr_topics, top_n_words=max(cfg.top_words, cfg.diversity_words))
-    topics, _ = model.fit_transform(docs, embeddings)
+def cluster(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int,
+            vocabulary: list[str] | None = None):
+    """BERTopic fitted down to HDBSCAN's clusters (outliers kept), to be merged by `merge`."""
+    model = bertopic(cfg, seed, vocabulary)
+    model.fit(docs, embeddings)
+    return model
+
+
+def merge(clustered, docs: list[str], nr_topics: int | None):
+    """A copy of a `cluster`ed model merged to `nr_topics` topics (c-TF-IDF similarity; None keeps them
+    all), its outlier documents (-1) given their nearest topic by c-TF-IDF, keywords refreshed.
+
+    The costly UMAP + HDBSCAN run once per seed and every topic count is merged from it: the same
+    models as BERTopic(nr_topics=k) fitted once per k.
+    """
+    model = copy.deepcopy(clustered)
+    if nr_topics is not None:
+        model.reduce_topics(docs, nr_topics=nr_topics + 1)  # + the outlier topic -1
+    topics = model.topics_
     if -1 in topics and len(set(topics)) > 1:
         topics = model.reduce_outliers(docs, topics, strategy="c-tf-idf")
-        model.update_topics(docs, topics=topics, vectorizer_model=vectorizer(),
-                            top_n_words=max(cfg.top_words, cfg.diversity_words))
+        model.update_topics(docs, topics=topics, vectorizer_model=model.vectorizer_model,
+                            ctfidf_model=model.ctfidf_model, top_n_words=model.top_n_words)
     return model, list(topics)
+
+
+def fit_bertopic(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int,
+                 nr_topics: int | None = None, vocabulary: list[str] | None = None):
+    """`cluster` then `merge`: one BERTopic model with `nr_topics` topics and no outliers."""
+    return merge(cluster(docs, embeddings, cfg, seed, vocabulary), docs, nr_topics)
 
 
 def bertopic_words(model) -> list[list[str]]:

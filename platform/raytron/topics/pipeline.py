@@ -5,6 +5,7 @@ dated corpora, interactive HTML plots) and save it with safetensors. Outputs go 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -20,13 +21,16 @@ from raytron.config import TopicModelConfig, TopicsConfig, resolve_pretrained
 from raytron.data.news import load_documents
 from raytron.inference.embedder import SentenceEmbedder
 from raytron.store import write_model_folder
-from raytron.topics.metrics import diversity, npmi, tokenize
-from raytron.topics.models import bertopic_words, fit_bertopic, fit_lda
+from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
+from raytron.topics.models import bertopic_words, cluster, fit_bertopic, fit_lda, merge
 from raytron.train.launcher import absolute_paths, connect_ray, publish_to_store, use_gpu
 
 log = logging.getLogger("raytron.topics")
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 """Sweep tasks run side by side, one core each: no nested thread pools."""
+fit_in_worker = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_bertopic)
+"""Every BERTopic fit runs in a Ray worker: in the driver, after ray.init, pynndescent's numba kernels
+(UMAP's neighbour search above 4,096 documents) fail to compile."""
 
 
 def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -> np.ndarray:
@@ -45,58 +49,77 @@ def bucket_dates(dates: pd.Series, bucket: str) -> list[pd.Timestamp]:
     return list(pd.to_datetime(dates).dt.to_period(bucket).dt.start_time)
 
 
-@ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)
-def _score_bertopic(texts, embeddings, tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) -> dict:
-    model, _ = fit_bertopic(texts, embeddings, cfg, seed, nr_topics=count + 1)  # + the outlier topic -1
-    words = bertopic_words(model)
+def _scores(words: list[list[str]], tokens, dictionary, cfg: TopicModelConfig) -> dict:
     return {"topics": len(words), "npmi": npmi(words, tokens, dictionary, cfg.top_words),
             "diversity": diversity(words, cfg.diversity_words)}
 
 
 @ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)
-def _score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) -> dict:
+def _score_bertopic(texts, embeddings, vocab, tokens, dictionary, cfg: TopicModelConfig, seed: int,
+                    counts: list[int]) -> list[dict]:
+    """One UMAP + HDBSCAN fit, merged to every topic count."""
+    clustered = cluster(texts, embeddings, cfg, seed, vocab)
+    return [{"requested": count, **_scores(bertopic_words(merge(clustered, texts, count)[0]), tokens, dictionary, cfg)}
+            for count in counts]
+
+
+@ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)
+def _score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) -> list[dict]:
     words = fit_lda(tokens, dictionary, count, seed, cfg.lda_passes, cfg.diversity_words)
-    return {"topics": len(words), "npmi": npmi(words, tokens, dictionary, cfg.top_words),
-            "diversity": diversity(words, cfg.diversity_words)}
+    return [{"requested": count, **_scores(words, tokens, dictionary, cfg)}]
 
 
-def sweep(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig, journal: Path) -> pd.DataFrame:
+def setup_key(texts: list[str], cfg: TopicModelConfig) -> str:
+    """What a sweep result depends on besides model, count and seed: a journal row with another key is stale."""
+    settings = cfg.model_dump(exclude={"topic_counts", "seeds", "main_topics", "time_bucket", "embed_batch_size",
+                                       "encoder"})
+    return hashlib.sha1(json.dumps([len(texts), texts[:1], settings], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def sweep(texts: list[str], vocab: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig,
+          journal: Path) -> pd.DataFrame:
     """NPMI and diversity of BERTopic (per encoder) and LDA at every topic count and seed.
 
-    Each fit is a Ray task; results are appended to `journal` (JSON lines) as they finish, and a
-    rerun skips the fits already there: an interrupted sweep resumes instead of starting over.
+    A Ray task per BERTopic encoder and seed (one UMAP + HDBSCAN fit, merged to each count) and per
+    LDA count and seed. Results are appended to `journal` (JSON lines) as they finish, and a rerun
+    skips those already there: an interrupted sweep resumes instead of starting over.
     """
     from gensim.corpora import Dictionary
 
+    key = setup_key(texts, cfg)
     done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
-    done = [r for r in done if r.get("documents") == len(texts)]  # a journal of another document set is stale
+    done = [r for r in done if r.get("setup") == key]
     finished = {(r["model"], r["requested"], r["seed"]) for r in done}
-    tokens = tokenize(texts)
+    tokens = tokenize(texts, vocab)
     dictionary = Dictionary(tokens)
-    shared = {"texts": ray.put(texts), "tokens": ray.put(tokens), "dictionary": ray.put(dictionary)}
-    vectors = {name: ray.put(v) for name, v in embeddings.items()}
+    shared = {name: ray.put(value) for name, value in
+              {"texts": texts, "vocab": vocab, "tokens": tokens, "dictionary": dictionary}.items()}
     pending = {}
+    for encoder, vectors in embeddings.items():
+        stored = ray.put(vectors)
+        for seed in cfg.seeds:
+            counts = [c for c in cfg.topic_counts if (f"BERTopic ({encoder})", c, seed) not in finished]
+            if counts:
+                pending[_score_bertopic.remote(shared["texts"], stored, shared["vocab"], shared["tokens"],
+                                               shared["dictionary"], cfg, seed, counts)] = (f"BERTopic ({encoder})", seed)
     for count in cfg.topic_counts:
         for seed in cfg.seeds:
-            for encoder in embeddings:
-                key = (f"BERTopic ({encoder})", count, seed)
-                if key not in finished:
-                    pending[_score_bertopic.remote(shared["texts"], vectors[encoder], shared["tokens"],
-                                                   shared["dictionary"], cfg, seed, count)] = key
             if ("LDA (gensim)", count, seed) not in finished:
                 pending[_score_lda.remote(shared["tokens"], shared["dictionary"], cfg, seed, count)] = (
-                    "LDA (gensim)", count, seed)
-    log.info("sweep: %d fits to run as Ray tasks (%d already in %s)", len(pending), len(done), journal)
+                    "LDA (gensim)", seed)
+    log.info("sweep: %d Ray tasks over %d documents and %d words (%d results already in %s)", len(pending),
+             len(texts), len(vocab), len(done), journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        model, count, seed = pending.pop(ready[0])
-        row = {"model": model, "requested": count, "seed": seed, "documents": len(texts), **ray.get(ready[0])}
-        with open(journal, "a") as out:
-            out.write(json.dumps(row) + "\n")
-        done.append(row)
-        log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f (%d left)", model, row["topics"], seed,
-                 row["npmi"], row["diversity"], len(pending))
+        model, seed = pending.pop(ready[0])
+        for result in ray.get(ready[0]):
+            row = {"model": model, "seed": seed, "setup": key, **result}
+            with open(journal, "a") as out:
+                out.write(json.dumps(row) + "\n")
+            done.append(row)
+            log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f (%d tasks left)", model, row["topics"], seed,
+                     row["npmi"], row["diversity"], len(pending))
     wanted = {(m, c, s) for c in cfg.topic_counts for s in cfg.seeds
               for m in [*(f"BERTopic ({e})" for e in embeddings), "LDA (gensim)"]}
     return pd.DataFrame([r for r in done if (r["model"], r["requested"], r["seed"]) in wanted])
@@ -159,15 +182,18 @@ def run(cfg: TopicsConfig) -> dict:
     journal = cfg.run_dir / "topics-sweep.jsonl"
     if not cfg.run.resume:
         journal.unlink(missing_ok=True)
-    results = sweep(texts, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
+    vocab = vocabulary(texts, cfg.topics.min_df, cfg.topics.max_df)
+    log.info("vocabulary: %d words in %d+ documents and at most %.0f%% of them", len(vocab), cfg.topics.min_df,
+             100 * cfg.topics.max_df)
+    results = sweep(texts, vocab, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
     table = comparison_table(results) if len(results) else pd.DataFrame()
 
     main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
     main_name = next((n for n, f in encoders.items() if f == main_encoder), "given")
     vectors = embeddings[main_name] if main_name in embeddings else embed(docs, main_encoder, cfg, gpu)
     log.info("fitting the run's BERTopic model on %d documents (%s encoder)", len(docs), main_name)
-    model, topics = fit_bertopic(texts, vectors, cfg.topics, seed=cfg.topics.seeds[0],
-                                 nr_topics=cfg.topics.main_topics + 1 if cfg.topics.main_topics else None)
+    model, topics = ray.get(fit_in_worker.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0],
+                                                 cfg.topics.main_topics, vocab))
     info = model.get_topic_info()
     over_time = None
     if docs["date"].notna().all():
