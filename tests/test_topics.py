@@ -8,8 +8,8 @@ import pytest
 import torch
 from gensim.corpora import Dictionary
 
-from raytron.config import TopicDataConfig, load_config
-from raytron.data.news import SpanPairEncoder, clean_newsgroup_post, load_documents, read_raw
+from raytron.config import TopicDataConfig, TopicsConfig, load_config
+from raytron.data.news import SpanPairEncoder, blocks, clean_newsgroup_post, load_documents, read_raw
 from raytron.errors import RaytronError
 from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
 from raytron.topics.pipeline import bucket_dates
@@ -47,6 +47,34 @@ def test_documents_are_cleaned_deduplicated_and_counted(ray_cluster, caplog):
     assert f"{len(raw)} documents read" in message and f"{len(docs)} kept" in message
     reuters = load_documents(TopicDataConfig(dataset="reuters21578"))
     assert reuters["date"].notna().all() and reuters["date"].min() == pd.Timestamp("1987-02-26")
+
+
+def test_blocks_cover_every_row_once_in_order():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(10)]})
+    parts = blocks(frame, 4)
+    assert len(parts) == 4 and all(len(p) for p in parts)
+    assert pd.concat(parts)["text"].tolist() == frame["text"].tolist()
+    assert len(blocks(frame.head(2), 8)) == 2  # never an empty block
+
+
+def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp_path, caplog):
+    from raytron.config import resolve_pretrained
+    from raytron.topics.pipeline import cached_embed
+
+    caplog.set_level("INFO", logger="raytron.topics")
+    docs = pd.DataFrame({"id": ["a", "b"], "text": ["The shuttle launch slipped.", "The goalie saved it."]})
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "data.max_length=32"], model=TopicsConfig)
+    encoder = resolve_pretrained(cfg.model.pretrained)
+    first = cached_embed(docs, "pretrained", encoder, cfg, gpu=False)
+    again = cached_embed(docs, "pretrained", encoder, cfg, gpu=False)
+    assert np.array_equal(first, again) and "reused" in caplog.text
+    (cfg.run_dir / "embeddings" / "pretrained.npz").write_bytes(b"truncated")
+    assert np.allclose(cached_embed(docs, "pretrained", encoder, cfg, gpu=False), first, atol=1e-6)
+    assert "unreadable" in caplog.text  # a corrupt cache is recomputed, not a traceback
+    caplog.clear()
+    other = cached_embed(docs.assign(id=["a", "c"]), "pretrained", encoder, cfg, gpu=False)  # other documents
+    assert "reused" not in caplog.text and np.allclose(other, first, atol=1e-5)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
 
 
 def test_npmi_and_diversity_by_hand():

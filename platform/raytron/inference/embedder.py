@@ -14,10 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
+from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
 from raytron.models.classifier import mean_pool
-from raytron.models.tensor_parallel_io import load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
 from raytron.train.distributed import init_megatron
 
 
@@ -31,8 +29,7 @@ class SentenceEmbedder:
         hf_config, weights = read_hf_folder(encoder_dir)
         tconfig = bert_model.transformer_config(hf_config, hidden_dropout=0.0, attention_dropout=0.0)
         self.bert = bert_model.build_bert(hf_config, tconfig)
-        load_full_state_dict(self.bert, hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], 1)),
-                             optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+        load_hf_weights(self.bert, hf_config, weights)
         self.bert = self.bert.eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
         self.max_length = max_length

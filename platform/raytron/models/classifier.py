@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
 from raytron.models.bert import model as bert_model
 from raytron.models.bert.model import build_bert, encode
-from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
-from raytron.models.tensor_parallel_io import load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -58,6 +55,5 @@ def classifier_from_hf(encoder_dir: Path, num_features: int, num_labels: int, he
     hf_config, weights = read_hf_folder(encoder_dir)
     tconfig = bert_model.transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
     model = SequenceClassifier(hf_config, tconfig, num_features, num_labels, head_dropout)
-    padded = padded_vocab_size(hf_config["vocab_size"], parallel_state.get_tensor_model_parallel_world_size())
-    load_full_state_dict(model.bert, hf_to_mcore(hf_config, weights, padded), optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+    load_hf_weights(model.bert, hf_config, weights)
     return model, tconfig, hf_config

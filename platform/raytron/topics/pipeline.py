@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import ray.data
 
 from raytron.atomic import replace_dir
 from raytron.config import TopicModelConfig, TopicsConfig, resolve_pretrained
-from raytron.data.news import load_documents
+from raytron.data.news import blocks, load_documents
 from raytron.inference.embedder import SentenceEmbedder
 from raytron.store import write_model_folder
 from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
@@ -36,12 +37,43 @@ fit_in_worker = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_bertopic
 def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -> np.ndarray:
     """Unit-length sentence embeddings of every document, in order, from a Ray Data actor pool."""
     rows = pd.DataFrame({"row": np.arange(len(docs)), "text": docs["text"].to_numpy()})
-    embedded = ray.data.from_pandas(rows).map_batches(
+    batches = blocks(rows, -(-len(rows) // cfg.topics.embed_batch_size))  # a block a batch: Ray Data's progress moves
+    embedded = ray.data.from_pandas(batches).map_batches(
         SentenceEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_length": cfg.data.max_length},
         batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=1),
         num_gpus=1 if gpu else 0, num_cpus=0.5,
     ).select_columns(["row", "embedding"]).to_pandas().sort_values("row")["embedding"]
     return np.stack(embedded.to_list()).astype(np.float32)
+
+
+def embeddings_key(docs: pd.DataFrame, encoder_dir: Path, max_length: int) -> str:
+    """Fingerprint of what embeddings depend on: the documents' ids, the encoder's weights, the token limit."""
+    digest = hashlib.sha1(json.dumps([max_length, docs["id"].astype(str).tolist()]).encode())
+    for weights in sorted(Path(encoder_dir).glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_embed(docs: pd.DataFrame, name: str, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -> np.ndarray:
+    """`embed`, kept in `<run>/embeddings/<name>.npz` with its `embeddings_key`: a rerun (a resumed
+    sweep, a refit) with the same documents, weights and token limit reuses them."""
+    path = cfg.run_dir / "embeddings" / f"{name}.npz"
+    key = embeddings_key(docs, encoder_dir, cfg.data.max_length)
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                if str(stored["key"]) == key:
+                    log.info("%s embeddings reused from %s", name, path)
+                    return stored["embeddings"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # unreadable: computed again
+            log.warning("%s is unreadable (%s): embedding again", path, error)
+    log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, encoder_dir, gpu)
+    vectors = embed(docs, encoder_dir, cfg, gpu)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{name}.partial.npz")
+    np.savez(partial, embeddings=vectors, key=key)
+    partial.replace(path)
+    return vectors
 
 
 def bucket_dates(dates: pd.Series, bucket: str) -> list[pd.Timestamp]:
@@ -177,8 +209,7 @@ def run(cfg: TopicsConfig) -> dict:
         log.warning("no fine-tuned encoder at %s (jobs/finetune.py --config ...): comparing the pretrained one only", tuned)
     embeddings = {}
     for name, folder in encoders.items():
-        log.info("embedding %d documents with the %s encoder %s (GPU=%s)", len(docs), name, folder, gpu)
-        embeddings[name] = embed(docs, folder, cfg, gpu)
+        embeddings[name] = cached_embed(docs, name, folder, cfg, gpu)
     journal = cfg.run_dir / "topics-sweep.jsonl"
     if not cfg.run.resume:
         journal.unlink(missing_ok=True)
@@ -190,7 +221,7 @@ def run(cfg: TopicsConfig) -> dict:
 
     main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
     main_name = next((n for n, f in encoders.items() if f == main_encoder), "given")
-    vectors = embeddings[main_name] if main_name in embeddings else embed(docs, main_encoder, cfg, gpu)
+    vectors = embeddings[main_name] if main_name in embeddings else cached_embed(docs, main_name, main_encoder, cfg, gpu)
     log.info("fitting the run's BERTopic model on %d documents (%s encoder)", len(docs), main_name)
     model, topics = ray.get(fit_in_worker.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0],
                                                  cfg.topics.main_topics, vocab))

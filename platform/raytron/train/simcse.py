@@ -19,10 +19,9 @@ from megatron.core.transformer.module import MegatronModule
 
 from raytron.config import TopicsConfig, resolve_pretrained
 from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import OPTIONAL_MCORE_PREFIXES, hf_to_mcore, read_hf_folder
+from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
 from raytron.models.classifier import mean_pool
-from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_encoder
 
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "input_ids_b", "attention_mask_b")
@@ -66,9 +65,7 @@ class ContrastiveTask:
         tconfig = bert_model.transformer_config(self.hf_config, params_dtype=params_dtype, hidden_dropout=dropout,
                                                 attention_dropout=dropout)
         model = SentenceEncoder(self.hf_config, tconfig)
-        padded = padded_vocab_size(self.hf_config["vocab_size"], tconfig.tensor_model_parallel_size)
-        load_full_state_dict(model.bert, hf_to_mcore(self.hf_config, weights, padded),
-                             optional_prefixes=OPTIONAL_MCORE_PREFIXES)
+        load_hf_weights(model.bert, self.hf_config, weights)
         return model.to(device), tconfig
 
     def _pair_loss(self, model, batch):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from megatron.core import parallel_state
 
 from raytron.models import hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
-from raytron.models.vocab import pad_rows
+from raytron.models.tensor_parallel_io import load_full_state_dict
+from raytron.models.vocab import pad_rows, padded_vocab_size
 
 OPTIONAL_MCORE_PREFIXES = ("pooler.", "binary_head.", "lm_head.", "output_layer.")
 """Megatron parameters that a plain `BertModel` checkpoint does not carry (heads we train anew)."""
@@ -22,6 +24,13 @@ OPTIONAL_MCORE_PREFIXES = ("pooler.", "binary_head.", "lm_head.", "output_layer.
 def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """config.json and the weights of an HF BERT folder."""
     return hf_folder.read_hf_folder(folder, "bert")
+
+
+def load_hf_weights(bert: torch.nn.Module, config: dict, hf: dict[str, torch.Tensor]) -> None:
+    """Copy an HF BERT's weights into a Megatron-Core BertModel built from its `config`: this rank's
+    tensor-parallel shard, the vocabulary padded for the TP size; heads it lacks keep their init."""
+    padded = padded_vocab_size(config["vocab_size"], parallel_state.get_tensor_model_parallel_world_size())
+    load_full_state_dict(bert, hf_to_mcore(config, hf, padded), optional_prefixes=OPTIONAL_MCORE_PREFIXES)
 
 
 def hf_to_mcore(config: dict, hf: dict[str, torch.Tensor], padded_vocab: int) -> dict[str, torch.Tensor]:
