@@ -98,6 +98,18 @@ def test_vocabulary_keeps_the_words_between_the_document_frequencies():
         vocabulary(texts, min_df=5)
 
 
+def test_sweep_journal_key_follows_documents_embeddings_and_settings():
+    from raytron.config import TopicModelConfig
+    from raytron.topics.pipeline import setup_key
+
+    texts, vectors, cfg = ["a b", "c d"], {"pretrained": np.eye(2, dtype=np.float32)}, TopicModelConfig()
+    key = setup_key(texts, vectors, cfg)
+    assert setup_key(texts, vectors, cfg.model_copy(update={"seeds": [7], "topic_counts": [5]})) == key
+    assert setup_key(["a b", "c e"], vectors, cfg) != key
+    assert setup_key(texts, {"pretrained": 2 * np.eye(2, dtype=np.float32)}, cfg) != key  # a re-tuned encoder
+    assert setup_key(texts, vectors, cfg.model_copy(update={"min_df": 2})) != key
+
+
 def test_time_buckets():
     dates = pd.Series(pd.to_datetime(["2026-11-02", "2026-11-08", "2026-11-09", "2026-12-31"]))
     assert bucket_dates(dates, "W") == list(pd.to_datetime(["2026-11-02", "2026-11-02", "2026-11-09", "2026-12-28"]))

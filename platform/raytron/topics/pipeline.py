@@ -104,11 +104,16 @@ def _score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int)
     return [{"requested": count, **_scores(words, tokens, dictionary, cfg)}]
 
 
-def setup_key(texts: list[str], cfg: TopicModelConfig) -> str:
-    """What a sweep result depends on besides model, count and seed: a journal row with another key is stale."""
+def setup_key(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig) -> str:
+    """What a sweep result depends on besides model, count and seed: the documents, every encoder's
+    embeddings (a re-tuned encoder) and the fitting settings. A journal row with another key is stale."""
     settings = cfg.model_dump(exclude={"topic_counts", "seeds", "main_topics", "time_bucket", "embed_batch_size",
                                        "encoder"})
-    return hashlib.sha1(json.dumps([len(texts), texts[:1], settings], sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(json.dumps([texts, settings], sort_keys=True).encode())
+    for name in sorted(embeddings):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(embeddings[name]).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def sweep(texts: list[str], vocab: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig,
@@ -121,7 +126,7 @@ def sweep(texts: list[str], vocab: list[str], embeddings: dict[str, np.ndarray],
     """
     from gensim.corpora import Dictionary
 
-    key = setup_key(texts, cfg)
+    key = setup_key(texts, embeddings, cfg)
     done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
     done = [r for r in done if r.get("setup") == key]
     finished = {(r["model"], r["requested"], r["seed"]) for r in done}
