@@ -79,6 +79,21 @@ def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp
     assert np.allclose(first, direct, atol=1e-5)  # in the documents' order, though embedded shortest first
 
 
+def test_an_embedding_pool_of_two_keeps_the_documents_order(ray_cluster, tmp_path):
+    from raytron.config import resolve_pretrained
+    from raytron.inference.embedder import SentenceEmbedder
+    from raytron.topics.pipeline import embed
+
+    texts = ["Hockey playoffs tonight.", "A longer post about the shuttle launch and its orbit.", "Jpeg or gif?",
+             "The goalie saved it.", "Graphics cards for the new workstation, any advice on drivers?", "Orbit."]
+    docs = pd.DataFrame({"id": list("abcdef"), "text": texts})
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "data.max_length=32", "resources.num_workers=2",
+                             "topics.embed_batch_size=2"], model=TopicsConfig)
+    encoder = resolve_pretrained(cfg.model.pretrained)
+    pooled = embed(docs, encoder, cfg, gpu=False)
+    assert np.allclose(pooled, SentenceEmbedder(encoder, max_length=32).embed(texts), atol=1e-5)
+
+
 def test_npmi_and_diversity_by_hand():
     tokens = [["apple", "banana"], ["apple", "banana"], ["apple", "cherry"], ["cherry", "date"]]
     dictionary = Dictionary(tokens)

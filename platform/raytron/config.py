@@ -37,7 +37,8 @@ class ParallelConfig(Strict):
 
 class ResourcesConfig(Strict):
     num_workers: int = Field(1, ge=1)
-    """Ray Train workers, one Megatron-Core rank each (TP x PP x DP)."""
+    """Ray Train workers, one Megatron-Core rank each (TP x PP x DP); in the topic job, the encoders
+    of the Ray Data embedding pool."""
     use_gpu: bool | None = None
     """One GPU per worker; unset means: when the Ray cluster has GPUs."""
     cpus_per_worker: float = Field(1.0, gt=0)

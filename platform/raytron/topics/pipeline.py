@@ -35,15 +35,16 @@ fit_in_worker = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_bertopic
 
 
 def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -> np.ndarray:
-    """Unit-length sentence embeddings of every document, in order, from a Ray Data actor pool.
+    """Unit-length sentence embeddings of every document, in order, from a Ray Data actor pool of
+    `resources.num_workers` encoders (a GPU each, or on CPU the worker's cores as threads).
 
     Documents go shortest first (batches pad to their longest) in blocks of one batch each (Ray
-    Data's progress moves batch by batch); on CPU the actor gets the worker's cores as threads."""
+    Data's progress moves batch by batch, and the pool's actors share the work)."""
     rows = pd.DataFrame({"row": np.arange(len(docs)), "text": docs["text"].to_numpy()})
     rows = rows.iloc[np.argsort(rows["text"].str.len().to_numpy(), kind="stable")]
     embedded = ray.data.from_pandas(blocks(rows, -(-len(rows) // cfg.topics.embed_batch_size))).map_batches(
         SentenceEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_length": cfg.data.max_length},
-        batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.resources.num_workers),
         num_gpus=1 if gpu else 0, num_cpus=0.5 if gpu else cfg.resources.cpus_per_worker,
     ).select_columns(["row", "embedding"]).to_pandas().sort_values("row")["embedding"]
     return np.stack(embedded.to_list()).astype(np.float32)
