@@ -1,6 +1,9 @@
 # The GPU run behind the topic-modeling figures (docs/gpu.md). $1: output folder; $2: seeds (YAML list).
 # 20NG: contrastive encoder tune, then the BERTopic (pretrained, tuned) vs LDA sweep and the run's model;
 # Reuters-21578: its BERTopic model with topics over time (pretrained encoder, no sweep).
+# Run it in the foreground of a device call (the tool ends a call's processes when the call returns);
+# on 1x H200 the 20NG part takes ~11 min (tune 4, topic job 6.5), over one 10-minute call: there,
+# run the finetune and the topics lines in two calls (the second reuses /tmp/runs).
 source bench/device_setup.sh
 out=${1:?usage: gpu_topics.sh OUT_DIR [SEEDS]}; seeds=${2:-[0,1,2]}
 runs=/tmp/runs
