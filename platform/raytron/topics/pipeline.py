@@ -1,6 +1,6 @@
 """The topic job: embed with Ray Data, sweep BERTopic and LDA over topic counts and seeds as Ray
-tasks, compare NPMI/diversity, then fit the run's BERTopic model (keywords, topics over time on
-dated corpora, interactive HTML plots) and save it with safetensors. Outputs go to
+tasks, compare NPMI/diversity; beside the sweep, fit the run's BERTopic model (keywords, topics over
+time on dated corpora, interactive HTML plots) and save it with safetensors. Outputs go to
 `<run>/topics/` and `<run>/topic_model/` (both atomically) and to W&B."""
 
 from __future__ import annotations
@@ -225,15 +225,15 @@ def run(cfg: TopicsConfig) -> dict:
     vocab = vocabulary(texts, cfg.topics.min_df, cfg.topics.max_df)
     log.info("vocabulary: %d words in %d+ documents and at most %.0f%% of them", len(vocab), cfg.topics.min_df,
              100 * cfg.topics.max_df)
-    results = sweep(texts, vocab, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
-    table = comparison_table(results) if len(results) else pd.DataFrame()
-
     main_encoder = Path(cfg.topics.encoder) if cfg.topics.encoder else encoders.get("fine-tuned", encoders["pretrained"])
     main_name = next((n for n, f in encoders.items() if f == main_encoder), "given")
     vectors = embeddings[main_name] if main_name in embeddings else cached_embed(docs, main_name, main_encoder, cfg, gpu)
-    log.info("fitting the run's BERTopic model on %d documents (%s encoder)", len(docs), main_name)
-    model, topics = ray.get(fit_in_worker.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0],
-                                                 cfg.topics.main_topics, vocab))
+    log.info("fitting the run's BERTopic model on %d documents (%s encoder), a Ray task beside the sweep's", len(docs),
+             main_name)
+    main_fit = fit_in_worker.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0], cfg.topics.main_topics, vocab)
+    results = sweep(texts, vocab, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
+    table = comparison_table(results) if len(results) else pd.DataFrame()
+    model, topics = ray.get(main_fit)
     info = model.get_topic_info()
     over_time = None
     if docs["date"].notna().all():
