@@ -1,8 +1,9 @@
 """Run each test module in its own pytest process (and so its own local Ray cluster), `--jobs` at a time.
 
 One process per module because in one long session Ray 2.60's driver once hung on a GCS call after
-~20 modules; several at a time because most of a module's wall time is Ray and model start-up, not
-CPU (CI's 2-core machine: 8 of 19 minutes busy one module after another). Modules run in the order
+~20 modules; several at a time because a lone module leaves cores idle during Ray and model
+start-up (CI's 2-core machine, two at a time: the suite 18 min 45 s -> 16 min 49 s; each module runs
+~1.7x slower beside another, so more lanes than cores buy nothing). Modules run in the order
 given (list the slowest first); each one's output is printed whole when it ends. Exit status 1 if
 any module failed or ran past `--timeout`.
 """
