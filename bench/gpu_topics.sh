@@ -2,8 +2,9 @@
 # 20NG: contrastive encoder tune, then the BERTopic (pretrained, tuned) vs LDA sweep and the run's model;
 # Reuters-21578: its BERTopic model with topics over time (pretrained encoder, no sweep).
 # Run it in the foreground of a device call (the tool ends a call's processes when the call returns);
-# on 1x H200 the 20NG part takes ~11 min (tune 4, topic job 6.5), over one 10-minute call: there,
-# run the finetune and the topics lines in two calls (the second reuses /tmp/runs).
+# on 1x H200 the 20NG part took 9 min 22 s with this code (tune 3:11, topic job 6:11 with embeddings;
+# docs/topics-gpu/rerun), too close to one 10-minute call: there, run the finetune and the topics
+# lines in two back-to-back calls (the second reuses /tmp/runs).
 source bench/device_setup.sh
 out=${1:?usage: gpu_topics.sh OUT_DIR [SEEDS]}; seeds=${2:-[0,1,2]}
 runs=/tmp/runs
