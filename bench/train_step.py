@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 def run_steps(args: dict) -> dict:
     from raytron.config import SentimentConfig
-    from raytron.train.distributed import init_megatron
+    from raytron.runtime import init_megatron
     from raytron.train.optim import wrap_for_training
     from raytron.train.sentiment import SentimentTask
 
@@ -68,7 +68,7 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raytron.train.distributed import shutdown_megatron
+    from raytron.runtime import shutdown_megatron
 
     shutdown_megatron()
     torch.distributed.destroy_process_group()

@@ -4,10 +4,10 @@ Then train from them with `data.prepared_dir=data/imdb-prepared` (same max_lengt
 """
 
 from raytron.cli import parse_job
-from raytron.config import resolve_pretrained
 from raytron.data.imdb import encode_splits, read_raw_splits, write_prepared
 from raytron.errors import exit_on_user_error
-from raytron.train.launcher import absolute_paths, connect_ray
+from raytron.models.pretrained import resolve_pretrained
+from raytron.runtime import absolute_paths, connect_ray
 
 
 @exit_on_user_error

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from raytron.cli import parse_job
-from raytron.config import SummarizationConfig, resolve_pretrained
+from raytron.config import SummarizationConfig
 from raytron.errors import RaytronError, exit_on_user_error
+from raytron.models.pretrained import resolve_pretrained
 
 MAX_ARTICLE_CHARS = 200_000
 """Longer inputs are almost certainly not one news article (the prompt keeps ~4k characters anyway)."""

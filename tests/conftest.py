@@ -21,7 +21,7 @@ def environment():
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-tag writes to the GCS from tests
-    from raytron.train.launcher import WORKER_START_TIMEOUT_S
+    from raytron.runtime import WORKER_START_TIMEOUT_S
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)  # before ray.init
 
@@ -97,9 +97,9 @@ def smollm2():
     import transformers
 
     from raytron.models.llama.gguf import smollm2_folder
+    from raytron.models.llama.model import decoder_from_hf
     from raytron.models.llama.state_dict_adapter import read_hf_folder
-    from raytron.train.distributed import init_megatron
-    from raytron.train.summarization import decoder_from_hf
+    from raytron.runtime import init_megatron
 
     init_megatron()
     folder = smollm2_folder()

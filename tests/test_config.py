@@ -1,12 +1,30 @@
 """Config loading: overrides apply, and each mistake names the key and what is allowed."""
 
+import subprocess
+import sys
+
 import pytest
 
 from raytron.config import SentimentConfig, load_config
 from raytron.errors import RaytronError
+from raytron.models.pretrained import pin_pretrained
 from tests.conftest import REPO
 
 RECIPE = REPO / "configs" / "sentiment.yaml"
+
+
+def driver_config(recipe, overrides):
+    """What a job does on the driver: validate the recipe, then resolve and check its pretrained model."""
+    return pin_pretrained(load_config(recipe, overrides))
+
+
+def test_config_module_is_pure():
+    """Validating a recipe imports neither torch nor Megatron-Core and reads no model (workers re-validate)."""
+    probe = ("import sys; from raytron.config import load_config; "
+             f"load_config({str(RECIPE)!r}, ['model.pretrained=/nonexistent']); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'transformers', 'ray'}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_recipe_loads_and_override_applies():
@@ -33,8 +51,16 @@ def test_recipe_loads_and_override_applies():
 )
 def test_bad_config_is_a_clear_error(overrides, message):
     with pytest.raises(RaytronError, match=None) as error:
-        load_config(RECIPE, overrides)
+        driver_config(RECIPE, overrides)
     assert message in str(error.value)
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    from raytron.data.sources import data_root
+
+    with pytest.raises(RaytronError, match=f"data.data_dir={tmp_path}/nope is not a folder"):
+        data_root(str(tmp_path / "nope"))
+    assert data_root(str(tmp_path)) == tmp_path.resolve()
 
 
 def test_missing_config_file():
@@ -58,5 +84,5 @@ def test_every_recipe_picks_its_task_config(recipe, kind):
 ])
 def test_task_specific_mistakes(recipe, overrides, message):
     with pytest.raises(RaytronError) as error:
-        load_config(REPO / "configs" / recipe, overrides)
+        driver_config(REPO / "configs" / recipe, overrides)
     assert message in str(error.value)

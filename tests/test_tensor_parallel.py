@@ -22,7 +22,7 @@ def _two_losses(rank: int, world: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from raytron.config import SentimentConfig
-    from raytron.train.distributed import init_megatron
+    from raytron.runtime import init_megatron
     from raytron.train.optim import wrap_for_training
     from raytron.train.sentiment import SentimentTask
 
@@ -84,7 +84,7 @@ def _llama_logits(rank: int, world: int, port: int, results) -> None:
     from raytron.models.llama.gguf import smollm2_folder
     from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
     from raytron.models.vocab import padded_vocab_size
-    from raytron.train.distributed import init_megatron
+    from raytron.runtime import init_megatron
 
     init_megatron(world, 1, seed=7)
     config, weights = adapter.read_hf_folder(smollm2_folder())

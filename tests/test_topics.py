@@ -58,8 +58,8 @@ def test_blocks_cover_every_row_once_in_order():
 
 
 def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp_path, caplog):
-    from raytron.config import resolve_pretrained
     from raytron.inference.embedder import SentenceEmbedder
+    from raytron.models.pretrained import resolve_pretrained
     from raytron.topics.pipeline import cached_embed
 
     caplog.set_level("INFO", logger="raytron.topics")
@@ -80,8 +80,8 @@ def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp
 
 
 def test_an_embedding_pool_of_two_keeps_the_documents_order(ray_cluster, tmp_path):
-    from raytron.config import resolve_pretrained
     from raytron.inference.embedder import SentenceEmbedder
+    from raytron.models.pretrained import resolve_pretrained
     from raytron.topics.pipeline import embed
 
     texts = ["Hockey playoffs tonight.", "A longer post about the shuttle launch and its orbit.", "Jpeg or gif?",

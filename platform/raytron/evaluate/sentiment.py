@@ -14,8 +14,8 @@ from raytron.config import SentimentConfig
 from raytron.data.imdb import load_splits
 from raytron.evaluate.classification import write_report
 from raytron.inference.classifier import SentimentPredictor
+from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.store import read_meta
-from raytron.train.launcher import absolute_paths, connect_ray, use_gpu
 
 log = logging.getLogger("raytron.evaluate")
 

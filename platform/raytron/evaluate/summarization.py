@@ -16,10 +16,11 @@ import ray
 import ray.data
 
 from raytron.atomic import replace_dir
-from raytron.config import SummarizationConfig, resolve_pretrained
+from raytron.config import SummarizationConfig
 from raytron.data.cnn_dailymail import read_splits
 from raytron.evaluate.rouge import METRICS, bootstrap, lead3, paired_difference, rouge_scores
-from raytron.train.launcher import absolute_paths, connect_ray, use_gpu
+from raytron.models.pretrained import resolve_pretrained
+from raytron.runtime import absolute_paths, connect_ray, use_gpu
 
 log = logging.getLogger("raytron.evaluate")
 COMPARISONS = (("fine-tuned decoder", "zero-shot decoder"), ("extractive (oracle-trained scorer)", "lead-3"))

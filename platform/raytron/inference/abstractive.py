@@ -9,8 +9,8 @@ import torch
 
 from raytron.data.cnn_dailymail import clean_article, prompt_ids
 from raytron.inference.generate import GenerationConfig, generate
-from raytron.train.distributed import init_megatron
-from raytron.train.summarization import decoder_from_hf
+from raytron.models.llama.model import decoder_from_hf
+from raytron.runtime import init_megatron
 
 
 class AbstractiveSummarizer:

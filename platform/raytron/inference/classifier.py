@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from raytron.models.classifier import classifier_from_hf
+from raytron.runtime import init_megatron
 from raytron.store import read_head, read_meta
-from raytron.train.distributed import init_megatron
 
 
 class SentimentPredictor:

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
-from raytron.models.classifier import mean_pool
-from raytron.train.distributed import init_megatron
+from raytron.models.bert.model import bert_from_hf
+from raytron.models.classifier import SentenceEncoder
+from raytron.runtime import init_megatron
 
 
 class SentenceEmbedder:
@@ -26,11 +25,8 @@ class SentenceEmbedder:
         from transformers import AutoTokenizer
 
         self.device = init_megatron()
-        hf_config, weights = read_hf_folder(encoder_dir)
-        tconfig = bert_model.transformer_config(hf_config, hidden_dropout=0.0, attention_dropout=0.0)
-        self.bert = bert_model.build_bert(hf_config, tconfig)
-        load_hf_weights(self.bert, hf_config, weights)
-        self.bert = self.bert.eval().to(self.device)
+        bert, _, hf_config = bert_from_hf(encoder_dir, hidden_dropout=0.0, attention_dropout=0.0)
+        self.encoder = SentenceEncoder(bert).eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
         self.max_length = max_length
         self.batch_size = batch_size
@@ -44,9 +40,8 @@ class SentenceEmbedder:
             encoded = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                      return_tensors="pt").to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                hidden = bert_model.encode(self.bert, encoded["input_ids"], encoded["attention_mask"])
-            pooled = mean_pool(hidden.float(), encoded["attention_mask"])
-            out[start: start + len(chunk)] = F.normalize(pooled, dim=-1).cpu().numpy()
+                pooled = self.encoder(encoded["input_ids"], encoded["attention_mask"])
+            out[start: start + len(chunk)] = F.normalize(pooled.float(), dim=-1).cpu().numpy()
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,32 +10,10 @@ hypotheses, a prompt ends once K hypotheses have ended.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    strategy: Literal["greedy", "sample", "beam"] = "greedy"
-    """greedy: argmax; sample: temperature + nucleus (top-p); beam: beam search."""
-    max_new_tokens: int = Field(128, ge=1, le=1024)
-    """Stop after this many tokens when EOS has not come."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature (strategy=sample)."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus: sample from the smallest set of tokens whose probability reaches top_p (strategy=sample)."""
-    num_beams: int = Field(4, ge=1)
-    """Beams per prompt (strategy=beam)."""
-    length_penalty: float = 1.0
-    """Beam score = log-probability / length ** length_penalty (strategy=beam)."""
-    seed: int = 0
-    """Sampling seed."""
-    kv_cache: bool = True
-    """Megatron-Core static KV cache; False recomputes every step."""
+from raytron.config import GenerationConfig
 
 
 class _Decoder:

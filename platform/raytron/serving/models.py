@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from ray import serve
 
-from raytron.config import resolve_pretrained
 from raytron.errors import RaytronError
+from raytron.models.pretrained import resolve_pretrained
 from raytron.registry import resolve
 from raytron.store import read_meta
 

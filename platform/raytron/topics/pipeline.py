@@ -18,13 +18,15 @@ import ray
 import ray.data
 
 from raytron.atomic import replace_dir
-from raytron.config import TopicModelConfig, TopicsConfig, resolve_pretrained
+from raytron.config import TopicModelConfig, TopicsConfig
 from raytron.data.news import blocks, load_documents
 from raytron.inference.embedder import SentenceEmbedder
+from raytron.models.pretrained import resolve_pretrained
+from raytron.registry import publish_run_model
+from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.store import write_model_folder
 from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
 from raytron.topics.models import bertopic_words, cluster, fit_bertopic, fit_lda, merge
-from raytron.train.launcher import absolute_paths, connect_ray, publish_to_store, use_gpu
 
 log = logging.getLogger("raytron.topics")
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
@@ -259,7 +261,7 @@ def run(cfg: TopicsConfig) -> dict:
             "dataset": cfg.data.dataset, "documents": len(docs), "topics": int((info["Topic"] != -1).sum()),
             "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
     write_model_folder(cfg.run_dir / "topic_model", fill, meta)
-    publish_to_store(cfg, cfg.run_dir / "topic_model", "topics")
+    publish_run_model(cfg, cfg.run_dir / "topic_model", "topics")
     log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
     if len(table):
         log.info("comparison:\n%s", markdown(table, len(docs), len(cfg.topics.seeds)))

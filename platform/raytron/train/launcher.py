@@ -3,49 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-from pathlib import Path
 
-import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raytron.config import JobConfig
-from raytron.data.sources import data_root
 from raytron.errors import RaytronError
+from raytron.registry import publish_run_model
+from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.train import checkpoint
 from raytron.train.loop import train_worker
 from raytron.train.tasks import load_task_splits, make_task
 
 log = logging.getLogger("raytron.launcher")
-
-
-def absolute_paths(cfg: JobConfig) -> JobConfig:
-    """Workers run in other directories (and `ray job submit` in a copy): pin every path now."""
-    cfg = cfg.model_copy(deep=True)
-    cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
-    root = data_root(cfg.data.data_dir)
-    cfg.data.data_dir = str(root) if root else cfg.data.data_dir
-    return cfg
-
-
-WORKER_START_TIMEOUT_S = "300"
-"""Ray Train's default (60 s) is too short for 2 workers importing torch + Megatron-Core on a busy 2-core laptop."""
-
-
-def connect_ray() -> None:
-    """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
-
-
-def use_gpu(cfg: JobConfig) -> bool:
-    """resources.use_gpu, or when unset: whether the connected Ray cluster has a GPU."""
-    if cfg.resources.use_gpu is not None:
-        return cfg.resources.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def finetune(cfg: JobConfig) -> ray.train.Result:
@@ -97,16 +68,5 @@ def finetune(cfg: JobConfig) -> ray.train.Result:
             f"training failed: {error}\nThe last checkpoint is under {storage / cfg.run.name}; rerun the same "
             "command to resume from it, or add run.resume=false to start over."
         ) from error
-    publish_to_store(cfg, cfg.run_dir / "model", make_task(cfg).published_as)
+    publish_run_model(cfg, cfg.run_dir / "model", make_task(cfg).published_as)
     return result
-
-
-def publish_to_store(cfg: JobConfig, folder: Path, default_name: str) -> None:
-    """Publish a finished model folder as the next version in `run.store` (when set)."""
-    if cfg.run.store:
-        from raytron.registry import publish
-
-        name = cfg.run.model_name or default_name
-        version = publish(folder, cfg.run.store, name)
-        log.info("published %s to the model store %s as %s %s", folder, cfg.run.store, name, version)
-

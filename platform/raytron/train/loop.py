@@ -1,20 +1,21 @@
-"""The one Ray Train worker loop every task runs on Megatron-Core (sentiment, summarization).
+"""The one Ray Train worker loop every task runs on Megatron-Core (sentiment, summarization, topics encoder).
 
 Each Ray Train worker is one Megatron-Core rank. Ray shards the streamed dataset over all workers;
 the ranks of one tensor-parallel group all-gather their micro-batches so they run the same rows
 (Megatron-LM broadcasts within the TP group for the same reason). Gradient accumulation, grad
-sync and the optimizer step follow Megatron's `forward_backward_no_pipelining` + `train_step`.
-What differs per task (model, loss, validation metrics, export) is a `Task` (`raytron.train.tasks`).
+sync and the optimizer step are `raytron.train.step.train_step`. The worker reads top-down:
+`setup` (groups, model, schedule, restore), then per epoch `train_epoch` and `end_epoch` (validate,
+export the best, checkpoint). What differs per task (model, loss, validation metrics, export) is a `Task` (`raytron.train.tasks`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -25,9 +26,10 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.config import JobConfig
+from raytron.runtime import init_megatron
 from raytron.train import checkpoint
-from raytron.train.distributed import init_megatron
 from raytron.train.optim import wrap_for_training
+from raytron.train.step import train_step
 
 log = logging.getLogger("raytron.train")
 
@@ -92,127 +94,184 @@ def record_metrics(wandb_run, run_dir: Path, metrics: dict) -> None:
         out.write(json.dumps(metrics) + "\n")
 
 
-def train_worker(config: dict) -> None:
-    """`train_loop_per_worker` for Ray Train: fine-tune, validate each epoch, checkpoint, export the best."""
+@dataclass
+class Plan:
+    """How the training rows become steps on this worker."""
+
+    rows_per_micro_batch: int
+    """Rows this worker reads per micro-batch (micro_batch_size / TP: the TP group gathers them)."""
+    accumulation: int
+    """Micro-batches per optimizer step."""
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, cfg: JobConfig, num_train_rows: int, world_size: int) -> "Plan":
+        tp, dp = cfg.parallel.tensor, cfg.parallel.data
+        per_worker = cfg.train.micro_batch_size // tp
+        accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+        steps_per_epoch = num_train_rows // world_size // (per_worker * accumulation)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"{num_train_rows} training rows give no full step of global_batch_size={cfg.train.global_batch_size}"
+            )
+        total = steps_per_epoch * cfg.train.epochs
+        return cls(per_worker, accumulation, steps_per_epoch, min(total, cfg.train.max_steps or total))
+
+
+@dataclass
+class Worker:
+    """One rank's training state: what `setup` builds and the epoch functions advance."""
+
+    cfg: JobConfig
+    task: Task
+    plan: Plan
+    device: torch.device
+    model: torch.nn.Module
+    """The bare Megatron module (checkpoints and export use its keys)."""
+    ddp: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    wandb_run: object | None
+    """Rank 0's W&B run; None on the other ranks."""
+    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "best_val": -math.inf})
+
+    @property
+    def rank0(self) -> bool:
+        return dist.get_rank() == 0
+
+    @property
+    def done(self) -> bool:
+        return self.state["epoch"] >= self.cfg.train.epochs or self.state["step"] >= self.plan.total_steps
+
+
+def setup(config: dict) -> Worker:
+    """Megatron groups on Ray's process group, the task's pretrained model wrapped for training, the
+    schedule, the last checkpoint restored (Ray hands it back after a restart or a rerun), W&B on rank 0."""
     from raytron.config import TASK_CONFIGS
     from raytron.train.tasks import make_task
 
     cfg: JobConfig = TASK_CONFIGS[config["job"]["task"]].model_validate(config["job"])
-    num_train_rows: int = config["num_train_rows"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     device = init_megatron(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
-    rank = dist.get_rank()
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
-
-    tp, dp = cfg.parallel.tensor, cfg.parallel.data
-    per_worker = cfg.train.micro_batch_size // tp
-    accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-    rows_per_worker = num_train_rows // dist.get_world_size()
-    steps_per_epoch = rows_per_worker // (per_worker * accumulation)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{num_train_rows} training rows give no full step of global_batch_size={cfg.train.global_batch_size}"
-        )
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps)
-
-    state = {"step": 0, "epoch": 0, "best_val": -math.inf}
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as path:
-            state = checkpoint.load(Path(path), model, optimizer, scheduler)
-        log.info("resumed from %s at step %d (epoch %d)", restored.path, state["step"], state["epoch"])
-        if state["step"] >= total_steps:
-            log.info("this run is already complete; use run.resume=false or a new run.name to train again")
-
+    plan = Plan.of(cfg, config["num_train_rows"], dist.get_world_size())
+    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, plan.total_steps)
     wandb_run = None
-    if rank == 0:
+    if dist.get_rank() == 0:
         from raytron.tracking import start_run
 
         wandb_run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", cfg.model_dump())
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    worker = Worker(cfg, task, plan, device, model, ddp, optimizer, scheduler, wandb_run)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as path:
+            worker.state = checkpoint.load(Path(path), model, optimizer, scheduler)
+        log.info("resumed from %s at step %d (epoch %d), lr %.3g", restored.path, worker.state["step"],
+                 worker.state["epoch"], optimizer.param_groups[0]["lr"])
+        if worker.done:
+            log.info("this run is already complete; use run.resume=false or a new run.name to train again")
     log.info(
         "rank %d: %s, TP=%d DP=%d, %d steps/epoch x %d epochs (%d total), micro %d x accumulation %d, %s",
-        rank, type(task).__name__, tp, dp, steps_per_epoch, cfg.train.epochs, total_steps,
-        cfg.train.micro_batch_size, accumulation, "bf16" if bf16 else "fp32",
+        dist.get_rank(), type(task).__name__, cfg.parallel.tensor, cfg.parallel.data, plan.steps_per_epoch,
+        cfg.train.epochs, plan.total_steps, cfg.train.micro_batch_size, plan.accumulation, "bf16" if bf16 else "fp32",
     )
-    ddp.train()
-    while state["epoch"] < cfg.train.epochs and state["step"] < total_steps:
-        batches = train_shard.iter_torch_batches(
-            batch_size=per_worker, drop_last=True, device=device, local_shuffle_buffer_size=1000,
-            local_shuffle_seed=cfg.train.seed + state["epoch"],
-        )
-        window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
-        micro = []
-        for batch in batches:
-            micro.append(tp_gather({k: batch[k] for k in task.columns}))
-            if len(micro) < accumulation:
-                continue
-            optimizer.zero_grad()
-            ddp.zero_grad_buffer()
-            step_loss = 0.0
-            for index, mb in enumerate(micro):
-                sync = ddp.no_sync() if index < len(micro) - 1 else contextlib.nullcontext()
-                with sync:
-                    loss, tokens = task.loss(ddp, mb)
-                    (loss / len(micro)).backward()
-                step_loss += loss.item() / len(micro)
-                window_tokens += tokens
-            ddp.finish_grad_sync()
-            _, grad_norm, _ = optimizer.step()
-            scheduler.step(increment=1)
-            micro = []
-            state["step"] += 1
-            window_loss += step_loss
-            window_steps += 1
-            if state["step"] % cfg.train.log_every == 0 or state["step"] == total_steps:
-                elapsed = time.perf_counter() - window_start
-                # every TP rank counted the same rows: tokens of the whole job = ours x DP
-                metrics = {
-                    "train/loss": window_loss / window_steps,
-                    "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/grad_norm": float(grad_norm or 0.0),
-                    "train/tokens_per_s": window_tokens * dp / elapsed,
-                    "train/step_time_ms": 1000 * elapsed / window_steps,
-                    "step": state["step"],
-                    "epoch": state["step"] / steps_per_epoch,
-                }
-                if rank == 0:
-                    log.info(
-                        "epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step",
-                        state["epoch"] + 1, state["step"], total_steps, metrics["train/loss"], metrics["train/lr"],
-                        metrics["train/tokens_per_s"], metrics["train/step_time_ms"],
-                    )
-                    record_metrics(wandb_run, cfg.run_dir, metrics)
-                ray.train.report(metrics)
-                window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
-            if state["step"] >= total_steps:
-                break
-        state["epoch"] += 1
-        val = validate(task, ddp, val_shard, per_worker, device)
-        improved = val[task.selection] > state["best_val"]
-        if improved:
-            state["best_val"] = val[task.selection]
-            task.export(model, {**{f"val_{k}": v for k, v in val.items()}, "step": state["step"], "epoch": state["epoch"]})
-        val_metrics = {**{f"val/{k}": v for k, v in val.items()}, "step": state["step"]}
-        if rank == 0:
-            log.info("epoch %d: validation %s%s", state["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
-                     " (best so far: model exported)" if improved else "")
-            record_metrics(wandb_run, cfg.run_dir, val_metrics)
-        staging = cfg.run_dir / "checkpoint-staging" / f"step-{state['step']:07d}"
-        checkpoint.save(staging, model, optimizer, scheduler, state)
-        report = {**val_metrics, "epoch": state["epoch"]}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(staging) if rank == 0 else None)
-        dist.barrier()
-        if rank == 0:  # Ray copied it into the run's storage
-            shutil.rmtree(staging, ignore_errors=True)
-    if wandb_run is not None:
-        wandb_run.summary[f"best_val_{task.selection}"] = state["best_val"]
-        wandb_run.finish()
-    if not math.isfinite(state["best_val"]):
-        raise RuntimeError(f"validation {task.selection} is not finite")
+    return worker
+
+
+def micro_batch_groups(worker: Worker, shard):
+    """This epoch's optimizer steps: lists of `accumulation` micro-batches, TP-gathered, in a seeded order."""
+    batches = shard.iter_torch_batches(
+        batch_size=worker.plan.rows_per_micro_batch, drop_last=True, device=worker.device,
+        local_shuffle_buffer_size=1000, local_shuffle_seed=worker.cfg.train.seed + worker.state["epoch"],
+    )
+    group = []
+    for batch in batches:
+        group.append(tp_gather({k: batch[k] for k in worker.task.columns}))
+        if len(group) == worker.plan.accumulation:
+            yield group
+            group = []
+
+
+def train_epoch(worker: Worker, shard) -> None:
+    """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps."""
+    cfg, state = worker.cfg, worker.state
+    window = {"start": time.perf_counter(), "tokens": 0, "loss": 0.0, "steps": 0}
+    for group in micro_batch_groups(worker, shard):
+        result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task.loss, group)
+        state["step"] += 1
+        window["tokens"] += result.tokens
+        window["loss"] = window["loss"] + result.loss  # a device tensor: read once per window
+        window["steps"] += 1
+        if state["step"] % cfg.train.log_every == 0 or state["step"] == worker.plan.total_steps:
+            log_window(worker, window, result.grad_norm)
+            window = {"start": time.perf_counter(), "tokens": 0, "loss": 0.0, "steps": 0}
+        if state["step"] >= worker.plan.total_steps:
+            break
+
+
+def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
+    """Report the mean loss, LR, throughput of the steps since the last report (grad norm when known)."""
+    elapsed = time.perf_counter() - window["start"]
+    step = worker.state["step"]
+    # every TP rank counted the same rows: tokens of the whole job = ours x DP
+    metrics = {
+        "train/loss": float(window["loss"]) / window["steps"],
+        "train/lr": worker.optimizer.param_groups[0]["lr"],
+        **({} if grad_norm is None else {"train/grad_norm": grad_norm}),
+        "train/tokens_per_s": window["tokens"] * worker.cfg.parallel.data / elapsed,
+        "train/step_time_ms": 1000 * elapsed / window["steps"],
+        "step": step,
+        "epoch": step / worker.plan.steps_per_epoch,
+    }
+    if worker.rank0:
+        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step", worker.state["epoch"] + 1, step,
+                 worker.plan.total_steps, metrics["train/loss"], metrics["train/lr"], metrics["train/tokens_per_s"],
+                 metrics["train/step_time_ms"])
+        record_metrics(worker.wandb_run, worker.cfg.run_dir, metrics)
+    ray.train.report(metrics)
+
+
+def end_epoch(worker: Worker, val_shard) -> None:
+    """Validate, export the model when the selection metric improved, then checkpoint."""
+    state, task = worker.state, worker.task
+    state["epoch"] += 1
+    val = validate(task, worker.ddp, val_shard, worker.plan.rows_per_micro_batch, worker.device)
+    improved = val[task.selection] > state["best_val"]
+    if improved:
+        state["best_val"] = val[task.selection]
+        task.export(worker.model, {**{f"val_{k}": v for k, v in val.items()}, "step": state["step"], "epoch": state["epoch"]})
+    val_metrics = {**{f"val/{k}": v for k, v in val.items()}, "step": state["step"]}
+    if worker.rank0:
+        log.info("epoch %d: validation %s%s", state["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
+                 " (best so far: model exported)" if improved else "")
+        record_metrics(worker.wandb_run, worker.cfg.run_dir, val_metrics)
+    save_checkpoint(worker, {**val_metrics, "epoch": state["epoch"]})
+
+
+def save_checkpoint(worker: Worker, metrics: dict) -> None:
+    """Every rank writes its dist_checkpointing shards to a staging folder; rank 0 reports it to Ray Train."""
+    staging = worker.cfg.run_dir / "checkpoint-staging" / f"step-{worker.state['step']:07d}"
+    checkpoint.save(staging, worker.model, worker.optimizer, worker.scheduler, worker.state)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging) if worker.rank0 else None)
+    dist.barrier()
+    if worker.rank0:  # Ray copied it into the run's storage
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train_worker(config: dict) -> None:
+    """`train_loop_per_worker` for Ray Train: fine-tune, validate each epoch, checkpoint, export the best."""
+    worker = setup(config)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    worker.ddp.train()
+    while not worker.done:
+        train_epoch(worker, train_shard)
+        end_epoch(worker, val_shard)
+    if worker.wandb_run is not None:
+        worker.wandb_run.summary[f"best_val_{worker.task.selection}"] = worker.state["best_val"]
+        worker.wandb_run.finish()
+    if not math.isfinite(worker.state["best_val"]):
+        raise RuntimeError(f"validation {worker.task.selection} is not finite")

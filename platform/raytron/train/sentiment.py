@@ -6,9 +6,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from raytron.config import SentimentConfig, resolve_pretrained
+from raytron.config import SentimentConfig
 from raytron.data.imdb import LABELS
 from raytron.models.classifier import classifier_from_hf
+from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_classifier
 
@@ -27,7 +28,7 @@ class SentimentTask:
     def build(self, device, params_dtype):
         model, tconfig, self.hf_config = classifier_from_hf(
             self.pretrained, len(self.cfg.model.features), len(LABELS), self.cfg.model.head_dropout,
-            params_dtype=params_dtype,
+            params_dtype=params_dtype, head_seed=self.cfg.train.seed, **self.cfg.model.dropout_overrides(),
         )
         return model.to(device), tconfig
 

@@ -15,32 +15,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core.transformer.module import MegatronModule
 
-from raytron.config import TopicsConfig, resolve_pretrained
-from raytron.models.bert import model as bert_model
-from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
-from raytron.models.classifier import mean_pool
+from raytron.config import TopicsConfig
+from raytron.models.bert.model import bert_from_hf
+from raytron.models.classifier import SentenceEncoder
+from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_encoder
 
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "input_ids_b", "attention_mask_b")
-
-
-class SentenceEncoder(MegatronModule):
-    """BERT encoder -> mean pooling over the mask (sentence-transformers' pooling), no head."""
-
-    def __init__(self, hf_config: dict, config):
-        super().__init__(config=config)
-        self.bert = bert_model.build_bert(hf_config, config)
-        for unused in (self.bert.lm_head, self.bert.output_layer, self.bert.binary_head, self.bert.pooler):
-            unused.requires_grad_(False)
-
-    def set_input_tensor(self, input_tensor):
-        self.bert.set_input_tensor(input_tensor)
-
-    def forward(self, input_ids, attention_mask):
-        return mean_pool(bert_model.encode(self.bert, input_ids, attention_mask), attention_mask)
 
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +43,10 @@ class ContrastiveTask:
         self.pretrained = resolve_pretrained(cfg.model.pretrained)
 
     def build(self, device, params_dtype):
-        self.hf_config, weights = read_hf_folder(self.pretrained)
         dropout = self.cfg.model.dropout
-        tconfig = bert_model.transformer_config(self.hf_config, params_dtype=params_dtype, hidden_dropout=dropout,
-                                                attention_dropout=dropout)
-        model = SentenceEncoder(self.hf_config, tconfig)
-        load_hf_weights(model.bert, self.hf_config, weights)
-        return model.to(device), tconfig
+        bert, tconfig, self.hf_config = bert_from_hf(self.pretrained, params_dtype, hidden_dropout=dropout,
+                                                     attention_dropout=dropout)
+        return SentenceEncoder(bert).to(device), tconfig
 
     def _pair_loss(self, model, batch):
         first = model(batch["input_ids"].long(), batch["attention_mask"].long())

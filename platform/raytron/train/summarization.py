@@ -9,25 +9,15 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from raytron.config import SummarizationConfig, resolve_pretrained
+from raytron.config import SummarizationConfig
 from raytron.data.cnn_dailymail import IGNORE_INDEX
-from raytron.models.llama import model as llama_model
 from raytron.models.llama import state_dict_adapter as adapter
-from raytron.models.tensor_parallel_io import gather_full_state_dict, load_full_state_dict
-from raytron.models.vocab import padded_vocab_size
+from raytron.models.llama.model import decoder_from_hf
+from raytron.models.pretrained import resolve_pretrained
+from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_decoder
 
 TRAIN_COLUMNS = ("input_ids", "labels")
-
-
-def decoder_from_hf(folder, params_dtype=torch.float32, **config_overrides):
-    """A GPTModel holding this rank's TP shard of an HF Llama folder; returns it, its TransformerConfig and the HF config."""
-    hf_config, weights = adapter.read_hf_folder(folder)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    tconfig = llama_model.transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
-    model = llama_model.build_gpt(hf_config, tconfig)
-    load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
-    return model, tconfig, hf_config
 
 
 def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import ray.data
 
-from raytron.config import JobConfig, resolve_pretrained
+from raytron.config import JobConfig
+from raytron.models.pretrained import resolve_pretrained
 
 
 def make_task(cfg: JobConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.models.bert.layer import post_layernorm_bert_layer_spec
+from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
 from raytron.models.runtime import runtime_fields
 from raytron.models.vocab import padded_vocab_size
 
@@ -53,6 +55,16 @@ def build_bert(hf: dict[str, Any], config: TransformerConfig) -> BertModel:
         share_embeddings_and_output_weights=True,
         add_binary_head=True,
     )
+
+
+def bert_from_hf(folder: str | Path, params_dtype=torch.float32, **config_overrides):
+    """A BertModel holding this rank's TP shard of an HF BERT folder; returns it, its TransformerConfig and
+    the HF config. The one builder of this family: training, inference, serving and embedding use it."""
+    hf_config, weights = read_hf_folder(folder)
+    tconfig = transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
+    bert = build_bert(hf_config, tconfig)
+    load_hf_weights(bert, hf_config, weights)
+    return bert, tconfig, hf_config
 
 
 def encode(bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

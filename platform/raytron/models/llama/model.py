@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,9 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from raytron.models.llama import state_dict_adapter as adapter
 from raytron.models.runtime import runtime_fields
+from raytron.models.tensor_parallel_io import load_full_state_dict
 from raytron.models.vocab import padded_vocab_size
 
 
@@ -59,3 +62,14 @@ def build_gpt(hf: dict[str, Any], config: TransformerConfig) -> GPTModel:
         position_embedding_type="rope",
         rotary_base=rope_theta(hf),
     )
+
+
+def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, **config_overrides):
+    """A GPTModel holding this rank's TP shard of an HF Llama folder; returns it, its TransformerConfig and
+    the HF config. The one builder of this family: training, inference and serving use it."""
+    hf_config, weights = adapter.read_hf_folder(folder)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    tconfig = transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
+    model = build_gpt(hf_config, tconfig)
+    load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
+    return model, tconfig, hf_config

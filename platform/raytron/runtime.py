@@ -1,0 +1,93 @@
+"""The process runtime every layer shares: Megatron-Core's parallel groups on top of torch.distributed,
+and the Ray connection (train/, inference/, serving/, evaluate/ and topics/ all start here)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from raytron.config import JobConfig
+
+WORKER_START_TIMEOUT_S = "300"
+"""Ray Train's default (60 s) is too short for 2 workers importing torch + Megatron-Core on a busy 2-core laptop."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> torch.device:
+    """Initialize Megatron-Core's TP/PP/DP groups and RNG; return this rank's device.
+
+    The one entry point to Megatron-Core in a process: without a GPU it first installs the CPU shim
+    (`raytron.megatron_cpu`). Inside Ray Train the default process group already exists (nccl on
+    GPU, gloo on CPU); outside it (a Serve replica, a Ray Data actor, a script) a one-process gloo
+    group is created.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from raytron import megatron_cpu
+
+    on_cpu = megatron_cpu.enable()
+    if not dist.is_initialized():
+        # A fresh port, not MASTER_PORT: a reused Ray worker process may carry a stale one.
+        dist.init_process_group(
+            "gloo" if on_cpu else "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+    world = dist.get_world_size()
+    if world % (tensor_parallel * pipeline_parallel):
+        raise ValueError(f"{world} ranks cannot be split into TP={tensor_parallel} x PP={pipeline_parallel}")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_parallel, pipeline_parallel)
+    model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)
+    if on_cpu:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def shutdown_megatron() -> None:
+    """Tear down Megatron-Core's groups (the default group belongs to whoever created it)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+
+
+def connect_ray() -> None:
+    """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+
+
+def use_gpu(cfg: JobConfig) -> bool:
+    """resources.use_gpu, or when unset: whether the connected Ray cluster has a GPU."""
+    import ray
+
+    if cfg.resources.use_gpu is not None:
+        return cfg.resources.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def absolute_paths(cfg: JobConfig) -> JobConfig:
+    """Workers run in other directories (and `ray job submit` in a copy): pin every path now, and
+    resolve the pretrained model once, here on the driver (workers then read a plain folder)."""
+    from raytron.data.sources import data_root
+    from raytron.models.pretrained import pin_pretrained
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
+    root = data_root(cfg.data.data_dir)
+    cfg.data.data_dir = str(root) if root else cfg.data.data_dir
+    return pin_pretrained(cfg)
