@@ -12,7 +12,7 @@ from raytron.config import TopicDataConfig, TopicsConfig, load_config
 from raytron.data.news import SpanPairEncoder, blocks, clean_newsgroup_post, load_documents, read_raw
 from raytron.errors import RaytronError
 from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
-from raytron.topics.pipeline import bucket_dates
+from raytron.topics.report import bucket_dates
 from raytron.train.simcse import info_nce
 from tests.conftest import REPO
 
@@ -60,7 +60,7 @@ def test_blocks_cover_every_row_once_in_order():
 def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp_path, caplog):
     from raytron.inference.embedder import SentenceEmbedder
     from raytron.models.pretrained import resolve_pretrained
-    from raytron.topics.pipeline import cached_embed
+    from raytron.topics.embed import cached_embed
 
     caplog.set_level("INFO", logger="raytron.topics")
     docs = pd.DataFrame({"id": ["a", "b"], "text": ["The shuttle launch slipped.", "The goalie saved it."]})
@@ -82,7 +82,7 @@ def test_embeddings_are_cached_per_documents_encoder_and_length(ray_cluster, tmp
 def test_an_embedding_pool_of_two_keeps_the_documents_order(ray_cluster, tmp_path):
     from raytron.inference.embedder import SentenceEmbedder
     from raytron.models.pretrained import resolve_pretrained
-    from raytron.topics.pipeline import embed
+    from raytron.topics.embed import embed
 
     texts = ["Hockey playoffs tonight.", "A longer post about the shuttle launch and its orbit.", "Jpeg or gif?",
              "The goalie saved it.", "Graphics cards for the new workstation, any advice on drivers?", "Orbit."]
@@ -115,7 +115,7 @@ def test_vocabulary_keeps_the_words_between_the_document_frequencies():
 
 def test_sweep_journal_key_follows_documents_embeddings_and_settings():
     from raytron.config import TopicModelConfig
-    from raytron.topics.pipeline import setup_key
+    from raytron.topics.sweep import setup_key
 
     texts, vectors, cfg = ["a b", "c d"], {"pretrained": np.eye(2, dtype=np.float32)}, TopicModelConfig()
     key = setup_key(texts, vectors, cfg)
