@@ -2,13 +2,18 @@
 
 sentiment: accuracy, precision, recall, F1, confusion matrix, error analysis.
 summarization: the ROUGE table of Lead-3, extractive, zero-shot and fine-tuned decoder.
+topics: evaluated by the topic job itself (NPMI, diversity against LDA): `python jobs/topics.py --config ...`.
 """
 
 from raytron.cli import parse_job
-from raytron.errors import exit_on_user_error
+from raytron.errors import RaytronError, exit_on_user_error
 
 
-def evaluator(task: str):
+def evaluator(task: str, config: str):
+    """The task's evaluate(cfg, model_dir); a topics config is sent to the topic job."""
+    if task == "topics":
+        raise RaytronError(f"topic models are evaluated by the topic job (NPMI and diversity against LDA): "
+                           f"use python jobs/topics.py --config {config}")
     from raytron.evaluate import sentiment, summarization
 
     return {"sentiment": sentiment.evaluate, "summarization": summarization.evaluate}[task]
@@ -17,7 +22,7 @@ def evaluator(task: str):
 @exit_on_user_error
 def main() -> None:
     args, cfg = parse_job(__doc__, ("--model", {"default": None, "help": "model folder (default: <run dir>/model)"}))
-    evaluator(cfg.task)(cfg, args.model)
+    evaluator(cfg.task, args.config)(cfg, args.model)
     print(f"done: report in {cfg.run_dir / 'eval'}")
 
 

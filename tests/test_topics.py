@@ -1,6 +1,8 @@
 """Topic modeling on real 20NG posts: cleaning, planted topics, metrics by hand, time buckets, the job's outputs."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ from raytron.config import TopicDataConfig, TopicsConfig, load_config
 from raytron.data.news import SpanPairEncoder, blocks, clean_newsgroup_post, load_documents, read_raw
 from raytron.errors import RaytronError
 from raytron.topics.metrics import diversity, npmi, tokenize, vocabulary
-from raytron.topics.report import bucket_dates
+from raytron.topics.report import bucket_dates, topics_over_time
 from raytron.train.simcse import info_nce
 from tests.conftest import REPO
 
@@ -147,6 +149,14 @@ def test_contrastive_pieces():
     assert (out["input_ids"][1] == out["input_ids_b"][1]).all()  # too short to split: both views whole
 
 
+def test_evaluate_sends_a_topics_config_to_the_topic_job():
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", "--config", "configs/topics.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: topic models are evaluated by the topic job")
+    assert done.stderr.strip().endswith("use python jobs/topics.py --config configs/topics.yaml")
+
+
 @pytest.fixture(scope="module")
 def planted(ray_cluster):
     from raytron.config import TopicModelConfig
@@ -189,16 +199,18 @@ def test_topics_over_time_counts_each_bucket(planted):
     sample, _, _, model, topics = planted
     dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))
     stamps = bucket_dates(dates, "W")
-    over_time = model.topics_over_time(list(sample["text"]), stamps, topics=list(topics), nr_bins=None)
+    over_time = topics_over_time(model, list(sample["text"]), list(topics), dates, "W")
     expected = pd.crosstab(pd.Series(topics, name="Topic"), pd.Series(stamps, name="Timestamp")).stack()
     got = over_time.set_index(["Topic", "Timestamp"])["Frequency"]
     assert got.sum() == len(sample) and sorted(over_time["Timestamp"].unique()) == sorted(set(stamps))
     assert all(got[key] == count for key, count in expected[expected > 0].items())
+    assert topics_over_time(model, list(sample["text"]), list(topics), dates.mask(dates.index == 3), "W") is None
 
 
 @pytest.mark.slow
 def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     from bertopic import BERTopic
+    from gensim.models.coherencemodel import CoherenceModel
 
     from raytron.inference.embedder import SentenceEmbedder
     from raytron.store import read_meta
@@ -211,12 +223,25 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     out = tmp_path / "topics-demo"
     table = pd.read_csv(out / "topics" / "comparison.csv")
     assert set(table["model"]) == {"BERTopic (pretrained)", "LDA (gensim)"}
-    assert table[["npmi"]].abs().le(1).all().all() and table["diversity"].between(0, 1).all()
     assert {"topic_map", "barchart", "hierarchy"} <= set(result["plots"])
     assert (out / "topics" / "plots" / "barchart.html").read_text().count("plotly") > 10
     meta = read_meta(out / "topic_model")
-    assert meta["task"] == "topics" and meta["topics"] == result["topics"] <= 4
+    assigned = pd.read_parquet(out / "topics" / "assignments.parquet")
+    found = sorted(set(assigned["topic"]) - {-1})
+    assert meta["task"] == "topics" and 2 <= meta["topics"] == len(found) <= 4 and found == list(range(len(found)))
     loaded = BERTopic.load(str(out / "topic_model" / "bertopic"))  # safetensors, no pickle
+    # The saved model is the sweep's BERTopic at 4 topics, seed 0 (same embeddings, vocabulary, seed): its
+    # scores in the table, recomputed here from its saved keywords with gensim and by hand, must match.
+    words = [[w for w, _ in loaded.get_topic(t)] for t in sorted(loaded.get_topics()) if t != -1]
+    row = table[(table["model"] == "BERTopic (pretrained)") & (table["requested"] == "4")].iloc[0]
+    assert row["topics"] == len(words) == meta["topics"]
+    top25 = [w for topic in words for w in topic[:25]]
+    assert row["diversity"] == pytest.approx(len(set(top25)) / len(top25), abs=1e-9)
+    texts = list(load_documents(cfg.data)["text"])  # the job's 200 documents (seeded sample)
+    tokens = tokenize(texts, vocabulary(texts, cfg.topics.min_df, cfg.topics.max_df))
+    coherence = CoherenceModel(topics=[topic[:10] for topic in words], texts=tokens, dictionary=Dictionary(tokens),
+                               coherence="c_npmi", topn=10, processes=1).get_coherence()
+    assert row["npmi"] == pytest.approx(coherence, abs=1e-6)
     texts = ["The shuttle reached orbit after launch.", "The goalie saved the puck in overtime."]
     encoder = SentenceEmbedder(out / "topic_model" / meta["encoder"])  # the encoder travels with the model
     predicted, _ = loaded.transform(texts, embeddings=encoder.embed(texts))
