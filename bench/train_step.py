@@ -2,8 +2,8 @@
 
     python bench/train_step.py [--steps 60] [--batch 32] [--seq 512]
 
-Builds the MiniLM classifier with Megatron DDP + optimizer exactly as the job does, feeds fixed
-random token batches (no data pipeline, so only the runtime differs), and prints the median step
+Builds the MiniLM classifier with Megatron DDP + optimizer exactly as the job does and runs the
+job's own `train_step` on fixed random token batches (no data pipeline, so only the runtime differs), and prints the median step
 time of the last `steps - warmup` steps measured with device synchronization.
 """
 
@@ -15,34 +15,32 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def run_steps(args: dict) -> dict:
     from raytron.config import SentimentConfig
+    from raytron.models.pretrained import pin_pretrained
     from raytron.runtime import init_megatron
     from raytron.train.optim import wrap_for_training
     from raytron.train.sentiment import SentimentTask
+    from raytron.train.step import train_step
 
-    cfg = SentimentConfig.model_validate({"train": {"micro_batch_size": args["batch"], "global_batch_size": args["batch"]}})
+    cfg = pin_pretrained(SentimentConfig.model_validate(
+        {"train": {"micro_batch_size": args["batch"], "global_batch_size": args["batch"]}}))
     device = init_megatron()
     bf16 = device.type == "cuda"
-    model, tconfig = SentimentTask(cfg).build(device, torch.bfloat16 if bf16 else torch.float32)
+    task = SentimentTask(cfg)
+    model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=args["steps"])
     ids = torch.randint(1000, 30000, (args["batch"], args["seq"]), device=device)
-    mask = torch.ones_like(ids)
-    features, labels = torch.rand(args["batch"], 2, device=device), torch.randint(0, 2, (args["batch"],), device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "label": torch.randint(0, 2, (args["batch"],), device=device),
+             "log_length": torch.rand(args["batch"], device=device), "vader_compound": torch.rand(args["batch"], device=device)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for _ in range(args["steps"]):
         sync()
         start = time.perf_counter()
-        optimizer.zero_grad()
-        ddp.zero_grad_buffer()
-        F.cross_entropy(ddp(ids, mask, features).float(), labels).backward()
-        ddp.finish_grad_sync()
-        optimizer.step()
-        scheduler.step(increment=1)
+        train_step(ddp, optimizer, scheduler, task.loss, [batch])
         sync()
         times.append(time.perf_counter() - start)
     measured = times[args["warmup"]:]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from rouge_score import rouge_scorer
 
 from raytron.config import load_config
 from raytron.data.cnn_dailymail import IGNORE_INDEX
@@ -72,10 +73,17 @@ def test_rouge_table_has_every_technique(trained):
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == result["rows"] == 3 and all(s["fine-tuned decoder"] for s in samples)
     assert (run_dir / "eval" / "rouge.md").read_text().count("\n|") == 7 + 4  # 5 techniques; 2 paired differences
-    paired = result["paired"]["fine-tuned decoder - zero-shot decoder"]["rouge1"]
-    assert paired["mean"] == pytest.approx(table["fine-tuned decoder"]["rouge1"]["mean"]
-                                           - table["zero-shot decoder"]["rouge1"]["mean"])
-    assert paired["low"] <= paired["mean"] <= paired["high"]
+    # every figure is ROUGE (Google's rouge-score, stemming) of the summaries written to samples.jsonl
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=True)
+    per_row = {name: [scorer.score(s["reference"], s[name]) for s in samples] for name in table}
+    for name, rows in per_row.items():
+        for m in ("rouge1", "rouge2"):
+            assert table[name][m]["mean"] == pytest.approx(100 * sum(r[m].fmeasure for r in rows) / len(rows), abs=1e-6)
+    paired = result["paired"]["fine-tuned decoder - zero-shot decoder"]["rouge2"]
+    differences = [100 * (a["rouge2"].fmeasure - b["rouge2"].fmeasure)
+                   for a, b in zip(per_row["fine-tuned decoder"], per_row["zero-shot decoder"], strict=True)]
+    assert paired["mean"] == pytest.approx(sum(differences) / len(differences), abs=1e-6)
+    assert min(differences) <= paired["low"] <= paired["mean"] <= paired["high"] <= max(differences)
     assert (run_dir / "extractive" / "sentence_scorer.json").is_file()
 
 

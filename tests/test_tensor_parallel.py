@@ -1,5 +1,7 @@
-"""TP=2 computes what TP=1 computes: same loss on the same batch, before and after one Adam step."""
+"""TP=2 computes what TP=1 computes: the real Ray Train loop's per-step losses (sentiment), and the
+Llama converter's logits under TP=3."""
 
+import json
 import os
 import socket
 
@@ -7,7 +9,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
+
+from raytron.config import load_config
+from raytron.train.launcher import finetune
+from tests.conftest import REPO, tiny_overrides
 
 TOLERANCE = 1e-5  # fp32; TP changes only the order of the reductions
 
@@ -18,60 +23,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _two_losses(rank: int, world: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    from raytron.config import SentimentConfig
-    from raytron.runtime import init_megatron
-    from raytron.train.optim import wrap_for_training
-    from raytron.train.sentiment import SentimentTask
+def step_losses(root, name: str, workers: int, tensor: int) -> dict[int, float]:
+    """Per-step training losses of a real fine-tune (Ray Train, Megatron-Core) on 16 reviews.
 
-    cfg = SentimentConfig.model_validate(
-        {"parallel": {"tensor": world}, "resources": {"num_workers": world}, "model": {"head_dropout": 0.0},
-         "train": {"micro_batch_size": 4, "global_batch_size": 4, "lr": 1e-3, "warmup_fraction": 0.0}}
-    )
-    device = init_megatron(world, 1, seed=7)
-    model, tconfig = SentimentTask(cfg).build(device, torch.float32)
-    model.bert.config.hidden_dropout = model.bert.config.attention_dropout = 0.0
-    torch.manual_seed(0)  # the same head init and batch on every rank and both layouts
-    for layer in model.head:
-        if isinstance(layer, torch.nn.Linear):
-            layer.reset_parameters()
-    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=10)
-    model.eval()  # no dropout: the comparison is exact up to summation order
-    ids = torch.randint(1000, 20000, (4, 24))
-    mask = torch.ones_like(ids)
-    mask[2:, 18:] = 0
-    features, labels = torch.rand(4, 2), torch.tensor([0, 1, 1, 0])
-    losses = []
-    for _ in range(2):
-        optimizer.zero_grad()
-        ddp.zero_grad_buffer()
-        loss = F.cross_entropy(ddp(ids, mask, features).float(), labels)
-        loss.backward()
-        ddp.finish_grad_sync()
-        optimizer.step()
-        scheduler.step(increment=1)
-        losses.append(loss.item())
-    if rank == 0:
-        results.extend(losses)
-    dist.destroy_process_group()
-
-
-def _run(world: int) -> list[float]:
-    with mp.Manager() as manager:
-        results = manager.list()
-        mp.spawn(_two_losses, args=(world, _free_port(), results), nprocs=world, join=True)
-        return list(results)
+    One optimizer step per epoch covers all 16 rows, so both layouts average the same rows whatever
+    order Ray shards them in; no dropout, so the only difference left is TP's reduction order."""
+    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{
+        "run.name": name, "resources.num_workers": workers, "parallel.tensor": tensor, "data.train_rows": 16,
+        "data.val_rows": 8, "train.epochs": 3, "model.dropout": 0.0, "model.head_dropout": 0.0}))
+    finetune(cfg)
+    rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
 @pytest.mark.slow
-def test_tp2_matches_tp1():
-    tp1, tp2 = _run(1), _run(2)
-    assert len(tp1) == len(tp2) == 2
-    assert tp1[1] < tp1[0]  # the Adam step moved the model
-    for a, b in zip(tp1, tp2, strict=True):
-        assert abs(a - b) <= TOLERANCE, (tp1, tp2)
+def test_tp2_fine_tune_matches_tp1(ray_cluster, tmp_path):
+    """Through `finetune`: the TP group gathers its ranks' micro-batches (tp_gather) so both ranks run
+    the same rows; without it each rank would see half the batch and the losses would differ."""
+    tp1 = step_losses(tmp_path, "tp1", workers=1, tensor=1)
+    tp2 = step_losses(tmp_path, "tp2", workers=2, tensor=2)
+    assert sorted(tp1) == sorted(tp2) == [1, 2, 3]
+    assert tp1[3] < tp1[1]  # the steps trained the model
+    for step in tp1:
+        assert abs(tp1[step] - tp2[step]) <= TOLERANCE, (tp1, tp2)
 
 
 def _llama_logits(rank: int, world: int, port: int, results) -> None:

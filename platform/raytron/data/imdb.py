@@ -61,7 +61,8 @@ def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
     for split, ds in splits.items():
         ds = ds.map_batches(_label_to_int, batch_format="pandas")
         if limits[split]:  # a small seeded slice: sampling in pandas beats a distributed shuffle
-            frame = ds.to_pandas()
+            # Ray Data hands blocks over in completion order: sort first, or the seeded sample differs per run
+            frame = ds.to_pandas().sort_values(["id", "label", "text"], kind="stable", ignore_index=True)
             ds = ray.data.from_pandas(frame.sample(min(limits[split], len(frame)), random_state=cfg.seed))
         elif split == "train":  # the corpus is sorted by label: streamed in order, SGD sees one class at a time
             ds = ds.random_shuffle(seed=cfg.seed)
