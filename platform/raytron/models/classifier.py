@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from megatron.core.transformer.module import MegatronModule
 
+from raytron.models.attention import Attention
 from raytron.models.bert.model import bert_from_hf, encode
 
 
@@ -69,8 +70,9 @@ class SequenceClassifier(MegatronModule):
 
 
 def classifier_from_hf(encoder_dir: Path, num_features: int, num_labels: int, head_dropout: float,
-                       params_dtype=torch.float32, head_seed: int = 0, **config_overrides):
+                       params_dtype=torch.float32, head_seed: int = 0, attention: Attention = "auto",
+                       **config_overrides):
     """A SequenceClassifier whose encoder holds this rank's TP shard of an HF BERT folder's weights
     (the head keeps its seeded initialization). Returns the model, its TransformerConfig and the HF config."""
-    bert, tconfig, hf_config = bert_from_hf(encoder_dir, params_dtype, **config_overrides)
+    bert, tconfig, hf_config = bert_from_hf(encoder_dir, params_dtype, attention, **config_overrides)
     return SequenceClassifier(bert, num_features, num_labels, head_dropout, head_seed), tconfig, hf_config

@@ -28,7 +28,8 @@ class SentimentTask:
     def build(self, device, params_dtype):
         model, tconfig, self.hf_config = classifier_from_hf(
             self.pretrained, len(self.cfg.model.features), len(LABELS), self.cfg.model.head_dropout,
-            params_dtype=params_dtype, head_seed=self.cfg.train.seed, **self.cfg.model.dropout_overrides(),
+            params_dtype=params_dtype, head_seed=self.cfg.train.seed, attention=self.cfg.model.attention,
+            **self.cfg.model.dropout_overrides(),
         )
         return model.to(device), tconfig
 

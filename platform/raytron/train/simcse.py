@@ -44,7 +44,7 @@ class ContrastiveTask:
 
     def build(self, device, params_dtype):
         dropout = self.cfg.model.dropout
-        bert, tconfig, self.hf_config = bert_from_hf(self.pretrained, params_dtype, hidden_dropout=dropout,
+        bert, tconfig, self.hf_config = bert_from_hf(self.pretrained, params_dtype, self.cfg.model.attention, hidden_dropout=dropout,
                                                      attention_dropout=dropout)
         return SentenceEncoder(bert).to(device), tconfig
 

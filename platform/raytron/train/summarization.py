@@ -41,7 +41,7 @@ class SummarizationTask:
         self.pretrained = resolve_pretrained(cfg.model.pretrained)
 
     def build(self, device, params_dtype):
-        model, tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype)
+        model, tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
         return model.to(device), tconfig
 
     def loss(self, model, batch):

@@ -16,6 +16,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from megatron.core.utils import make_viewless_tensor
 
+from raytron.models.attention import Attention, with_core_attention
+
 
 class PostLayerNormTransformerLayer(TransformerLayer):
     """A TransformerLayer whose residual connections take the normalized input (BERT order)."""
@@ -39,10 +41,10 @@ class PostLayerNormTransformerLayer(TransformerLayer):
         return output, None
 
 
-def post_layernorm_bert_layer_spec() -> ModuleSpec:
-    """Megatron-Core's local BERT layer spec with the post-LN layer module swapped in."""
-    return ModuleSpec(
+def post_layernorm_bert_layer_spec(attention: Attention = "auto") -> ModuleSpec:
+    """Megatron-Core's local BERT layer spec with the post-LN layer module and `attention`'s core attention."""
+    return with_core_attention(ModuleSpec(
         module=PostLayerNormTransformerLayer,
         params=bert_layer_local_spec.params,
         submodules=bert_layer_local_spec.submodules,
-    )
+    ), attention)

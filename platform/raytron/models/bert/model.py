@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.bert.bert_model import BertModel
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from raytron.models.attention import Attention
 from raytron.models.bert.layer import post_layernorm_bert_layer_spec
 from raytron.models.bert.state_dict_adapter import load_hf_weights, read_hf_folder
 from raytron.models.runtime import runtime_fields
@@ -42,12 +44,24 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **over
     return TransformerConfig(**fields)
 
 
-def build_bert(hf: dict[str, Any], config: TransformerConfig) -> BertModel:
+class PostLayerNormBertModel(BertModel):
+    """BertModel with our layer specs: Megatron-Core 0.16.1's mask-layout check knows its own
+    DotProductAttention and Transformer Engine only, and takes any other core attention (our SDPA
+    subclass included) for TE, whose version check then fails without TE."""
+
+    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
+        core = self.transformer_layer_spec.submodules.self_attention.submodules.core_attention
+        if isinstance(core, type) and issubclass(core, DotProductAttention):
+            return "b1ss"  # [b, 1, s, s] booleans, True = masked out
+        return super()._sanity_check_attention_and_get_attn_mask_dimension()
+
+
+def build_bert(hf: dict[str, Any], config: TransformerConfig, attention: Attention = "auto") -> BertModel:
     """A BertModel for this pipeline stage, with BERT's post-LN layers, pooler and MLM head."""
-    return BertModel(
+    return PostLayerNormBertModel(
         config=config,
         num_tokentypes=hf.get("type_vocab_size", 2),
-        transformer_layer_spec=post_layernorm_bert_layer_spec(),
+        transformer_layer_spec=post_layernorm_bert_layer_spec(attention),
         vocab_size=padded_vocab_size(hf["vocab_size"], config.tensor_model_parallel_size),
         max_sequence_length=hf["max_position_embeddings"],
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -57,12 +71,12 @@ def build_bert(hf: dict[str, Any], config: TransformerConfig) -> BertModel:
     )
 
 
-def bert_from_hf(folder: str | Path, params_dtype=torch.float32, **config_overrides):
+def bert_from_hf(folder: str | Path, params_dtype=torch.float32, attention: Attention = "auto", **config_overrides):
     """A BertModel holding this rank's TP shard of an HF BERT folder; returns it, its TransformerConfig and
     the HF config. The one builder of this family: training, inference, serving and embedding use it."""
     hf_config, weights = read_hf_folder(folder)
     tconfig = transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
-    bert = build_bert(hf_config, tconfig)
+    bert = build_bert(hf_config, tconfig, attention)
     load_hf_weights(bert, hf_config, weights)
     return bert, tconfig, hf_config
 

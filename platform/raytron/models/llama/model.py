@@ -12,6 +12,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from raytron.models.attention import Attention, with_core_attention
 from raytron.models.llama import state_dict_adapter as adapter
 from raytron.models.runtime import runtime_fields
 from raytron.models.tensor_parallel_io import load_full_state_dict
@@ -49,11 +50,12 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **over
     return TransformerConfig(**fields)
 
 
-def build_gpt(hf: dict[str, Any], config: TransformerConfig) -> GPTModel:
-    """A GPTModel for this pipeline stage with Llama's options (local spec: no Transformer Engine here)."""
+def build_gpt(hf: dict[str, Any], config: TransformerConfig, attention: Attention = "auto") -> GPTModel:
+    """A GPTModel for this pipeline stage with Llama's options: Megatron-Core's local layer spec (its norms
+    and linears need no Transformer Engine) with `attention`'s core attention."""
     return GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_layer_spec=with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), attention),
         vocab_size=padded_vocab_size(hf["vocab_size"], config.tensor_model_parallel_size),
         max_sequence_length=hf["max_position_embeddings"],
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -64,12 +66,12 @@ def build_gpt(hf: dict[str, Any], config: TransformerConfig) -> GPTModel:
     )
 
 
-def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, **config_overrides):
+def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: Attention = "auto", **config_overrides):
     """A GPTModel holding this rank's TP shard of an HF Llama folder; returns it, its TransformerConfig and
     the HF config. The one builder of this family: training, inference and serving use it."""
     hf_config, weights = adapter.read_hf_folder(folder)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tconfig = transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
-    model = build_gpt(hf_config, tconfig)
+    model = build_gpt(hf_config, tconfig, attention)
     load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
     return model, tconfig, hf_config
