@@ -111,6 +111,8 @@ class TrainConfig(Strict):
     """Log and report metrics every this many steps."""
     seed: int = 1234
     """Model initialization and dropout seed."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Peak TFLOP/s of one device for the logged MFU; unset: the GPU's bf16 datasheet figure (none on CPUs)."""
 
 
 class WandbConfig(Strict):

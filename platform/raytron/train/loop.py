@@ -28,6 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from raytron.config import JobConfig
 from raytron.runtime import init_megatron
 from raytron.train import checkpoint
+from raytron.train.flops import peak_flops_per_device
 from raytron.train.optim import wrap_for_training
 from raytron.train.step import train_step
 
@@ -47,8 +48,12 @@ class Task(Protocol):
     def build(self, device: torch.device, params_dtype: torch.dtype) -> tuple[torch.nn.Module, TransformerConfig]:
         """The pretrained model with this rank's TP shard, on `device`."""
 
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Mean training loss of a micro-batch and the real tokens it holds."""
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss of a micro-batch, summed over its loss items (tokens or rows)."""
+
+    def measure(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Device tensors `items` (loss items), `tokens` (real tokens) and `flops` (model training FLOPs) of a
+        micro-batch, from the batch alone (no forward)."""
 
     def validation_sums(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Float64 sums over a validation micro-batch (added over batches and DP ranks)."""
@@ -134,6 +139,8 @@ class Worker:
     scheduler: object
     wandb_run: object | None
     """Rank 0's W&B run; None on the other ranks."""
+    peak_flops: float | None = None
+    """This device's peak FLOP/s for MFU (`train.peak_tflops` or the GPU's datasheet); None on CPUs."""
     state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "best_val": -math.inf})
 
     @property
@@ -164,7 +171,8 @@ def setup(config: dict) -> Worker:
         from raytron.tracking import start_run
 
         wandb_run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", cfg.model_dump())
-    worker = Worker(cfg, task, plan, device, model, ddp, optimizer, scheduler, wandb_run)
+    worker = Worker(cfg, task, plan, device, model, ddp, optimizer, scheduler, wandb_run,
+                    peak_flops_per_device(cfg.train.peak_tflops, device))
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as path:
@@ -198,38 +206,46 @@ def micro_batch_groups(worker: Worker, shard):
 def train_epoch(worker: Worker, shard) -> None:
     """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps."""
     cfg, state = worker.cfg, worker.state
-    window = {"start": time.perf_counter(), "tokens": 0, "loss": 0.0, "steps": 0}
+    window = new_window()
     for group in micro_batch_groups(worker, shard):
-        result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task.loss, group)
+        result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task, group)
         state["step"] += 1
-        window["tokens"] += result.tokens
-        window["loss"] = window["loss"] + result.loss  # a device tensor: read once per window
+        for key in ("loss", "tokens", "flops"):  # device tensors: read once per window
+            window[key] = window[key] + getattr(result, key)
         window["steps"] += 1
         if state["step"] % cfg.train.log_every == 0 or state["step"] == worker.plan.total_steps:
             log_window(worker, window, result.grad_norm)
-            window = {"start": time.perf_counter(), "tokens": 0, "loss": 0.0, "steps": 0}
+            window = new_window()
         if state["step"] >= worker.plan.total_steps:
             break
 
 
+def new_window() -> dict:
+    return {"start": time.perf_counter(), "steps": 0, "loss": 0.0, "tokens": 0.0, "flops": 0.0}
+
+
 def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
-    """Report the mean loss, LR, throughput of the steps since the last report (grad norm when known)."""
+    """Report the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last report (the grad
+    norm when the optimizer gave one: a missing norm is left out, not logged as 0)."""
     elapsed = time.perf_counter() - window["start"]
     step = worker.state["step"]
-    # every TP rank counted the same rows: tokens of the whole job = ours x DP
+    flops_per_device = float(window["flops"]) / elapsed / dist.get_world_size()  # steps' FLOPs are global
     metrics = {
         "train/loss": float(window["loss"]) / window["steps"],
         "train/lr": worker.optimizer.param_groups[0]["lr"],
         **({} if grad_norm is None else {"train/grad_norm": grad_norm}),
-        "train/tokens_per_s": window["tokens"] * worker.cfg.parallel.data / elapsed,
+        "train/tokens_per_s": float(window["tokens"]) / elapsed,
         "train/step_time_ms": 1000 * elapsed / window["steps"],
+        "train/tflops_per_device": flops_per_device / 1e12,
+        **({} if worker.peak_flops is None else {"train/mfu": flops_per_device / worker.peak_flops}),
         "step": step,
         "epoch": step / worker.plan.steps_per_epoch,
     }
     if worker.rank0:
-        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step", worker.state["epoch"] + 1, step,
-                 worker.plan.total_steps, metrics["train/loss"], metrics["train/lr"], metrics["train/tokens_per_s"],
-                 metrics["train/step_time_ms"])
+        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step %.1f TFLOP/s%s",
+                 worker.state["epoch"] + 1, step, worker.plan.total_steps, metrics["train/loss"], metrics["train/lr"],
+                 metrics["train/tokens_per_s"], metrics["train/step_time_ms"], metrics["train/tflops_per_device"],
+                 f" MFU {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else "")
         record_metrics(worker.wandb_run, worker.cfg.run_dir, metrics)
     ray.train.report(metrics)
 

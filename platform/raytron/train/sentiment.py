@@ -12,6 +12,7 @@ from raytron.models.classifier import classifier_from_hf
 from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_classifier
+from raytron.train.flops import training_flops
 
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "label", "log_length", "vader_compound")
 
@@ -31,6 +32,7 @@ class SentimentTask:
             params_dtype=params_dtype, head_seed=self.cfg.train.seed, attention=self.cfg.model.attention,
             **self.cfg.model.dropout_overrides(),
         )
+        self.tconfig = tconfig
         return model.to(device), tconfig
 
     def logits(self, model, batch):
@@ -38,7 +40,12 @@ class SentimentTask:
         return model(batch["input_ids"].long(), batch["attention_mask"].long(), feats).float()
 
     def loss(self, model, batch):
-        return F.cross_entropy(self.logits(model, batch), batch["label"]), int(batch["attention_mask"].sum())
+        return F.cross_entropy(self.logits(model, batch), batch["label"], reduction="sum")
+
+    def measure(self, batch):
+        lengths = batch["attention_mask"].sum(1)
+        return {"items": torch.tensor(len(lengths), device=lengths.device), "tokens": lengths.sum(),
+                "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):
         logits = self.logits(model, batch)

@@ -22,6 +22,7 @@ from raytron.models.classifier import SentenceEncoder
 from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_encoder
+from raytron.train.flops import training_flops
 
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "input_ids_b", "attention_mask_b")
 
@@ -46,6 +47,7 @@ class ContrastiveTask:
         dropout = self.cfg.model.dropout
         bert, tconfig, self.hf_config = bert_from_hf(self.pretrained, params_dtype, self.cfg.model.attention, hidden_dropout=dropout,
                                                      attention_dropout=dropout)
+        self.tconfig = tconfig
         return SentenceEncoder(bert).to(device), tconfig
 
     def _pair_loss(self, model, batch):
@@ -54,7 +56,12 @@ class ContrastiveTask:
         return info_nce(first, second, self.cfg.model.temperature)
 
     def loss(self, model, batch):
-        return self._pair_loss(model, batch)[0], int(batch["attention_mask"].sum() + batch["attention_mask_b"].sum())
+        return self._pair_loss(model, batch)[0] * len(batch["input_ids"])  # InfoNCE is a mean over rows
+
+    def measure(self, batch):
+        lengths = torch.cat([batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1)])
+        return {"items": torch.tensor(len(batch["input_ids"]), device=lengths.device), "tokens": lengths.sum(),
+                "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):
         model.train()  # SimCSE's validation loss needs the same two dropout masks as training

@@ -7,28 +7,53 @@ import math
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
+from torch.utils.checkpoint import checkpoint
 
 from raytron.config import SummarizationConfig
 from raytron.data.cnn_dailymail import IGNORE_INDEX
 from raytron.models.llama import state_dict_adapter as adapter
-from raytron.models.llama.model import decoder_from_hf
+from raytron.models.llama.model import decoder_from_hf, decoder_hidden_states, unwrap
 from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_decoder
+from raytron.train.flops import training_flops
 
 TRAIN_COLUMNS = ("input_ids", "labels")
 
 
-def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position next-token loss (vocab-parallel cross entropy) and the mask of supervised positions."""
-    input_ids, labels = input_ids.long(), labels.long()
-    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
+LOGIT_CHUNK = 1024
+"""Supervised positions projected to the vocabulary at a time: a [1024 x 49,152] fp32 block is 200 MB."""
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts (the next one); IGNORE_INDEX where nothing is supervised."""
+    labels = labels.long()
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
+
+
+def _chunk_losses(output_layer, weight, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits, _ = output_layer(hidden.unsqueeze(1), weight=weight)  # [n, 1, vocab / TP]
+    return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), targets.unsqueeze(1)).squeeze(1)
+
+
+def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token losses (vocab-parallel cross entropy) at the supervised positions only, in row-major order.
+
+    The decoder runs on every position, but the output layer and the loss only where a summary token is
+    predicted (~128 of 1,024), in chunks recomputed in backward: logits never exist for the prompt, and
+    never all at once."""
+    gpt = unwrap(model)
+    targets = next_token_targets(labels)
     supervised = targets != IGNORE_INDEX
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     # attention_mask=None: the causal mask; right padding sits after every supervised token
-    losses = model(input_ids, positions, None, labels=targets.masked_fill(~supervised, 0))
-    return losses.float() * supervised, supervised
+    hidden = decoder_hidden_states(gpt, input_ids.long(), positions).transpose(0, 1)[supervised]
+    weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
+    return torch.cat([
+        checkpoint(_chunk_losses, gpt.output_layer, weight, h, t, use_reentrant=False)
+        for h, t in zip(hidden.split(LOGIT_CHUNK), targets[supervised].split(LOGIT_CHUNK), strict=True)
+    ])
 
 
 class SummarizationTask:
@@ -41,19 +66,23 @@ class SummarizationTask:
         self.pretrained = resolve_pretrained(cfg.model.pretrained)
 
     def build(self, device, params_dtype):
-        model, tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
-        return model.to(device), tconfig
+        model, self.tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
+        return model.to(device), self.tconfig
 
     def loss(self, model, batch):
-        losses, supervised = token_losses(model, batch["input_ids"], batch["labels"])
+        return supervised_losses(model, batch["input_ids"], batch["labels"]).sum()
+
+    def measure(self, batch):
         # real (non-pad) tokens of a row: everything up to its last supervised label (right padding)
         labelled = batch["labels"] != IGNORE_INDEX
-        lengths = labelled.shape[1] - labelled.flip(1).int().argmax(1)
-        return losses.sum() / supervised.sum().clamp(min=1), int(lengths[labelled.any(1)].sum())
+        lengths = (labelled.shape[1] - labelled.flip(1).int().argmax(1)) * labelled.any(1)
+        items = (next_token_targets(batch["labels"]) != IGNORE_INDEX).sum()
+        return {"items": items, "tokens": lengths.sum(),
+                "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}
 
     def validation_sums(self, model, batch):
-        losses, supervised = token_losses(model, batch["input_ids"], batch["labels"])
-        return torch.stack([losses.sum().double(), supervised.sum().double()])
+        losses = supervised_losses(model, batch["input_ids"], batch["labels"])
+        return torch.stack([losses.sum().double(), torch.tensor(len(losses), dtype=torch.float64, device=losses.device)])
 
     def validation_metrics(self, sums):
         loss = (sums[0] / sums[1]).item()

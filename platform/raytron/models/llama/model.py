@@ -75,3 +75,20 @@ def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: A
     model = build_gpt(hf_config, tconfig, attention)
     load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
     return model, tconfig, hf_config
+
+
+def unwrap(model):
+    """The GPTModel inside Megatron's DDP and Float16Module wrappers (their forward only passes through)."""
+    while not isinstance(model, GPTModel):
+        model = model.module
+    return model
+
+
+def decoder_hidden_states(gpt: GPTModel, input_ids, position_ids, attention_mask=None):
+    """Final (normed) hidden states [seq, batch, hidden]: GPTModel.forward without the output layer, so that
+    callers project only the positions they need (GPTModel's own `_preprocess` embeds and builds RoPE)."""
+    decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset = gpt._preprocess(
+        input_ids=input_ids, position_ids=position_ids)[:5]
+    return gpt.decoder(hidden_states=decoder_input, attention_mask=attention_mask, rotary_pos_emb=rotary_pos_emb,
+                       rotary_pos_cos=rotary_pos_cos, rotary_pos_sin=rotary_pos_sin,
+                       sequence_len_offset=sequence_len_offset)

@@ -1,0 +1,108 @@
+"""Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
+
+    python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--batch 32] [--seq 512] [--steps 30]
+
+Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
+the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
+`raytron.train.flops` on real tokens (here every token is real); MFU against the GPU's bf16 peak.
+The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` summary tokens.
+Prints one row per attention and, with --profile, the five CUDA kernels that took the most time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+TASKS = {"encoder": "configs/sentiment.yaml", "decoder": "configs/summarization.yaml"}
+"""The recipe whose model each benchmark builds."""
+
+
+def synthetic_batch(model: str, batch: int, seq: int, supervised: int, device) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1000, 30000, (batch, seq), device=device)
+    if model == "encoder":
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "label": torch.randint(0, 2, (batch,), device=device),
+                "log_length": torch.rand(batch, device=device), "vader_compound": torch.rand(batch, device=device)}
+    labels = torch.full_like(ids, -100)
+    labels[:, -supervised:] = ids[:, -supervised:]
+    return {"input_ids": ids, "labels": labels}
+
+
+def run_steps(args: dict) -> dict:
+    """Median step time, tokens/s, TFLOP/s and MFU of `train_step` on one synthetic batch."""
+    from raytron.config import load_config
+    from raytron.models.pretrained import pin_pretrained
+    from raytron.runtime import init_megatron
+    from raytron.train.flops import peak_flops_per_device
+    from raytron.train.optim import wrap_for_training
+    from raytron.train.step import train_step
+    from raytron.train.tasks import make_task
+
+    recipe = Path(__file__).resolve().parents[1] / TASKS[args["model"]]
+    cfg = pin_pretrained(load_config(recipe, [f"train.micro_batch_size={args['batch']}",
+                                              f"train.global_batch_size={args['batch']}",
+                                              f"model.attention={args['attention']}", "resources.num_workers=1"]))
+    device = init_megatron()
+    bf16 = device.type == "cuda"
+    task = make_task(cfg)
+    model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
+    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=args["steps"])
+    batch = synthetic_batch(args["model"], args["batch"], args["seq"], args["supervised"], device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if bf16:
+        torch.cuda.reset_peak_memory_stats()
+    times, result = [], None
+    for _ in range(args["steps"]):
+        sync()
+        start = time.perf_counter()
+        result = train_step(ddp, optimizer, scheduler, task, [batch])
+        sync()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times[args["warmup"]:])
+    flops = float(result.flops) / median
+    peak = peak_flops_per_device(None, device)
+    out = {"median_ms": 1000 * median, "p90_ms": 1000 * sorted(times[args["warmup"]:])[int(0.9 * (len(times) - args["warmup"]))],
+           "tokens_per_s": float(result.tokens) / median, "tflops": flops / 1e12,
+           "mfu": flops / peak if peak else None, "device": torch.cuda.get_device_name() if bf16 else "cpu",
+           "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if bf16 else None}
+    if args.get("profile") and bf16:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                train_step(ddp, optimizer, scheduler, task, [batch])
+            sync()
+        out["top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=5)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(TASKS), default="encoder")
+    parser.add_argument("--attention", nargs="+", default=["sdpa", "local"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--profile", action="store_true")
+    args = vars(parser.parse_args())
+    print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
+    print(f"{'attention':<10}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
+    for attention in args["attention"]:
+        row = run_steps({**args, "attention": attention})
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+        memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
+        print(f"{attention:<10}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
+              f"{row['tflops']:>9.1f}{mfu:>8}{memory:>9}  ({row['device']})", flush=True)
+        if "top_kernels" in row:
+            print(row["top_kernels"])
+
+
+if __name__ == "__main__":
+    main()
