@@ -1,19 +1,63 @@
 """A local HTTP server that answers like NewsAPI (https://newsapi.org/docs: responses and errors).
 
 Not a mock of our code: the real client talks HTTP to it. It serves a fixed set of articles
-(with one URL repeated, as NewsAPI does across sources), enforces the key, answers 426
-maximumResultsReached past `max_results`, and a 429 rateLimited with Retry-After once for a
-chosen page.
+(with one URL repeated, as NewsAPI does across sources), filtered by `q` (words and "phrases" in
+title, description or content; +must, -must-not, AND, OR, NOT; no parentheses) and `from`/`to` (ISO
+dates or datetimes, inclusive; a date alone is its whole day), enforces the key, answers 426
+maximumResultsReached past `max_results`, 400 parameterInvalid for a bad date, and a 429
+rateLimited with Retry-After once for a chosen page.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+from datetime import datetime, time, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 API_KEY = "test-key"
+
+
+def _term_in(term: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def matches_q(article: dict, q: str) -> bool:
+    """NewsAPI's `q` (https://newsapi.org/docs/endpoints/everything): alternatives split by OR, each
+    needing all its terms (space or AND), none of its -terms or NOT terms; "quoted" terms are phrases."""
+    text = " ".join(article.get(field) or "" for field in ("title", "description", "content"))
+    tokens = re.findall(r'[+-]?"[^"]*"|\S+', q.replace("(", " ").replace(")", " "))
+    alternatives, current = [], []
+    for token in tokens:
+        if token == "OR":
+            alternatives.append(current)
+            current = []
+        else:
+            current.append(token)
+    alternatives.append(current)
+    for terms in alternatives:
+        ok, negate = True, False
+        for token in terms:
+            if token in ("AND", "NOT"):
+                negate = token == "NOT"
+                continue
+            excluded = negate or token.startswith("-")
+            word = token.lstrip("+-").strip('"')
+            ok &= _term_in(word, text) != excluded
+            negate = False
+        if ok:
+            return True
+    return False
+
+
+def _bound(value: str, end: bool) -> datetime:
+    """An ISO `from`/`to` as a UTC datetime; a date alone covers its whole day."""
+    if len(value) == 10:
+        return datetime.combine(datetime.fromisoformat(value).date(), time.max if end else time.min, timezone.utc)
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def make_articles(count: int) -> list[dict]:
@@ -72,8 +116,16 @@ class FakeNewsAPI:
             return error(426, "maximumResultsReached",
                          f"You have requested too many results. Developer accounts are limited to a max of "
                          f"{self.max_results} results.")
-        chunk = self.articles[(page - 1) * size: page * size]
-        return 200, {"status": "ok", "totalResults": len(self.articles), "articles": chunk}, {}
+        try:
+            lowest = _bound(params["from"], end=False) if "from" in params else None
+            highest = _bound(params["to"], end=True) if "to" in params else None
+        except ValueError:
+            return error(400, "parameterInvalid", "The from or to parameter is not an ISO 8601 date or datetime.")
+        found = [a for a in self.articles if ("q" not in params or matches_q(a, params["q"]))
+                 and (lowest is None or _bound(a["publishedAt"], end=False) >= lowest)
+                 and (highest is None or _bound(a["publishedAt"], end=False) <= highest)]
+        chunk = found[(page - 1) * size: page * size]
+        return 200, {"status": "ok", "totalResults": len(found), "articles": chunk}, {}
 
     def pages_served(self) -> list[int]:
         return [int(p.get("page", 1)) for _, p in self.requests]

@@ -63,10 +63,57 @@ def test_bad_key_is_a_clear_error(server, tmp_path):
         collect(client(server, [], key="wrong"), NewsQuery(q="x"), tmp_path / "a.jsonl")
 
 
-def test_torn_last_line_is_skipped(tmp_path):
+def test_torn_last_line_is_skipped_with_a_count_and_damage_is_an_error(tmp_path, caplog):
     out = tmp_path / "a.jsonl"
     out.write_text(json.dumps({"url": "u1"}) + "\n" + '{"url": "u2", "ti')
     assert read_articles(out) == [{"url": "u1"}]
+    assert "1 torn last line (17 bytes, a crash mid-write) skipped; 1 rows read" in caplog.text
+    out.write_text(json.dumps({"url": "u1"}) + "\n" + '{"url": "u2"}')  # whole, its newline not written yet
+    assert read_articles(out) == [{"url": "u1"}, {"url": "u2"}]
+    out.write_text(json.dumps({"url": "u1"}) + "\n" + '{"url": "u2", "ti{"url": "u3"}\n')  # torn, then appended to
+    with pytest.raises(RaytronError, match="line 2 is not JSON.*damaged"):
+        read_articles(out)
+
+
+def test_newsapi_corpus_with_a_torn_last_line_loads(tmp_path, caplog):
+    from raytron.data.news import read_raw
+
+    out = tmp_path / "newsapi" / "articles.jsonl"
+    out.parent.mkdir()
+    out.write_text("".join(json.dumps(a) + "\n" for a in make_articles(3)) + '{"source": {"id": nu')
+    raw = read_raw("newsapi", str(tmp_path))  # was a pandas ValueError
+    assert list(raw["title"]) == ["Headline 0", "Headline 1", "Headline 2"]
+    assert "1 torn last line" in caplog.text and "3 rows read" in caplog.text
+
+
+def test_collector_cuts_a_torn_last_line_before_appending(server, tmp_path):
+    out = tmp_path / "articles.jsonl"
+    out.write_text(json.dumps(make_articles(1)[0]) + "\n" + '{"url": "https://example.com/torn", "ti')
+    counts = collect(client(server, []), NewsQuery(q="markets", page_size=10), out)
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["url"] for line in lines][:2] == ["https://example.com/story/0", "https://example.com/story/1"]
+    assert len(lines) == 24 and counts["new"] == 23  # story 0 was there; the torn fragment is gone, no line glued
+
+
+def test_query_reaches_the_server_which_filters_like_newsapi(tmp_path):
+    articles = make_articles(25)
+    for article in articles[::4]:  # stories 0, 4, 8, ..., 24 (published Nov 1, 5, 9, 13, 17, 1, 5)
+        article["title"] += " on climate"
+    fake = FakeNewsAPI(articles)
+    try:
+        answer = lambda **params: fake.answer("/v2/everything", params, API_KEY)[1]  # noqa: E731
+        assert answer(q="climate")["totalResults"] == 7 and answer(q="markets -climate")["totalResults"] == 18
+        assert answer(q='"story 3" OR "story 4"')["totalResults"] == 2 and answer(q="climate NOT weather")["totalResults"] == 0
+        assert fake.answer("/v2/everything", {"from": "last week"}, API_KEY)[1]["code"] == "parameterInvalid"
+        out = tmp_path / "a.jsonl"
+        counts = collect(client(fake, []), NewsQuery(q="climate", from_date="2026-11-05", to_date="2026-11-13",
+                                                     page_size=10), out)
+    finally:
+        fake.close()
+    assert fake.requests[-1][1] == {"q": "climate", "from": "2026-11-05", "to": "2026-11-13", "language": "en",
+                                    "sortBy": "publishedAt", "pageSize": "10", "page": "1"}
+    urls = [row["url"] for row in read_articles(out)]
+    assert urls == [f"https://example.com/story/{i}" for i in (4, 8, 12, 24)] and counts["new"] == 4
 
 
 def test_collect_command(server, tmp_path):

@@ -101,9 +101,59 @@ def test_npmi_and_diversity_by_hand():
     dictionary = Dictionary(tokens)
     # P(apple)=3/4, P(banana)=2/4, P(apple, banana)=2/4 (each short document is one window)
     expected = math.log(0.5 / (0.75 * 0.5)) / -math.log(0.5)
-    assert npmi([["apple", "banana"]], tokens, dictionary, top_n=2) == pytest.approx(expected, abs=1e-6)
+    assert npmi([["apple", "banana"]], tokens, dictionary, top_n=2) == (pytest.approx(expected, abs=1e-6), 0)
     assert diversity([["a", "b", "c"], ["a", "d", "e"]], top_n=3) == pytest.approx(5 / 6)
     assert tokenize(["The 3 Rockets launched, and THE rockets\nlanded: don't."]) == [["rockets", "launched", "rockets", "landed", "dont"]]
+
+
+def test_npmi_counts_the_topics_it_cannot_score():
+    tokens = [["apple", "banana"], ["apple", "banana"], ["apple", "cherry"], ["cherry", "date"]]
+    alone = npmi([["apple", "banana"]], tokens, Dictionary(tokens), top_n=2)[0]
+    # "kiwi"/"mango" are not in the reference corpus: that topic, and the one left with one word, are counted
+    assert npmi([["apple", "banana"], ["kiwi", "mango"], ["cherry", "kiwi"]], tokens, Dictionary(tokens),
+                top_n=2) == (pytest.approx(alone, abs=1e-9), 2)
+    value, skipped = npmi([["kiwi", "mango"]], tokens, Dictionary(tokens))
+    assert math.isnan(value) and skipped == 1
+    from raytron.topics.report import comparison_table, markdown
+
+    results = pd.DataFrame({"model": ["LDA (gensim)"] * 2, "requested": [5, 5], "seed": [0, 1], "topics": [5, 5],
+                            "npmi": [0.1, 0.2], "npmi_skipped": [1, 2], "diversity": [0.9, 0.8]})
+    table = comparison_table(results)
+    assert list(table["npmi_skipped"]) == [1.5, 1.5]
+    assert "| LDA (gensim) | 5 | 5.0 | 0.150 (0.071) | 1.5 | 0.850 (0.071) |" in markdown(table, 100, 2)
+
+
+HEADLINES = ([f"Covid-19 wave hits {city} as H1N1 returns to hospitals" for city in
+              ("Paris", "Lagos", "Lima", "Oslo", "Quito", "Seoul", "Dhaka", "Accra", "Perth", "Cairo")] +
+             [f"G7 leaders meet in {city} over 5G networks and trade" for city in
+              ("Rome", "Tokyo", "Bonn", "Kyiv", "Doha", "Riga", "Nice", "Bern", "Pune", "Hanoi")])
+
+
+def test_alphanumeric_terms_survive_into_vocabulary_npmi_lda_and_keywords(ray_cluster):
+    from raytron.config import TopicModelConfig
+    from raytron.topics.models import bertopic_words, fit_bertopic, fit_lda
+
+    assert tokenize(["Covid-19 and 2026: G7, 5G, H1N1"]) == [["covid19", "g7", "5g", "h1n1"]]  # no digits-only token
+    vocab = vocabulary(HEADLINES, min_df=2, max_df=0.6)
+    assert {"covid19", "h1n1", "g7", "5g"} <= set(vocab)
+    tokens = tokenize(HEADLINES, vocab)
+    dictionary = Dictionary(tokens)
+    # covid19 and h1n1 share every headline they are in: NPMI 1; g7 and covid19 never meet: -1, but for
+    # gensim's epsilon (1e-12) added to P(g7, covid19) = 0, with P(g7) = P(covid19) = 1/2
+    never = math.log(1e-12 / 0.25) / -math.log(1e-12)
+    assert npmi([["covid19", "h1n1"]], tokens, dictionary) == (pytest.approx(1.0, abs=1e-6), 0)
+    assert npmi([["g7", "covid19"]], tokens, dictionary) == (pytest.approx(never, abs=1e-6), 0)
+    lda = fit_lda(tokens, dictionary, 2, seed=0, passes=5, top_n=3)
+    assert {"covid19", "h1n1", "g7", "5g"} & {w for topic in lda for w in topic}
+    rng = np.random.default_rng(0)
+    centers = np.eye(16, dtype=np.float32)[[0] * 10 + [1] * 10]
+    embeddings = centers + 0.05 * rng.standard_normal((20, 16)).astype(np.float32)
+    model, topics = fit_bertopic(HEADLINES, embeddings, TopicModelConfig(min_cluster_size=5, n_neighbors=5), seed=0,
+                                 nr_topics=2, vocabulary=vocab)
+    words = {topic: {w for w, weight in model.get_topic(topic) if weight > 0} for topic in set(topics)}
+    assert len(bertopic_words(model)) == 2 and topics[0] != topics[10], words
+    assert {"covid19", "h1n1"} <= words[topics[0]] - words[topics[10]], words  # c-TF-IDF keywords of their topic
+    assert {"g7", "5g"} <= words[topics[10]] - words[topics[0]], words
 
 
 def test_vocabulary_keeps_the_words_between_the_document_frequencies():
@@ -125,6 +175,18 @@ def test_sweep_journal_key_follows_documents_embeddings_and_settings():
     assert setup_key(["a b", "c e"], vectors, cfg) != key
     assert setup_key(texts, {"pretrained": 2 * np.eye(2, dtype=np.float32)}, cfg) != key  # a re-tuned encoder
     assert setup_key(texts, vectors, cfg.model_copy(update={"min_df": 2})) != key
+
+
+def test_sweep_journal_survives_a_torn_last_line(tmp_path, caplog):
+    from raytron.topics.sweep import Journal
+
+    path = tmp_path / "topics-sweep.jsonl"
+    path.write_text('{"setup": "k", "model": "LDA (gensim)", "npmi": 0.1}\n{"setup": "other"}\n{"setup": "k", "mo')
+    journal = Journal(path)
+    assert journal.rows("k") == [{"setup": "k", "model": "LDA (gensim)", "npmi": 0.1}] and "1 torn last line" in caplog.text
+    journal.append({"setup": "k", "npmi": 0.2})  # the torn line is cut, not glued onto
+    assert [row.get("npmi") for row in journal.rows("k")] == [0.1, 0.2] and path.read_text().count("\n") == 3
+    assert Journal(path, resume=False).rows("k") == [] and not path.exists()
 
 
 def test_time_buckets():
@@ -195,6 +257,26 @@ def test_one_clustering_merged_equals_a_fit_per_topic_count(planted):
     assert groups(np.array(direct_topics)) == groups(merged_topics)
 
 
+def test_outlier_topic_is_named_and_has_no_blank_keywords(planted):
+    import copy
+
+    from raytron.topics.report import OUTLIERS, topic_table
+
+    sample, _, _, model, topics = planted
+    model = copy.deepcopy(model)
+    texts = ["It is what it is, and so on and so on."] * 3 + list(sample["text"][3:])  # stop words only
+    # what merge() leaves when reduce_outliers cannot place documents (no word a topic has): topic -1
+    outliers = [-1] * 3 + [max(topic, 0) for topic in topics[3:]]  # those three alone
+    model.update_topics(texts, topics=outliers, vectorizer_model=model.vectorizer_model,
+                        ctfidf_model=model.ctfidf_model, top_n_words=model.top_n_words)
+    assert model.get_topic_info().set_index("Topic").loc[-1, "Name"] == "-1____"  # BERTopic's own name
+    table = topic_table(model).set_index("Topic")
+    assert table.loc[-1, "Name"] == OUTLIERS and table.loc[-1, "Count"] == 3 and table.loc[-1, "Representation"] == []
+    for topic in set(outliers) - {-1}:
+        assert table.loc[topic, "Representation"] == [w for w, _ in model.get_topic(topic)] and "" not in table.loc[
+            topic, "Representation"]
+
+
 def test_topics_over_time_counts_each_bucket(planted):
     sample, _, _, model, topics = planted
     dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))
@@ -234,7 +316,9 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     # scores in the table, recomputed here from its saved keywords with gensim and by hand, must match.
     words = [[w for w, _ in loaded.get_topic(t)] for t in sorted(loaded.get_topics()) if t != -1]
     row = table[(table["model"] == "BERTopic (pretrained)") & (table["requested"] == "4")].iloc[0]
-    assert row["topics"] == len(words) == meta["topics"]
+    assert row["topics"] == len(words) == meta["topics"] and row["npmi_skipped"] == 0
+    listed = pd.read_csv(out / "topics" / "topics.csv").set_index("Topic")
+    assert "''" not in "".join(listed["Representation"]) and listed["Name"].get(-1, "-1_outliers") == "-1_outliers"
     top25 = [w for topic in words for w in topic[:25]]
     assert row["diversity"] == pytest.approx(len(set(top25)) / len(top25), abs=1e-9)
     texts = list(load_documents(cfg.data)["text"])  # the job's 200 documents (seeded sample)

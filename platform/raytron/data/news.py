@@ -23,6 +23,7 @@ from sklearn.datasets._twenty_newsgroups import (
 )
 
 from raytron.config import TopicDataConfig
+from raytron.data.newsapi import read_articles
 from raytron.data.sources import local_file, read_hub
 from raytron.errors import RaytronError
 
@@ -57,10 +58,13 @@ def _clean_batch(batch: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 def read_raw(dataset: str, data_dir: str | None) -> pd.DataFrame:
     path = local_file(dataset, data_dir)
+    if dataset == "newsapi":
+        articles = read_articles(path) if path is not None else []
+        if not articles:
+            raise RaytronError("no NewsAPI articles under the data root: collect some with jobs/collect_news.py first")
+        return pd.DataFrame(articles)
     if path is not None:
         return pd.read_json(path, lines=True)
-    if dataset == "newsapi":
-        raise RaytronError("no NewsAPI articles under the data root: collect some with jobs/collect_news.py first")
     return pd.concat([ds.to_pandas() for ds in read_hub(dataset, data_dir).values()], ignore_index=True)
 
 

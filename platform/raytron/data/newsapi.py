@@ -5,8 +5,9 @@ results run out, `max_pages` is reached, or NewsAPI answers `maximumResultsReach
 stops at 100 results). 429 `rateLimited` waits the `Retry-After` seconds (else an exponential
 backoff) and retries; 5xx retries the same way; other errors (bad key, bad parameter) stop with
 NewsAPI's own message. Articles are deduplicated by URL and appended one page at a time to a JSON
-Lines file (one write per page, flushed), next to a `.state.json` holding the next page per query:
-rerunning the same query resumes where it stopped.
+Lines file (one write per page, flushed; a line torn by a crash is cut off before the next append),
+next to a `.state.json` holding the next page per query: rerunning the same query resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -109,17 +110,56 @@ def _json(response: requests.Response) -> dict:
         return {}
 
 
-def read_articles(path: Path) -> list[dict]:
-    """Stored articles; a torn last line (a crash mid-write) is ignored."""
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file appended to by a job (none if it is missing). A torn last line (a
+    crash mid-write: no newline at its end) is skipped with a counted warning; an unreadable line
+    before it means a damaged file, an error that names it."""
+    path = Path(path)
     if not path.is_file():
         return []
+    data = path.read_bytes()
+    complete, _, tail = data.rpartition(b"\n")
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(complete.split(b"\n") if complete else [], 1):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: skipping a torn line", path)
+        except ValueError as error:  # not JSON, or not UTF-8
+            raise RaytronError(f"{path}: line {number} is not JSON ({error}); the file is damaged: remove that line "
+                               f"and rerun") from None
+    if tail.strip():
+        try:  # whole, only its newline missing
+            rows.append(json.loads(tail))
+        except ValueError:
+            log.warning("%s: 1 torn last line (%d bytes, a crash mid-write) skipped; %d rows read", path, len(tail),
+                        len(rows))
     return rows
+
+
+def read_articles(path: Path) -> list[dict]:
+    """Stored articles (`read_jsonl`: a torn last line skipped, a damaged file an error)."""
+    return read_jsonl(path)
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Before appending: cut a torn last line off `path` (or end a whole one with its newline), so that
+    the next article starts a line of its own instead of gluing onto the torn one."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as file:
+        data = file.read()
+        if not data or data.endswith(b"\n"):
+            return
+        tail = data[data.rfind(b"\n") + 1:]
+        try:
+            json.loads(tail)
+            file.write(b"\n")
+        except ValueError:
+            log.warning("%s: cutting a torn last line (%d bytes) before appending", path, len(tail))
+            file.truncate(len(data) - len(tail))
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int = 10) -> dict[str, int]:
@@ -129,6 +169,7 @@ def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int =
     state_path = out.with_name(out.name + ".state.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     progress = state.get(query.key(), {"next_page": 1, "done": False})
+    drop_torn_tail(out)
     seen = {row["url"] for row in read_articles(out)}
     counts = {"pages": 0, "new": 0, "duplicates": 0}
     while not progress["done"] and counts["pages"] < max_pages:

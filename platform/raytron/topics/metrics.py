@@ -18,8 +18,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from raytron.errors import RaytronError
 
 STOP_WORDS = "english"
-TOKEN_PATTERN = r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
-"""Lowercased word tokens of 2+ letters (no digits-only tokens)."""
+TOKEN_PATTERN = r"\b(?=[a-zA-Z0-9]*[a-zA-Z])[a-zA-Z0-9]{2,}\b"
+"""Lowercased tokens of 2+ letters and digits with at least one letter: `G7`, `5G`, `H1N1` and
+`Covid-19` (`covid19` once `bertopic_text` drops the hyphen) are words; digits-only tokens are not."""
 
 
 def bertopic_text(text: str) -> str:
@@ -54,13 +55,16 @@ def tokenize(texts: list[str], vocabulary: list[str] | None = None) -> list[list
     return [[word for word in words if word in known] for words in tokens]
 
 
-def npmi(topics: list[list[str]], tokens: list[list[str]], dictionary: Dictionary, top_n: int = 10) -> float:
-    """Mean c_npmi of the topics' top_n words (words missing from the dictionary are skipped)."""
+def npmi(topics: list[list[str]], tokens: list[list[str]], dictionary: Dictionary, top_n: int = 10) -> tuple[float, int]:
+    """Mean c_npmi of the topics' top_n words found in the reference corpus (`dictionary`), and how
+    many topics were left out of the mean for having fewer than 2 such words (NaN when all were)."""
     known = [[w for w in topic if w in dictionary.token2id][:top_n] for topic in topics]
-    known = [topic for topic in known if len(topic) >= 2]
-    model = CoherenceModel(topics=known, texts=tokens, dictionary=dictionary, coherence="c_npmi", topn=top_n,
+    scored = [topic for topic in known if len(topic) >= 2]
+    if not scored:
+        return float("nan"), len(topics)
+    model = CoherenceModel(topics=scored, texts=tokens, dictionary=dictionary, coherence="c_npmi", topn=top_n,
                            processes=1)
-    return float(model.get_coherence())
+    return float(model.get_coherence()), len(topics) - len(scored)
 
 
 def diversity(topics: list[list[str]], top_n: int = 25) -> float:

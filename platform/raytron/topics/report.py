@@ -17,23 +17,42 @@ log = logging.getLogger("raytron.topics")
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds, per model and requested topic count, plus each model's average."""
     by_count = results.groupby(["model", "requested"]).agg(
-        topics=("topics", "mean"), npmi=("npmi", "mean"), npmi_sd=("npmi", "std"), diversity=("diversity", "mean"),
-        diversity_sd=("diversity", "std")).reset_index()
-    overall = results.groupby("model").agg(npmi=("npmi", "mean"), diversity=("diversity", "mean")).reset_index()
+        topics=("topics", "mean"), npmi=("npmi", "mean"), npmi_sd=("npmi", "std"), npmi_skipped=("npmi_skipped", "mean"),
+        diversity=("diversity", "mean"), diversity_sd=("diversity", "std")).reset_index()
+    overall = results.groupby("model").agg(npmi=("npmi", "mean"), npmi_skipped=("npmi_skipped", "mean"),
+                                           diversity=("diversity", "mean")).reset_index()
     overall["requested"] = "all"
-    return pd.concat([by_count, overall], ignore_index=True).fillna(0.0)
+    # sd of one seed, and topics found of the "all" rows: 0; an NPMI with no topic to score stays NaN
+    return pd.concat([by_count, overall], ignore_index=True).fillna({"topics": 0.0, "npmi_sd": 0.0, "diversity_sd": 0.0})
 
 
 def markdown(table: pd.DataFrame, docs: int, seeds: int) -> str:
-    """The comparison table as markdown: mean (sd) per model and topic count, then each model's average."""
+    """The comparison table as markdown: mean (sd) per model and topic count, then each model's average;
+    beside NPMI, the topics it left out (fewer than 2 of their words in the reference corpus)."""
     lines = [f"NPMI (top-10 words) and topic diversity (top-25 words) on {docs} documents; mean (sd) over "
-             f"{seeds} seed(s)", "", "| model | topics requested | topics found | NPMI | diversity |", "|---|---|---|---|---|"]
+             f"{seeds} seed(s)", "", "| model | topics requested | topics found | NPMI | topics left out of NPMI | "
+             "diversity |", "|---|---|---|---|---|---|"]
     for row in table.itertuples():
         found = f"{row.topics:.1f}" if row.requested != "all" else ""
         npmi_sd = f" ({row.npmi_sd:.3f})" if row.requested != "all" else ""
         div_sd = f" ({row.diversity_sd:.3f})" if row.requested != "all" else ""
-        lines.append(f"| {row.model} | {row.requested} | {found} | {row.npmi:.3f}{npmi_sd} | {row.diversity:.3f}{div_sd} |")
+        lines.append(f"| {row.model} | {row.requested} | {found} | {row.npmi:.3f}{npmi_sd} | {row.npmi_skipped:g} | "
+                     f"{row.diversity:.3f}{div_sd} |")
     return "\n".join(lines) + "\n"
+
+
+OUTLIERS = "-1_outliers"
+"""Name of topic -1: the documents HDBSCAN left out that `merge` could place in no topic (c-TF-IDF)."""
+
+
+def topic_table(model) -> pd.DataFrame:
+    """BERTopic's topic info (Topic, Count, Name, Representation): blank padding words dropped from the
+    keywords, and topic -1 named `OUTLIERS` (BERTopic names it by its keywords as if it were a topic,
+    "-1____" when they are all blank)."""
+    info = model.get_topic_info().drop(columns=["Representative_Docs"], errors="ignore")
+    info["Representation"] = info["Representation"].map(lambda words: [w for w in words if w])
+    info.loc[info["Topic"] == -1, "Name"] = OUTLIERS
+    return info
 
 
 def bucket_dates(dates: pd.Series, bucket: str) -> list[pd.Timestamp]:
@@ -74,8 +93,7 @@ def write_report(out: Path, docs: pd.DataFrame, results: pd.DataFrame, table: pd
             results.to_csv(staging / "sweep.csv", index=False)
             table.to_csv(staging / "comparison.csv", index=False)
             (staging / "comparison.md").write_text(markdown(table, len(docs), seeds))
-        info = model.get_topic_info().drop(columns=["Representative_Docs"], errors="ignore")
-        info.to_csv(staging / "topics.csv", index=False)
+        topic_table(model).to_csv(staging / "topics.csv", index=False)
         pd.DataFrame({"id": docs["id"], "topic": topics, "label": docs["label"]}).to_parquet(staging / "assignments.parquet")
         if over_time is not None:
             over_time.to_csv(staging / "topics_over_time.csv", index=False)
@@ -91,7 +109,7 @@ def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "topics", cfg.model_dump())
     if len(table):
         run.log({"topics/comparison": wandb.Table(dataframe=table.astype({"requested": str}))})
-    info = model.get_topic_info()
+    info = topic_table(model)
     keywords = info.assign(Representation=info["Representation"].map(lambda words: ", ".join(words[:10])))
     run.log({"topics/keywords": wandb.Table(dataframe=keywords[["Topic", "Count", "Name", "Representation"]])})
     for name in plots:

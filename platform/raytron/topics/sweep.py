@@ -13,11 +13,14 @@ import pandas as pd
 import ray
 
 from raytron.config import TopicModelConfig
-from raytron.topics.metrics import diversity, npmi, tokenize
+from raytron.data.newsapi import drop_torn_tail, read_jsonl
+from raytron.topics.metrics import TOKEN_PATTERN, diversity, npmi, tokenize
 from raytron.topics.models import bertopic_words, cluster, fit_bertopic, fit_lda, merge
 
 log = logging.getLogger("raytron.topics")
 LDA = "LDA (gensim)"
+SCORES = ("topics", "npmi", "npmi_skipped", "diversity")
+"""What a journal row holds (part of its key: rows from before a new score are stale)."""
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 """Sweep tasks run side by side, one core each: no nested thread pools."""
 fit_bertopic_task = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_bertopic)
@@ -30,8 +33,10 @@ def bertopic_name(encoder: str) -> str:
 
 
 def scores(words: list[list[str]], tokens, dictionary, cfg: TopicModelConfig) -> dict:
-    """Topics found, NPMI over their top `top_words` and diversity over their top `diversity_words`."""
-    return {"topics": len(words), "npmi": npmi(words, tokens, dictionary, cfg.top_words),
+    """Topics found, NPMI over their top `top_words` (and the topics it had to leave out), diversity
+    over their top `diversity_words`."""
+    coherence, skipped = npmi(words, tokens, dictionary, cfg.top_words)
+    return {"topics": len(words), "npmi": coherence, "npmi_skipped": skipped,
             "diversity": diversity(words, cfg.diversity_words)}
 
 
@@ -53,10 +58,11 @@ def score_lda(tokens, dictionary, cfg: TopicModelConfig, seed: int, count: int) 
 
 def setup_key(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicModelConfig) -> str:
     """What a sweep result depends on besides model, count and seed: the documents, every encoder's
-    embeddings (a re-tuned encoder) and the fitting settings. A journal row with another key is stale."""
+    embeddings (a re-tuned encoder), the fitting settings and the tokenizer. A journal row with another
+    key is stale."""
     settings = cfg.model_dump(exclude={"topic_counts", "seeds", "main_topics", "time_bucket", "embed_batch_size",
                                        "encoder"})
-    digest = hashlib.sha1(json.dumps([texts, settings], sort_keys=True).encode())
+    digest = hashlib.sha1(json.dumps([texts, settings, TOKEN_PATTERN, SCORES], sort_keys=True).encode())
     for name in sorted(embeddings):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(embeddings[name]).tobytes())
@@ -64,7 +70,8 @@ def setup_key(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicMod
 
 
 class Journal:
-    """Sweep results as JSON lines, one per (model, topic count, seed), appended as tasks finish."""
+    """Sweep results as JSON lines, one per (model, topic count, seed), appended as tasks finish; a
+    line torn by a crash is skipped (that result is computed again) and cut before the next append."""
 
     def __init__(self, path: Path, resume: bool = True):
         self.path = Path(path)
@@ -73,11 +80,11 @@ class Journal:
 
     def rows(self, setup: str) -> list[dict]:
         """The rows recorded for this `setup_key` (others are stale)."""
-        lines = self.path.read_text().splitlines() if self.path.is_file() else []
-        return [row for row in map(json.loads, lines) if row.get("setup") == setup]
+        return [row for row in read_jsonl(self.path) if row.get("setup") == setup]
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(self.path)
         with open(self.path, "a") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -120,8 +127,8 @@ def sweep(texts: list[str], vocab: list[str], embeddings: dict[str, np.ndarray],
             row = {"model": model, "seed": seed, "setup": key, **result}
             journal.append(row)
             done.append(row)
-            log.info("%s, %d topics, seed %d: NPMI %.3f, diversity %.3f (%d tasks left)", model, row["topics"], seed,
-                     row["npmi"], row["diversity"], len(pending))
+            log.info("%s, %d topics, seed %d: NPMI %.3f (%d topics left out), diversity %.3f (%d tasks left)", model,
+                     row["topics"], seed, row["npmi"], row["npmi_skipped"], row["diversity"], len(pending))
     wanted = {(m, c, s) for c in cfg.topic_counts for s in cfg.seeds
               for m in [*(bertopic_name(e) for e in embeddings), LDA]}
     return pd.DataFrame([r for r in done if (r["model"], r["requested"], r["seed"]) in wanted])
