@@ -121,3 +121,13 @@ def sentiment_run(ray_cluster, tmp_path_factory):
     assert cfg.resources.num_workers == 2 and cfg.parallel.data == 2
     result = finetune(cfg)
     return cfg, root / "dp2", result
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1 with a bucket, AWS credentials in the environment
+    (tests/s3_server.py); `s3_server.store_uri()` gives a fresh `s3://` prefix on it."""
+    from tests.s3_server import MotoServer
+
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server

@@ -1,17 +1,50 @@
-"""Model store: `<root>/<name>/<version>/` folders, published atomically, resolved by name and version.
+"""Model store: versions of named models, each made visible by a manifest written last.
 
-The root is a local path or any filesystem URI pyarrow knows (file://, s3://, gs://, hdfs://).
-A version is written as a hidden `.vNNNN.partial` folder and moved into place once complete
-(a rename on local and HDFS stores; object stores have no rename, so there readers only see a
-version once its `raytron.json`, copied last, exists). `latest` is the highest complete version.
-Remote versions are downloaded once into ~/.cache/raytron/store.
+The root is a local path or a filesystem URI pyarrow opens (file://, s3://, gs://, hdfs://). An
+S3-compatible store names its endpoint in the URI, `s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`
+(pyarrow also takes `region`, `allow_bucket_creation` and `tls_ca_file_path` there), and takes its
+credentials from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).
+
+One model, `<root>/<name>/`:
+    v0003/...                  the published folder's files
+    v0003.manifest.json        every file's size and sha256 and a digest of them all, written last
+    v0003.claim.<publisher>    the claim that made one publisher the only writer of v0003
+
+A version exists exactly when its manifest does: the manifest is staged under a hidden name and
+moved into place (a rename on disk, one object copy on S3), after every file is written. Readers
+list the manifests only, so a publish in progress, or one that crashed, is never seen.
+
+Claiming a number (Arrow's S3 filesystem can neither move a folder nor write only-if-absent):
+a publisher with a unique id writes a claim for the next number not seen in the listing (in any
+folder, manifest or claim), then lists again. It owns the number only if its claim is the only one
+for it; otherwise it deletes its claim and tries again after a random pause. Two publishers never
+both own a number: whichever listed second listed after the other's claim was written, so it saw
+two claims. (Both may lose and retry; an owner never deletes its claim; a number given up stays
+unused.) This needs listings that show every write finished before them: local disks, S3 and GCS
+give that. It closes the race that let two publishers both take the next number and write their
+files into one folder.
+
+Publishing files identical to the newest version's (same digest) publishes nothing and returns that
+version. Remote versions are copied into $RAYTRON_CACHE/store (~/.cache/raytron/store) and checked
+against their manifest on every resolve; missing or damaged files are fetched again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import random
 import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -19,72 +52,77 @@ from raytron.errors import RaytronError
 from raytron.models.llama.gguf import cache_dir
 from raytron.store import META
 
-VERSION = re.compile(r"^v(\d{4,})$")
+log = logging.getLogger("raytron.registry")
 
-
-def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+MANIFEST = re.compile(r"^(v\d{4,})\.manifest\.json$")
+TAKEN = re.compile(r"^v(\d{4,})(?:\.|$)")  # a version's folder, manifest or claim
+CLAIM_ATTEMPTS = 20
+CHUNK = 1 << 20
 
 
 def versions(root: str, name: str) -> list[str]:
-    """Complete versions of `name`, oldest first."""
-    fs, base = _filesystem(root)
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and VERSION.match(info.base_name):
-            if fs.get_file_info(f"{info.path}/{META}").type == pafs.FileType.File:
-                found.append(info.base_name)
-    return sorted(found, key=lambda v: int(VERSION.match(v).group(1)))
+    """Published versions of `name`, oldest first."""
+    fs, base = _open(root)
+    with _reaching(root):
+        return _versions(fs, f"{base}/{name}")
 
 
 def names(root: str) -> list[str]:
-    fs, base = _filesystem(root)
-    entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and versions(root, e.base_name))
+    """Models with at least one published version."""
+    fs, base = _open(root)
+    with _reaching(root):
+        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and _versions(fs, e.path))
 
 
 def publish(folder: str | Path, root: str, name: str) -> str:
-    """Copy a trained model folder into the store as the next version of `name`; returns the version."""
+    """Copy a trained model folder into the store as the next version of `name` (or return the newest
+    version if it holds the same files); returns the version."""
     folder = Path(folder)
     if not (folder / META).is_file():
         raise RaytronError(f"{folder} is not a finished raytron model ({META} missing): nothing to publish")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise RaytronError(f"model name {name!r}: use letters, digits, '.', '_' or '-'")
-    fs, base = _filesystem(root)
-    existing = versions(root, name)
-    version = f"v{int(VERSION.match(existing[-1]).group(1)) + 1 if existing else 1:04d}"
-    partial, final = f"{base}/{name}/.{version}.partial", f"{base}/{name}/{version}"
-    fs.create_dir(partial, recursive=True)
-    local = pafs.LocalFileSystem()
-    for info in local.get_file_info(pafs.FileSelector(str(folder), recursive=True)):
-        if info.type == pafs.FileType.File and info.base_name != META:
-            relative = Path(info.path).relative_to(folder)
-            fs.create_dir(f"{partial}/{relative.parent}", recursive=True)
-            pafs.copy_files(info.path, f"{partial}/{relative}", source_filesystem=local, destination_filesystem=fs)
-    pafs.copy_files(str(folder / META), f"{partial}/{META}", source_filesystem=local, destination_filesystem=fs)
-    fs.move(partial, final)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise RaytronError(f"model name {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit")
+    manifest = _manifest(folder)
+    fs, base = _open(root)
+    model = f"{base}/{name}"
+    with _reaching(root):
+        fs.create_dir(model, recursive=True)
+        published = _versions(fs, model)
+        if published and _read_manifest(fs, model, published[-1])["digest"] == manifest["digest"]:
+            log.info("%s holds the same files as %s %s in %s: nothing new to publish", folder, name, published[-1],
+                     _shown(root))
+            return published[-1]
+        version = _claim(fs, model)
+        _upload(folder, manifest, fs, f"{model}/{version}")
+        staged = f"{model}/.{version}.manifest.json.{uuid.uuid4().hex}"
+        with fs.open_output_stream(staged) as sink:
+            sink.write(json.dumps({**manifest, "name": name, "version": version,
+                                   "published": datetime.now(timezone.utc).isoformat()}, indent=1).encode())
+        fs.move(staged, f"{model}/{version}.manifest.json")  # the commit: now readers see the version
     return version
 
 
 def resolve(root: str, name: str, version: str = "latest") -> tuple[Path, str]:
     """A local folder holding `name` at `version` (latest by default), and the version it is."""
-    available = versions(root, name)
-    if not available:
-        raise RaytronError(f"model store {root} has no model {name!r} (has: {', '.join(names(root)) or 'none'}); "
-                           "train one with run.store set, or publish a folder")
-    version = available[-1] if version == "latest" else version
-    if version not in available:
-        raise RaytronError(f"model {name!r} has no version {version!r} in {root} (has: {', '.join(available)})")
-    fs, base = _filesystem(root)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return Path(base) / name / version, version
-    local = cache_dir() / "store" / re.sub(r"[^A-Za-z0-9_.-]", "_", root) / name / version
-    if not (local / META).is_file():
-        pafs.copy_files(f"{base}/{name}/{version}", str(local), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-    return local, version
+    fs, base = _open(root)
+    model = f"{base}/{name}"
+    with _reaching(root):
+        available = _versions(fs, model)
+        if not available:
+            where = base if isinstance(fs, pafs.LocalFileSystem) else base.split("/")[0]  # the folder, or the bucket
+            if fs.get_file_info(where).type == pafs.FileType.NotFound:
+                raise RaytronError(f"model store {_shown(root)} does not exist: check the store path or URI, or "
+                                   "publish a model there first (run.store on a fine-tune)")
+            raise RaytronError(f"model store {_shown(root)} has no model {name!r} (has: "
+                               f"{', '.join(names(root)) or 'none'}); train one with run.store set, or publish a folder")
+        version = available[-1] if version == "latest" else version
+        if version not in available:
+            raise RaytronError(f"model {name!r} has no version {version!r} in {_shown(root)} (has: {', '.join(available)})")
+        if isinstance(fs, pafs.LocalFileSystem):
+            return Path(f"{model}/{version}"), version
+        cached = cache_dir() / "store" / re.sub(r"[^A-Za-z0-9_.-]", "_", _shown(root)) / name / version
+        return _download(fs, model, version, cached), version
 
 
 def publish_run_model(cfg, folder: Path, default_name: str) -> None:
@@ -92,5 +130,118 @@ def publish_run_model(cfg, folder: Path, default_name: str) -> None:
     if cfg.run.store:
         name = cfg.run.model_name or default_name
         version = publish(folder, cfg.run.store, name)
-        logging.getLogger("raytron.registry").info(
-            "published %s to the model store %s as %s %s", folder, cfg.run.store, name, version)
+        log.info("model store %s: %s %s is %s", _shown(cfg.run.store), name, version, folder)
+
+
+def _open(root: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and base path of a store root."""
+    if "://" not in root:
+        return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+    try:
+        fs, base = pafs.FileSystem.from_uri(root)
+    except (ValueError, OSError) as error:
+        raise RaytronError(
+            f"model store {_shown(root)}: pyarrow cannot open it ({error}); use a local path, file:///path, "
+            "s3://bucket/prefix (an S3-compatible store: s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http) "
+            "or gs://bucket/prefix") from error
+    return fs, base.rstrip("/")
+
+
+def _shown(root: str) -> str:
+    """The root without credentials written into the URI (s3://KEY:SECRET@bucket)."""
+    return re.sub(r"^(\w+://)[^/@]*@", r"\1", root)
+
+
+@contextmanager
+def _reaching(root: str) -> Iterator[None]:
+    """Turn the filesystem's errors into one that says which store failed and what to check."""
+    try:
+        yield
+    except OSError as error:
+        if "NETWORK_CONNECTION" in str(error):
+            endpoint = parse_qs(urlsplit(root).query).get("endpoint_override", ["the default S3 endpoint"])[0]
+            raise RaytronError(
+                f"model store {_shown(root)}: cannot reach {endpoint} ({error}). Is the S3 server running, and are "
+                "the URI's endpoint_override=HOST:PORT and scheme=http|https right?") from error
+        hint = ("; check that the bucket exists and the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables"
+                if root.startswith("s3://") else "")
+        raise RaytronError(f"model store {_shown(root)}: {error}{hint}") from error
+
+
+def _versions(fs: pafs.FileSystem, model: str) -> list[str]:
+    entries = fs.get_file_info(pafs.FileSelector(model, allow_not_found=True))
+    return sorted((m.group(1) for e in entries if (m := MANIFEST.match(e.base_name))), key=lambda v: int(v[1:]))
+
+
+def _read_manifest(fs: pafs.FileSystem, model: str, version: str) -> dict:
+    with fs.open_input_stream(f"{model}/{version}.manifest.json") as source:
+        return json.loads(source.read())
+
+
+def _manifest(folder: Path) -> dict:
+    """Every file's sha256 and size, and the digest of that list (equal digests: equal folders)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb") as source:
+            files[path.relative_to(folder).as_posix()] = {"sha256": hashlib.file_digest(source, "sha256").hexdigest(),
+                                                          "size": path.stat().st_size}
+    return {"files": files, "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+
+
+def _claim(fs: pafs.FileSystem, model: str) -> str:
+    """Claim the next version number of a model for this publisher alone (the module's protocol)."""
+    publisher = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for attempt in range(CLAIM_ATTEMPTS):
+        entries = fs.get_file_info(pafs.FileSelector(model))
+        version = f"v{max((int(m.group(1)) for e in entries if (m := TAKEN.match(e.base_name))), default=0) + 1:04d}"
+        claim = f"{version}.claim.{publisher}"
+        fs.open_output_stream(f"{model}/{claim}").close()
+        claims = [e.base_name for e in fs.get_file_info(pafs.FileSelector(model))
+                  if e.base_name.startswith(f"{version}.claim.")]
+        if claims == [claim]:
+            return version
+        fs.delete_file(f"{model}/{claim}")
+        time.sleep(random.uniform(0, 0.1 * (attempt + 1)))
+    raise RaytronError(f"{model}: {CLAIM_ATTEMPTS} attempts to claim a version number all met another publisher's "
+                       "claim; publish again")
+
+
+def _upload(folder: Path, manifest: dict, fs: pafs.FileSystem, target: str) -> None:
+    """Copy the folder's files under `target`, checking that they are still the ones the manifest lists."""
+    for parent in sorted({f"{target}/{path}".rsplit("/", 1)[0] for path in manifest["files"]}):
+        fs.create_dir(parent, recursive=True)
+    for path, entry in manifest["files"].items():
+        with open(folder / path, "rb") as source, fs.open_output_stream(f"{target}/{path}") as sink:
+            if _copy(source, sink) != (entry["sha256"], entry["size"]):
+                raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
+                                   "the folder is final")
+
+
+def _copy(source, sink) -> tuple[str, int]:
+    """Copy one open stream into another; the sha256 and size of what was copied."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := source.read(CHUNK):
+        digest.update(chunk)
+        sink.write(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Path:
+    """`local` made to hold the remote version's files as its manifest lists them (damaged ones fetched again)."""
+    for path, entry in _read_manifest(fs, model, version)["files"].items():
+        target = local / path
+        if target.is_file() and target.stat().st_size == entry["size"]:
+            with open(target, "rb") as source:
+                if hashlib.file_digest(source, "sha256").hexdigest() == entry["sha256"]:
+                    continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        with fs.open_input_stream(f"{model}/{version}/{path}") as source, open(partial, "wb") as sink:
+            copied = _copy(source, sink)
+        if copied != (entry["sha256"], entry["size"]):
+            partial.unlink()
+            raise RaytronError(f"{model}/{version}/{path} does not match the version's manifest (sha256, size): the "
+                               "stored copy is damaged; publish the model again")
+        os.replace(partial, target)
+    return local
