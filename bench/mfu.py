@@ -6,7 +6,8 @@ Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, 
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
 `raytron.train.flops` on real tokens (here every token is real); MFU against the GPU's bf16 peak.
 The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` summary tokens.
-Prints one row per attention and, with --profile, the five CUDA kernels that took the most time.
+Prints one row per attention and, with --profile, the five CUDA kernels and the twelve host-side ops that
+took the most time.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ def run_steps(args: dict) -> dict:
     if args.get("profile") and bf16:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 train_step(ddp, optimizer, scheduler, task, [batch])
             sync()
-        out["top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=5)
+        averages = prof.key_averages()
+        out["top_kernels"] = (averages.table(sort_by="self_cuda_time_total", row_limit=5, max_name_column_width=70)
+                              + averages.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))
     return out
 
 
