@@ -64,10 +64,9 @@ class ContrastiveTask:
                 "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):
-        model.train()  # SimCSE's validation loss needs the same two dropout masks as training
-        with torch.no_grad():
-            loss, top1 = self._pair_loss(model, batch)
-        model.eval()
+        # In eval mode (no dropout): the halves are two views already, and the selection metric must not
+        # move with dropout noise from epoch to epoch.
+        loss, top1 = self._pair_loss(model, batch)
         rows = float(len(batch["input_ids"]))
         return torch.stack([loss.double() * rows, top1.double() * rows,
                             torch.tensor(rows, dtype=torch.float64, device=loss.device)])
