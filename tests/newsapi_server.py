@@ -5,7 +5,8 @@ Not a mock of our code: the real client talks HTTP to it. It serves a fixed set 
 title, description or content; +must, -must-not, AND, OR, NOT; no parentheses) and `from`/`to` (ISO
 dates or datetimes, inclusive; a date alone is its whole day), enforces the key, answers 426
 maximumResultsReached past `max_results`, 400 parameterInvalid for a bad date, and a 429
-rateLimited with Retry-After once for a chosen page.
+rateLimited with Retry-After once for a chosen page. `delay_s` holds each answer back (a slow
+network: time to interrupt a collector between pages).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time as clock
 from datetime import datetime, time, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -72,8 +74,10 @@ def make_articles(count: int) -> list[dict]:
 
 
 class FakeNewsAPI:
-    def __init__(self, articles: list[dict], max_results: int = 100, rate_limit_page: int | None = None):
+    def __init__(self, articles: list[dict], max_results: int = 100, rate_limit_page: int | None = None,
+                 delay_s: float = 0.0):
         self.articles, self.max_results, self.rate_limit_page = articles, max_results, rate_limit_page
+        self.delay_s = delay_s
         self.requests: list[tuple[str, dict]] = []
         fake = self
 
@@ -85,6 +89,7 @@ class FakeNewsAPI:
                 parsed = urlparse(self.path)
                 params = {k: v[0] for k, v in parse_qs(parsed.query).items()}
                 fake.requests.append((parsed.path, params))
+                clock.sleep(fake.delay_s)
                 status, body, headers = fake.answer(parsed.path, params, self.headers.get("X-Api-Key"))
                 payload = json.dumps(body).encode()
                 self.send_response(status)

@@ -23,7 +23,7 @@ from sklearn.datasets._twenty_newsgroups import (
 )
 
 from raytron.config import TopicDataConfig
-from raytron.data.newsapi import read_articles
+from raytron.data.newsapi import articles_path, read_articles
 from raytron.data.sources import local_file, read_hub
 from raytron.errors import RaytronError
 
@@ -57,12 +57,17 @@ def _clean_batch(batch: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def read_raw(dataset: str, data_dir: str | None) -> pd.DataFrame:
-    path = local_file(dataset, data_dir)
-    if dataset == "newsapi":
-        articles = read_articles(path) if path is not None else []
+    if dataset == "newsapi":  # where jobs/collect_news.py writes them (articles_path decides for both)
+        path = articles_path(data_dir)
+        if not path.is_file():
+            raise RaytronError(f"no NewsAPI articles at {path}: collect some with jobs/collect_news.py (it writes "
+                               "there), or set data.data_dir (or $RAYTRON_DATA_DIR) to the data root that holds "
+                               "newsapi/articles.jsonl")
+        articles = read_articles(path)
         if not articles:
-            raise RaytronError("no NewsAPI articles under the data root: collect some with jobs/collect_news.py first")
+            raise RaytronError(f"{path} holds no articles: collect some with jobs/collect_news.py")
         return pd.DataFrame(articles)
+    path = local_file(dataset, data_dir)
     if path is not None:
         return pd.read_json(path, lines=True)
     return pd.concat([ds.to_pandas() for ds in read_hub(dataset, data_dir).values()], ignore_index=True)

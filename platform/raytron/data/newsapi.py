@@ -7,7 +7,8 @@ backoff) and retries; 5xx retries the same way; other errors (bad key, bad param
 NewsAPI's own message. Articles are deduplicated by URL and appended one page at a time to a JSON
 Lines file (one write per page, flushed; a line torn by a crash is cut off before the next append),
 next to a `.state.json` holding the next page per query: rerunning the same query resumes where it
-stopped.
+stopped. `articles_path` is the one place that decides where that file lives by default: the
+collector writes there and the topic job (data.dataset=newsapi) reads there.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ from typing import Literal
 
 import requests
 
+from raytron.data.sources import SOURCES, data_root
 from raytron.errors import RaytronError
 
 log = logging.getLogger("raytron.newsapi")
 DEFAULT_BASE_URL = "https://newsapi.org"
+FALLBACK_ROOT = Path("data")
+"""The data root of collected news when none is set or found: ./data under the current folder."""
+
+
+def articles_path(data_dir: str | None = None) -> Path:
+    """Where collected news lives: `<data root>/newsapi/articles.jsonl`, the data root being
+    `data_dir` (data.data_dir; it must exist), else $RAYTRON_DATA_DIR, else ../shared/data
+    (`sources.data_root`), else `FALLBACK_ROOT` (./data). Absolute, so that messages name it."""
+    return ((data_root(data_dir) or FALLBACK_ROOT).resolve() / SOURCES["newsapi"].local).absolute()
 
 
 @dataclass(frozen=True)
@@ -162,8 +173,20 @@ def drop_torn_tail(path: Path) -> None:
         os.fsync(file.fileno())
 
 
-def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int = 10) -> dict[str, int]:
-    """Fetch pages (resuming at the stored next page), append new URLs to `out`; returns counts."""
+class CollectInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `collect`: what this run had stored by then (whole pages; the state file names the
+    next page, so rerunning the same query resumes)."""
+
+    def __init__(self, counts: dict):
+        super().__init__(f"interrupted after {counts['new']} articles")
+        self.counts = counts
+
+
+def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int = 10) -> dict[str, int | bool]:
+    """Fetch pages (resuming at the stored next page), append new URLs to `out`. Returns counts: pages,
+    new, duplicates, total (NewsAPI's totalResults, as last seen), more (pages remain for this query:
+    `max_pages` stopped it) and remaining (results not fetched yet), limited (NewsAPI's plan limit
+    ended it). Ctrl-C raises `CollectInterrupted` with the counts so far."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_name(out.name + ".state.json")
@@ -172,31 +195,38 @@ def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int =
     drop_torn_tail(out)
     seen = {row["url"] for row in read_articles(out)}
     counts = {"pages": 0, "new": 0, "duplicates": 0}
-    while not progress["done"] and counts["pages"] < max_pages:
-        page = progress["next_page"]
-        body = client.page(query, page)
-        articles = (body or {}).get("articles", [])
-        fresh = []
-        for article in articles:
-            if not article.get("url") or article["url"] in seen:
-                counts["duplicates"] += 1
-                continue
-            seen.add(article["url"])
-            fresh.append({**article, "query": asdict(query)})
-        if fresh:
-            with open(out, "a") as sink:
-                sink.write("".join(json.dumps(a) + "\n" for a in fresh))
-                sink.flush()
-                os.fsync(sink.fileno())
-        counts["pages"] += 1
-        counts["new"] += len(fresh)
-        total = (body or {}).get("totalResults", 0)
-        progress = {"next_page": page + 1,
-                    "done": body is None or not articles or page * query.page_size >= total}
-        state[query.key()] = progress
-        partial = state_path.with_name(state_path.name + ".partial")
-        partial.write_text(json.dumps(state, indent=1))
-        partial.rename(state_path)
-        log.info("page %d: %d articles, %d new (%d of %d results fetched so far)%s", page, len(articles), len(fresh),
-                 min(page * query.page_size, total), total, "; plan limit reached" if body is None else "")
-    return counts
+    try:
+        while not progress["done"] and counts["pages"] < max_pages:
+            page = progress["next_page"]
+            body = client.page(query, page)
+            articles = (body or {}).get("articles", [])
+            fresh = []
+            for article in articles:
+                if not article.get("url") or article["url"] in seen:
+                    counts["duplicates"] += 1
+                    continue
+                seen.add(article["url"])
+                fresh.append({**article, "query": asdict(query)})
+            if fresh:
+                with open(out, "a") as sink:
+                    sink.write("".join(json.dumps(a) + "\n" for a in fresh))
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                counts["new"] += len(fresh)
+            counts["pages"] += 1
+            # the plan limit answers no totalResults: keep the last one seen
+            total = body.get("totalResults", 0) if body is not None else progress.get("total", 0)
+            progress = {"next_page": page + 1, "done": body is None or not articles or page * query.page_size >= total,
+                        "total": total, "limited": body is None}
+            state[query.key()] = progress
+            partial = state_path.with_name(state_path.name + ".partial")
+            partial.write_text(json.dumps(state, indent=1))
+            partial.rename(state_path)
+            log.info("page %d: %d articles, %d new (%d of %d results fetched so far)%s", page, len(articles),
+                     len(fresh), min(page * query.page_size, total), total,
+                     "; plan limit reached" if body is None else "")
+    except KeyboardInterrupt as stop:  # a page is stored whole or fetched again (its URLs deduplicated)
+        raise CollectInterrupted(counts) from stop
+    total = progress.get("total", 0)
+    return {**counts, "total": total, "more": not progress["done"], "limited": bool(progress.get("limited")),
+            "remaining": max(0, total - (progress["next_page"] - 1) * query.page_size) if not progress["done"] else 0}
