@@ -51,6 +51,32 @@ def test_documents_are_cleaned_deduplicated_and_counted(ray_cluster, caplog):
     assert reuters["date"].notna().all() and reuters["date"].min() == pd.Timestamp("1987-02-26")
 
 
+def test_a_sample_is_logged_with_its_size_and_how_to_use_all(ray_cluster, tmp_path, caplog):
+    import json
+
+    from tests.newsapi_server import make_articles
+
+    caplog.set_level("INFO", logger="raytron.data")
+    (tmp_path / "newsapi").mkdir()
+    (tmp_path / "newsapi" / "articles.jsonl").write_text("".join(json.dumps(a) + "\n" for a in make_articles(30)))
+    docs = load_documents(TopicDataConfig(dataset="newsapi", data_dir=str(tmp_path), rows=10))
+    assert len(docs) == 10
+    assert "newsapi: using a seeded sample of 10 of 30 documents (data.rows=10; data.rows=null uses all)" in caplog.text
+    caplog.clear()
+    assert len(load_documents(TopicDataConfig(dataset="newsapi", data_dir=str(tmp_path), rows=None))) == 30
+    assert "newsapi: using all 30 documents" in caplog.text and "sample" not in caplog.text
+    recipe = load_config(REPO / "configs" / "topics.yaml")
+    assert recipe.data.rows == 1000 and "data.rows=null" in (REPO / "configs" / "topics.yaml").read_text()
+
+
+def test_a_missing_encoder_names_its_path(tmp_path):
+    from raytron.topics.embed import main_encoder
+
+    cfg = load_config(None, [f"topics.encoder={tmp_path / 'nowhere'}"], model=TopicsConfig)
+    with pytest.raises(RaytronError, match=f"no encoder at {tmp_path / 'nowhere'} "):
+        main_encoder(cfg, {"pretrained": tmp_path})
+
+
 def test_blocks_cover_every_row_once_in_order():
     frame = pd.DataFrame({"text": [f"t{i}" for i in range(10)]})
     parts = blocks(frame, 4)

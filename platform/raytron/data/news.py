@@ -86,7 +86,11 @@ def load_documents(cfg: TopicDataConfig) -> pd.DataFrame:
     log.info("%s: %d documents read, %d empty or under %d characters after cleaning, %d duplicates; %d kept",
              cfg.dataset, len(cleaned), int(empty.sum()), MIN_CHARS, int(duplicate.sum()), len(docs))
     if cfg.rows is not None and cfg.rows < len(docs):
+        log.info("%s: using a seeded sample of %d of %d documents (data.rows=%d; data.rows=null uses all)",
+                 cfg.dataset, cfg.rows, len(docs), cfg.rows)
         docs = docs.sample(n=cfg.rows, random_state=cfg.seed).reset_index(drop=True)
+    else:
+        log.info("%s: using all %d documents", cfg.dataset, len(docs))
     if docs.empty:
         raise RaytronError(f"{cfg.dataset}: no documents left after cleaning")
     return docs

@@ -14,6 +14,7 @@ import ray.data
 
 from raytron.config import TopicsConfig
 from raytron.data.news import blocks
+from raytron.errors import RaytronError
 from raytron.inference.embedder import SentenceEmbedder
 from raytron.models.pretrained import resolve_pretrained
 
@@ -36,6 +37,9 @@ def main_encoder(cfg: TopicsConfig, folders: dict[str, Path]) -> tuple[str, Path
     """The name and folder of the run's model's encoder: `topics.encoder` if given, else the
     fine-tuned one, else the pretrained one."""
     folder = Path(cfg.topics.encoder) if cfg.topics.encoder else folders.get("fine-tuned", folders["pretrained"])
+    if not (folder / "config.json").is_file():
+        raise RaytronError(f"topics.encoder: no encoder at {folder.absolute()} (no config.json there); give a Hugging "
+                           "Face BERT folder, e.g. <run>/model/encoder from jobs/finetune.py, or leave it unset")
     return next((name for name, f in folders.items() if f == folder), "given"), folder
 
 
