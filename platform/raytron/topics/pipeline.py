@@ -14,7 +14,7 @@ from raytron.topics.embed import cached_embed, encoder_folders, main_encoder
 from raytron.topics.export import save_topic_model
 from raytron.topics.metrics import vocabulary
 from raytron.topics.report import comparison_table, log_to_wandb, markdown, topics_over_time, write_report
-from raytron.topics.sweep import Journal, fit_bertopic_task, sweep
+from raytron.topics.sweep import Journal, fit_main_task, sweep
 
 log = logging.getLogger("raytron.topics")
 
@@ -38,17 +38,24 @@ def run(cfg: TopicsConfig) -> dict:
     vectors = embeddings.get(main_name)
     if vectors is None:
         vectors = cached_embed(docs, main_name, main_folder, cfg, gpu)
-    log.info("fitting the run's BERTopic model on %d documents (%s encoder), a Ray task beside the sweep's", len(docs),
-             main_name)
-    main_fit = fit_bertopic_task.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0], cfg.topics.main_topics, vocab)
-    results = sweep(texts, vocab, embeddings, cfg.topics, journal) if cfg.topics.topic_counts else pd.DataFrame()
+    counts = cfg.topics.topic_counts
+    floor, cap = (min(counts), max(counts)) if counts else (None, None)  # the sweep's range bounds the automatic count
+    log.info("fitting the run's BERTopic model on %d documents (%s encoder), a Ray task beside the sweep's; its topic "
+             "count: %s", len(docs), main_name,
+             f"topics.main_topics={cfg.topics.main_topics}" if cfg.topics.main_topics is not None else
+             f"automatic (main_topics=null), within the sweep's topic_counts {floor}-{cap}" if counts else
+             "automatic (main_topics=null; no sweep: no floor or cap)")
+    main_fit = fit_main_task.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0], cfg.topics.main_topics, vocab,
+                                    floor, cap)
+    results = sweep(texts, vocab, embeddings, cfg.topics, journal) if counts else pd.DataFrame()
     table = comparison_table(results) if len(results) else pd.DataFrame()
-    model, topics = ray.get(main_fit)
+    model, topics, how = ray.get(main_fit)
+    log.info("the run's model: %s", how)
 
     over_time = topics_over_time(model, texts, topics, docs["date"], cfg.topics.time_bucket)
     out = cfg.run_dir / "topics"
     plots = write_report(out, docs, results, table, model, topics, over_time, len(cfg.topics.seeds))
-    meta = save_topic_model(cfg, model, main_folder, len(docs), table)
+    meta = save_topic_model(cfg, model, main_folder, len(docs), table, how)
     log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
     if len(table):
         log.info("comparison:\n%s", markdown(table, len(docs), len(cfg.topics.seeds)))

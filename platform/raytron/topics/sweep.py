@@ -15,7 +15,7 @@ import ray
 from raytron.config import TopicModelConfig
 from raytron.data.newsapi import drop_torn_tail, read_jsonl
 from raytron.topics.metrics import TOKEN_PATTERN, diversity, npmi, tokenize
-from raytron.topics.models import bertopic_words, cluster, fit_bertopic, fit_lda, merge
+from raytron.topics.models import bertopic_words, cluster, fit_lda, fit_main_model, merge
 
 log = logging.getLogger("raytron.topics")
 LDA = "LDA (gensim)"
@@ -23,8 +23,8 @@ SCORES = ("topics", "npmi", "npmi_skipped", "diversity")
 """What a journal row holds (part of its key: rows from before a new score are stale)."""
 SINGLE_THREADED = {"env_vars": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 """Sweep tasks run side by side, one core each: no nested thread pools."""
-fit_bertopic_task = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_bertopic)
-"""Every BERTopic fit runs in a Ray worker: in the driver, after ray.init, pynndescent's numba kernels
+fit_main_task = ray.remote(num_cpus=1, runtime_env=SINGLE_THREADED)(fit_main_model)
+"""The run's own model. Every BERTopic fit runs in a Ray worker: in the driver, after ray.init, pynndescent's numba kernels
 (UMAP's neighbour search above 4,096 documents) fail to compile."""
 
 
