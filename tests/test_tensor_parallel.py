@@ -30,7 +30,7 @@ def step_losses(root, name: str, workers: int, tensor: int) -> dict[int, float]:
     order Ray shards them in; no dropout, so the only difference left is TP's reduction order."""
     cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{
         "run.name": name, "resources.num_workers": workers, "parallel.tensor": tensor, "data.train_rows": 16,
-        "data.val_rows": 8, "train.epochs": 3, "model.dropout": 0.0, "model.head_dropout": 0.0}))
+        "data.val_rows": 8, "train.epochs": 2, "model.dropout": 0.0, "model.head_dropout": 0.0}))
     finetune(cfg)
     rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
@@ -42,8 +42,8 @@ def test_tp2_fine_tune_matches_tp1(ray_cluster, tmp_path):
     the same rows; without it each rank would see half the batch and the losses would differ."""
     tp1 = step_losses(tmp_path, "tp1", workers=1, tensor=1)
     tp2 = step_losses(tmp_path, "tp2", workers=2, tensor=2)
-    assert sorted(tp1) == sorted(tp2) == [1, 2, 3]
-    assert tp1[3] < tp1[1]  # the steps trained the model
+    assert sorted(tp1) == sorted(tp2) == [1, 2]
+    assert tp1[2] < tp1[1]  # the first step trained the model
     for step in tp1:
         assert abs(tp1[step] - tp2[step]) <= TOLERANCE, (tp1, tp2)
 
