@@ -341,7 +341,71 @@ def test_topics_over_time_counts_each_bucket(planted):
     got = over_time.set_index(["Topic", "Timestamp"])["Frequency"]
     assert got.sum() == len(sample) and sorted(over_time["Timestamp"].unique()) == sorted(set(stamps))
     assert all(got[key] == count for key, count in expected[expected > 0].items())
+    shares = over_time.set_index(["Topic", "Timestamp"])["Share"]
+    per_week = pd.Series(stamps).value_counts()
+    assert all(shares[key] == pytest.approx(count / per_week[key[1]]) for key, count in expected[expected > 0].items())
     assert topics_over_time(model, list(sample["text"]), list(topics), dates.mask(dates.index == 3), "W") is None
+
+
+def test_topics_over_time_as_shares_a_half_period_looks_like_a_full_one(planted, tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    from raytron.topics.report import OTHERS_COLOUR, barchart_figure, over_time_figure, topic_colour, write_plots
+
+    sample, _, _, model, topics, _ = planted
+    texts, topics = list(sample["text"]), list(topics)
+    # January: every document twice; February (a partial month): each once, the same mix of topics
+    dates = pd.Series(pd.to_datetime(["2026-01-10"] * 2 * len(texts) + ["2026-02-03"] * len(texts)))
+    over_time = topics_over_time(model, texts * 3, topics * 3, dates, "M")
+    shares = over_time.pivot(index="Timestamp", columns="Topic", values="Share")
+    assert np.allclose(shares.sum(axis=1), 1.0) and np.allclose(shares.iloc[0], shares.iloc[1])
+    shown = sorted(set(topics) - {-1})
+    share, count = (pd.DataFrame({t.name: t.y for t in over_time_figure(over_time, {}, mode, top_n=2).data})
+                    for mode in ("share", "count"))  # the 2 largest topics, then others (the third, outliers)
+    assert len(share.columns) == 3 and share.columns[-1].startswith("others")
+    assert np.allclose(share.sum(axis=1), 1.0)  # each month's plotted topics and others: all its documents
+    assert np.allclose(share.iloc[0], share.iloc[1])  # half the documents, the same shares: no false decline
+    assert np.allclose(count.iloc[0], 2 * count.iloc[1]) and count.iloc[1].sum() == len(texts)
+    colours = [t.line.color for t in over_time_figure(over_time, {}, "share").data]
+    assert colours == [topic_colour(t) for t in shown] + [OTHERS_COLOUR]
+    assert [t.marker.color for t in barchart_figure(model).data] == [topic_colour(t) for t in shown]
+    wrote = write_plots(model, over_time, tmp_path / "plots")
+    assert {"barchart", "hierarchy", "topics_over_time", "topics_over_time_counts"} <= set(wrote)
+    # one plotly.js for the run's plots: each HTML file refers to it and embeds none
+    files = sorted((tmp_path / "plots").iterdir())
+    assert [f.name for f in files if not f.name.endswith(".html")] == ["plotly.min.js"]
+    assert (tmp_path / "plots" / "plotly.min.js").read_text() == get_plotlyjs() and len(get_plotlyjs()) > 3_000_000
+    for page in (f for f in files if f.name.endswith(".html")):
+        html = page.read_text()
+        assert html.count('<script charset="utf-8" src="plotly.min.js"></script>') == 1, page.name
+        assert len(html) < 500_000 and "Plotly.newPlot" in html, page.name  # was 4.7 MB each
+
+
+def test_palette_gives_many_topics_visible_distinct_colours():
+    from raytron.topics.report import OTHERS_COLOUR, PALETTE, over_time_figure
+
+    def channel(value: float) -> float:
+        return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+    def lab(colour: str) -> tuple[float, float, float]:  # sRGB -> CIELAB (D65)
+        r, g, b = (channel(int(colour[i:i + 2], 16) / 255) for i in (1, 3, 5))
+        x, y, z = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
+            (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+        f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116  # noqa: E731
+        return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+    luminance = lambda colour: sum(w * channel(int(colour[i:i + 2], 16) / 255)  # noqa: E731
+                                   for w, i in ((0.2126, 1), (0.7152, 3), (0.0722, 5)))
+    assert len(set(PALETTE)) == len(PALETTE) >= 30 and OTHERS_COLOUR not in PALETTE
+    assert all(1.05 / (luminance(c) + 0.05) >= 3 for c in PALETTE)  # visible on white (WCAG 3:1 for graphics)
+    assert min(math.dist(lab(a), lab(b)) for i, a in enumerate(PALETTE) for b in PALETTE[i + 1:]) >= 20  # distinct
+    # 25 topics over two periods: the 20 largest drawn, each in a colour of its own, then "others"
+    rows = [{"Topic": t, "Timestamp": pd.Timestamp(f"2026-0{m}-01"), "Frequency": (t + 2) * m, "Words": "w"}
+            for t in range(-1, 25) for m in (1, 2)]
+    figure = over_time_figure(pd.DataFrame(rows), {t: f"{t}_topic" for t in range(25)}, "share", top_n=20)
+    assert [t.name for t in figure.data][:20] == [f"{t}_topic" for t in range(5, 25)]
+    colours = [t.line.color for t in figure.data]
+    assert len(set(colours)) == 21 and colours[-1] == OTHERS_COLOUR and figure.data[-1].line.dash == "dot"
 
 
 @pytest.mark.slow
@@ -362,6 +426,11 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     assert set(table["model"]) == {"BERTopic (pretrained)", "LDA (gensim)"}
     assert {"topic_map", "barchart", "hierarchy"} <= set(result["plots"])
     assert (out / "topics" / "plots" / "barchart.html").read_text().count("plotly") > 10
+    plots = out / "topics" / "plots"  # one plotly.js beside the plots, none inside them
+    assert (plots / "plotly.min.js").stat().st_size > 3_000_000 and len(list(plots.glob("*.js"))) == 1
+    assert all(page.stat().st_size < 500_000 and 'src="plotly.min.js"' in page.read_text() for page in plots.glob("*.html"))
+    logged = [page.read_text() for page in (out / "wandb").rglob("barchart*.html")]  # W&B's copy: plotly.js from its CDN
+    assert logged and all("https://cdn.plot.ly/plotly-" in html and 'src="plotly.min.js"' not in html for html in logged)
     meta = read_meta(out / "topic_model")
     assigned = pd.read_parquet(out / "topics" / "assignments.parquet")
     found = sorted(set(assigned["topic"]) - {-1})

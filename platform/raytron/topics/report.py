@@ -61,26 +61,100 @@ def bucket_dates(dates: pd.Series, bucket: str) -> list[pd.Timestamp]:
 
 
 def topics_over_time(model, texts: list[str], topics: list[int], dates: pd.Series, bucket: str) -> pd.DataFrame | None:
-    """BERTopic's topic frequencies and keywords per date bucket; None when a document is undated."""
+    """BERTopic's topic frequencies and keywords per date bucket, and `Share`: each topic's share of its
+    bucket's documents (a partial last bucket then shows no false decline); None when a document is undated."""
     if not dates.notna().all():
         return None
-    return model.topics_over_time(texts, bucket_dates(dates, bucket), topics=topics, nr_bins=None)
+    over_time = model.topics_over_time(texts, bucket_dates(dates, bucket), topics=topics, nr_bins=None)
+    # every document is in one topic (-1 included): a bucket's frequencies add up to its documents
+    over_time["Share"] = over_time["Frequency"] / over_time.groupby("Timestamp")["Frequency"].transform("sum")
+    return over_time
+
+
+PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86", "#EB663B",
+           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1",
+           "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038", "#3283FE", "#85660D", "#325A9B",
+           "#B10DA1", "#C075A6", "#B00068", "#479B55", "#7E7DCD", "#D62728", "#8C564B")
+"""Topic colours: plotly's qualitative Dark24, then ten more of plotly's qualitative colours (Alphabet,
+Light24, D3), each at least 3:1 in contrast against the white background (WCAG's minimum for graphics)
+and at least 20 apart in CIELAB from every other. BERTopic's own plots cycle 7 colours."""
+OTHERS_COLOUR = "#7F7F7F"
+"""The "others" line (smaller topics and outliers): grey, dotted."""
+OVER_TIME_TOPICS = 20
+"""Topics drawn over time (the largest); the rest and the outliers are one "others" line."""
+
+
+def topic_colour(topic: int) -> str:
+    """The colour of `topic` in every plot of the run."""
+    return PALETTE[topic % len(PALETTE)]
+
+
+def over_time_figure(over_time: pd.DataFrame, names: dict[int, str], mode: str = "share",
+                     top_n: int = OVER_TIME_TOPICS):
+    """Topics over time as lines: the `top_n` largest topics (outliers excluded) and "others" (every other
+    topic and the outliers). mode "share": each line is the topic's share of its bucket's documents, so
+    the lines of a bucket add up to 1 and a partial bucket looks like a full one; "count": documents."""
+    import plotly.graph_objects as go
+
+    counts = over_time.pivot_table(index="Timestamp", columns="Topic", values="Frequency", aggfunc="sum",
+                                   fill_value=0).sort_index()  # a topic absent from a bucket: 0 there
+    totals = counts.sum(axis=1)
+    largest = counts.drop(columns=[-1], errors="ignore").sum().sort_values(ascending=False, kind="stable")
+    shown = sorted(largest.index[:top_n])
+    words = over_time.set_index(["Topic", "Timestamp"])["Words"].to_dict() if "Words" in over_time else {}
+    lines = [(names.get(topic, str(topic)), counts[topic], {"color": topic_colour(topic)}, topic) for topic in shown]
+    lines.append(("others (smaller topics, outliers)", counts.drop(columns=shown).sum(axis=1),
+                  {"color": OTHERS_COLOUR, "dash": "dot"}, None))
+    figure = go.Figure()
+    for name, documents, line, topic in lines:
+        shares = documents / totals
+        text = [f"<b>{name}</b><br>{documents[when]} of {totals[when]} documents ({shares[when]:.1%})"
+                + (f"<br>{words[topic, when]}" if (topic, when) in words else "") for when in counts.index]
+        figure.add_trace(go.Scatter(x=counts.index, y=shares if mode == "share" else documents, mode="lines+markers",
+                                    name=name, line=line, hoverinfo="text", hovertext=text))
+    share = mode == "share"
+    figure.update_layout(title="Topics over time: " + ("share of each period's documents" if share else "documents"),
+                         yaxis_title="share of the period's documents" if share else "documents",
+                         yaxis_tickformat=".0%" if share else None, template="simple_white", width=1250, height=500,
+                         legend={"title": "topic"})
+    return figure
+
+
+def barchart_figure(model, top_n: int = 12):
+    """BERTopic's keyword bars of the `top_n` largest topics, each in its `topic_colour`."""
+    freq = model.get_topic_freq()
+    shown = sorted(freq.loc[freq["Topic"] != -1, "Topic"].tolist()[:top_n])
+    figure = model.visualize_barchart(topics=shown)
+    for trace, topic in zip(figure.data, shown, strict=True):
+        trace.marker.color = topic_colour(topic)
+    return figure
+
+
+PLOTLY_JS = "plotly.min.js"
+"""The run's one copy of plotly.js, beside its plots (each HTML file refers to it: 4.7 MB once, not per plot)."""
 
 
 def write_plots(model, over_time: pd.DataFrame | None, out: Path) -> list[str]:
-    """Interactive HTML (plotly, self-contained): topic map, keyword bars, hierarchy, topics over time."""
+    """Interactive HTML (plotly): topic map, keyword bars, hierarchy, and on dated corpora topics over
+    time as shares of each period (`topics_over_time`) and as documents (`topics_over_time_counts`);
+    all of them load the one `PLOTLY_JS` in `out` (works offline)."""
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"topic_map": lambda: model.visualize_topics(), "barchart": lambda: model.visualize_barchart(top_n_topics=12),
+    figures = {"topic_map": lambda: model.visualize_topics(), "barchart": lambda: barchart_figure(model),
                "hierarchy": lambda: model.visualize_hierarchy()}
     if over_time is not None:
-        figures["topics_over_time"] = lambda: model.visualize_topics_over_time(over_time, top_n_topics=10)
+        names = topic_table(model).set_index("Topic")["Name"].map(lambda name: name[:40]).to_dict()
+        figures["topics_over_time"] = lambda: over_time_figure(over_time, names, "share")
+        figures["topics_over_time_counts"] = lambda: over_time_figure(over_time, names, "count")
     written = []
     for name, draw in figures.items():
         try:
-            draw().write_html(out / f"{name}.html", include_plotlyjs=True)
-            written.append(name)
+            figure = draw()
         except (ValueError, TypeError, IndexError) as error:  # e.g. too few topics for a 2-D map
             log.warning("plot %s skipped: %s", name, error)
+            continue
+        # "directory": a <script src="plotly.min.js"> tag; plotly copies the bundle there once, if absent
+        figure.write_html(out / f"{name}.html", include_plotlyjs="directory")
+        written.append(name)
     return written
 
 
@@ -112,6 +186,19 @@ def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots
     info = topic_table(model)
     keywords = info.assign(Representation=info["Representation"].map(lambda words: ", ".join(words[:10])))
     run.log({"topics/keywords": wandb.Table(dataframe=keywords[["Topic", "Count", "Name", "Representation"]])})
-    for name in plots:
-        run.log({f"topics/{name}": wandb.Html(str(out / "plots" / f"{name}.html"))})
+    for name in plots:  # W&B shows one file: plotly.js from its CDN (the W&B page is online anyway)
+        html = (out / "plots" / f"{name}.html").read_text()
+        run.log({f"topics/{name}": wandb.Html(html.replace(LOCAL_SCRIPT, cdn_script()), data_is_not_path=True)})
     run.finish()
+
+
+LOCAL_SCRIPT = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'
+"""How `write_plots`' files load plotly.js (plotly's include_plotlyjs="directory")."""
+
+
+def cdn_script() -> str:
+    """The script tag that loads the installed plotly.js version from plotly's CDN."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f'<script charset="utf-8" src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"></script>'
+
