@@ -332,6 +332,30 @@ def test_outlier_topic_is_named_and_has_no_blank_keywords(planted):
             topic, "Representation"]
 
 
+def test_benign_bertopic_warnings_are_dropped_at_their_logger_and_no_others(planted, tmp_path):
+    import copy
+    import logging
+
+    import raytron.topics.models  # noqa: F401 - installs the filter, as in every process that fits
+
+    sample, _, _, model, topics, _ = planted
+    model = copy.deepcopy(model)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    bertopic_log = logging.getLogger("BERTopic")
+    bertopic_log.addHandler(handler)
+    try:
+        model.update_topics(list(sample["text"]), topics=list(topics), vectorizer_model=model.vectorizer_model,
+                            ctfidf_model=model.ctfidf_model)  # BERTopic warns: custom topic assignments
+        model.save(tmp_path / "bertopic", serialization="safetensors", save_embedding_model=False)  # no embedding model
+        model.update_topics(list(sample["text"]), top_n_words=101)  # another warning of BERTopic's
+    finally:
+        bertopic_log.removeHandler(handler)
+    assert seen == ["WARNING: Note that extracting more than 100 words from a sparse can slow down computation quite "
+                    "a bit."]
+
+
 def test_topics_over_time_counts_each_bucket(planted):
     sample, _, _, model, topics, _ = planted
     dates = pd.Series(pd.to_datetime("2026-01-05") + pd.to_timedelta(np.arange(len(sample)) % 21, unit="D"))

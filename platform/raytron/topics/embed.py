@@ -51,6 +51,12 @@ def embed(docs: pd.DataFrame, encoder_dir: Path, cfg: TopicsConfig, gpu: bool) -
     Data's progress moves batch by batch, and the pool's actors share the work)."""
     rows = pd.DataFrame({"row": np.arange(len(docs)), "text": docs["text"].to_numpy()})
     rows = rows.iloc[np.argsort(rows["text"].str.len().to_numpy(), kind="stable")]
+    # Ray prints "[... E ...] core_worker.cc: Actor with class name: 'MapWorker(MapBatches(SentenceEmbedder))'
+    # ... has constructor arguments in the object store and max_restarts > 0" once per pool: Ray Data gives
+    # its actor pools max_restarts=-1 and passes each actor its own object-store refs (data context, map
+    # transformer), which the operator holds for the pool's lifetime, so a restart would find them. It is
+    # C++ log output (no Python logger or warning to filter), and max_restarts=0 would trade the pool's
+    # fault tolerance for the silence: left as is.
     embedded = ray.data.from_pandas(blocks(rows, -(-len(rows) // cfg.topics.embed_batch_size))).map_batches(
         SentenceEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_length": cfg.data.max_length},
         batch_size=cfg.topics.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.resources.num_workers),

@@ -11,6 +11,7 @@ import pandas as pd
 from raytron.config import TopicsConfig
 from raytron.registry import publish_run_model
 from raytron.store import write_model_folder
+from raytron.topics.models import quiet_bertopic
 
 
 def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, table: pd.DataFrame,
@@ -21,6 +22,7 @@ def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, ta
     info = model.get_topic_info()
 
     def fill(staging: Path) -> None:
+        quiet_bertopic()  # no "without explicitly defining an embedding model" warning: the encoder is beside it
         model.save(staging / "bertopic", serialization="safetensors", save_ctfidf=True, save_embedding_model=False)
         shutil.copytree(encoder, staging / "encoder")
 

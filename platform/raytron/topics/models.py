@@ -4,6 +4,7 @@ and gensim LDA."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 from gensim.corpora import Dictionary
@@ -11,6 +12,37 @@ from gensim.models import LdaModel
 
 from raytron.config import TopicModelConfig
 from raytron.topics.metrics import vectorizer
+
+
+class BenignBERTopicWarnings(logging.Filter):
+    """Two BERTopic warnings that do not apply to how raytron uses it, dropped at BERTopic's own logger
+    ("BERTopic"; its other messages pass):
+
+    - "Using a custom list of topic assignments may lead to errors if topic reduction techniques are
+      used afterwards": `place_outliers` hands update_topics the assignments of reduce_outliers as the
+      last step of every fit (nothing is reduced after it); logged once per merge, ~10 times a run.
+    - "You are saving a BERTopic model without explicitly defining an embedding model": export.py saves
+      the encoder the embeddings came from beside the model (`topic_model/encoder`), which BERTopic's
+      saved config has no field for.
+    """
+
+    MESSAGES = ("Using a custom list of topic assignments may lead to errors if topic reduction techniques",
+                "You are saving a BERTopic model without explicitly defining an embedding model")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(known in message for known in self.MESSAGES)
+
+
+def quiet_bertopic() -> None:
+    """Install `BenignBERTopicWarnings` on the "BERTopic" logger once per process (this module is imported
+    by every Ray worker that fits, merges or saves a model)."""
+    bertopic_log = logging.getLogger("BERTopic")
+    if not any(isinstance(f, BenignBERTopicWarnings) for f in bertopic_log.filters):
+        bertopic_log.addFilter(BenignBERTopicWarnings())
+
+
+quiet_bertopic()
 
 
 def bertopic(cfg: TopicModelConfig, seed: int, vocabulary: list[str] | None = None):
