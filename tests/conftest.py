@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -131,3 +132,14 @@ def s3_server(tmp_path_factory):
 
     with MotoServer(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of a command-line tool a test needs. Missing, the test skips with the command that
+    installs it, except under CI=true, where it fails: CI must prove what it claims."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {name} is not installed: {install}")
+        pytest.skip(f"{name} is not installed ({install})")
+    return path

@@ -1,26 +1,18 @@
 """KubeRay manifests: both overlays render with kustomize and every RayJob fits the KubeRay CRD schema."""
 
-import os
-import shutil
 import subprocess
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 CRDS = REPO.parent / "shared" / "kuberay-crds"
 
 
 def kubectl() -> str:
-    """kubectl's path; without it the test skips, except under CI=true, where it fails."""
-    path = shutil.which("kubectl")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and kubectl (kustomize) is not installed")
-        pytest.skip("kubectl (kustomize) is not installed")
-    return path
+    return require_tool("kubectl", "apt-get install kubectl (it runs kustomize)")
 
 
 def render(overlay: str) -> list[dict]:

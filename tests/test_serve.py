@@ -22,7 +22,7 @@ import yaml
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 pytestmark = pytest.mark.slow
 ARTICLE = ("NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak. "
@@ -581,12 +581,7 @@ def test_replicas_turn_unhealthy_after_failed_batches():
 
 
 def _chromium_or_skip() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and Debian's chromium is missing: `make chromium` installs it")
-        pytest.skip("Debian's chromium is not installed (make chromium)")
-    return path
+    return require_tool("chromium", "`make chromium` installs Debian's chromium")
 
 
 def test_web_page_in_chromium(url):
