@@ -449,7 +449,6 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
     table = pd.read_csv(out / "topics" / "comparison.csv")
     assert set(table["model"]) == {"BERTopic (pretrained)", "LDA (gensim)"}
     assert {"topic_map", "barchart", "hierarchy"} <= set(result["plots"])
-    assert (out / "topics" / "plots" / "barchart.html").read_text().count("plotly") > 10
     plots = out / "topics" / "plots"  # one plotly.js beside the plots, none inside them
     assert (plots / "plotly.min.js").stat().st_size > 3_000_000 and len(list(plots.glob("*.js"))) == 1
     assert all(page.stat().st_size < 500_000 and 'src="plotly.min.js"' in page.read_text() for page in plots.glob("*.html"))

@@ -139,6 +139,12 @@ def main_model(clustered, docs: list[str], nr_topics: int | None, floor: int | N
                            f"merge of similar topics left {joined}; {applied})")
 
 
+def fit_bertopic(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int,
+                 nr_topics: int | None = None, vocabulary: list[str] | None = None):
+    """`cluster` then `merge`: one BERTopic model with `nr_topics` topics and no outliers."""
+    return merge(cluster(docs, embeddings, cfg, seed, vocabulary), docs, nr_topics)
+
+
 def fit_main_model(docs: list[str], embeddings: np.ndarray, cfg: TopicModelConfig, seed: int, nr_topics: int | None,
                    vocabulary: list[str] | None = None, floor: int | None = None, cap: int | None = None):
     """`cluster` then `main_model`: the run's model, its documents' topics, and how its count was chosen."""
