@@ -317,7 +317,8 @@ class TopicModelConfig(Strict):
     diversity_words: int = Field(25, ge=2)
     """Words per topic for topic diversity (the paper's 25)."""
     main_topics: int | None = Field(20, ge=2)
-    """Topics of the saved model and its plots (merged by c-TF-IDF similarity); None keeps HDBSCAN's clusters."""
+    """Topics of the saved model and its plots (merged by c-TF-IDF similarity); None: the automatic count
+    (BERTopic's reduction of HDBSCAN's clusters, kept within the range of `topic_counts`)."""
     time_bucket: Literal["D", "W", "M"] = "W"
     """Bucket of topics over time on dated corpora: day, week or month."""
     lda_passes: int = Field(10, ge=1)
