@@ -8,12 +8,13 @@ import math
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.utils import unwrap_model
 from torch.utils.checkpoint import checkpoint
 
 from raytron.config import SummarizationConfig
 from raytron.data.cnn_dailymail import IGNORE_INDEX
 from raytron.models.llama import state_dict_adapter as adapter
-from raytron.models.llama.model import decoder_from_hf, decoder_hidden_states, unwrap
+from raytron.models.llama.model import decoder_from_hf, decoder_hidden_states
 from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
 from raytron.store import write_decoder
@@ -43,7 +44,7 @@ def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> t
     The decoder runs on every position, but the output layer and the loss only where a summary token is
     predicted (~128 of 1,024), in chunks recomputed in backward: logits never exist for the prompt, and
     never all at once."""
-    gpt = unwrap(model)
+    gpt = unwrap_model(model)  # the GPTModel inside DDP / Float16Module (their forward only passes through)
     targets = next_token_targets(labels)
     supervised = targets != IGNORE_INDEX
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)

@@ -77,13 +77,6 @@ def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: A
     return model, tconfig, hf_config
 
 
-def unwrap(model):
-    """The GPTModel inside Megatron's DDP and Float16Module wrappers (their forward only passes through)."""
-    while not isinstance(model, GPTModel):
-        model = model.module
-    return model
-
-
 def decoder_hidden_states(gpt: GPTModel, input_ids, position_ids, attention_mask=None):
     """Final (normed) hidden states [seq, batch, hidden]: GPTModel.forward without the output layer, so that
     callers project only the positions they need (GPTModel's own `_preprocess` embeds and builds RoPE)."""
