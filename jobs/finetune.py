@@ -1,17 +1,7 @@
-"""Fine-tune a pretrained model on a task: `python jobs/finetune.py --config configs/<task>.yaml [key=value ...]`."""
+"""`python jobs/finetune.py ...` (and `ray job submit -- python jobs/finetune.py ...`): runs raytron.jobs.finetune."""
 
-from raytron.cli import parse_job
-from raytron.errors import exit_on_user_error
-from raytron.train.launcher import finetune
+from raytron.jobs.finetune import main
 
-
-@exit_on_user_error
-def main() -> None:
-    _, cfg = parse_job(__doc__)
-    result = finetune(cfg)
-    validation = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("val/"))
-    print(f"done: last validation {validation}; best model in {cfg.run_dir / 'model'}")
-
-
+# the guard: process pools (dist_checkpointing, multiprocessing spawn) re-import this file as a module
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,24 +1,7 @@
-"""Preprocess a corpus once into parquet shards: `python jobs/preprocess.py --config configs/sentiment.yaml --out data/imdb-prepared`.
+"""`python jobs/preprocess.py ...` (and `ray job submit -- python jobs/preprocess.py ...`): runs raytron.jobs.preprocess."""
 
-Then train from them with `data.prepared_dir=data/imdb-prepared` (same max_length and head_tokens).
-"""
+from raytron.jobs.preprocess import main
 
-from raytron.cli import parse_job
-from raytron.data.imdb import encode_splits, read_raw_splits, write_prepared
-from raytron.errors import exit_on_user_error
-from raytron.models.pretrained import resolve_pretrained
-from raytron.runtime import absolute_paths, connect_ray
-
-
-@exit_on_user_error
-def main() -> None:
-    args, cfg = parse_job(__doc__, ("--out", {"required": True, "help": "folder for the parquet shards"}))
-    cfg = absolute_paths(cfg)
-    connect_ray()
-    encoded = encode_splits(read_raw_splits(cfg.data), cfg.data, resolve_pretrained(cfg.model.pretrained))
-    out = write_prepared(encoded, cfg.data, args.out)
-    print(f"wrote {out} (train with data.prepared_dir={out})")
-
-
+# the guard: process pools (dist_checkpointing, multiprocessing spawn) re-import this file as a module
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

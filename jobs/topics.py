@@ -1,27 +1,7 @@
-"""Topic modeling: `python jobs/topics.py --config configs/topics.yaml [key=value ...]`.
+"""`python jobs/topics.py ...` (and `ray job submit -- python jobs/topics.py ...`): runs raytron.jobs.topics."""
 
-Embeds the corpus with the Megatron-Core encoder (and the run's contrastively tuned one, when
-jobs/finetune.py made it), compares BERTopic and LDA (NPMI, diversity) over topic counts and seeds,
-and saves the run's BERTopic model with its keywords, topics over time and interactive plots.
-"""
+from raytron.jobs.topics import main
 
-import json
-
-from raytron.cli import parse_job
-from raytron.errors import RaytronError, exit_on_user_error
-
-
-@exit_on_user_error
-def main() -> None:
-    args, cfg = parse_job(__doc__)
-    if cfg.task != "topics":
-        raise RaytronError(f"{args.config} is a {cfg.task} config; use a topics recipe (configs/topics.yaml)")
-    from raytron.topics.pipeline import run
-
-    result = run(cfg)
-    print(json.dumps({"documents": result["documents"], "topics": result["topics"], "plots": result["plots"]}))
-    print(f"done: outputs in {cfg.run_dir / 'topics'}, model in {cfg.run_dir / 'topic_model'}")
-
-
+# the guard: process pools (dist_checkpointing, multiprocessing spawn) re-import this file as a module
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
