@@ -7,7 +7,7 @@ export RAYTRON_DATA_DIR ?= $(abspath ../shared/data)
 export WANDB_MODE ?= offline
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup chromium demo test bench lint clean
+.PHONY: setup chromium demo test bench lint clean image k8s-manifests
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,19 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || { if [ "$$CI" = true ]; then echo "error: CI=true and Debian's chromium could not be installed" >&2; exit 1; fi; \
 	       echo "warning: could not install Debian's chromium (not root?): the browser test will be skipped"; }
+
+# The images the manifests name (raytron:<version>-cpu|gpu); needs a Docker engine. docker/README.md.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f docker/Dockerfile.cpu -t raytron:$(VERSION)-cpu .
+	docker build -f docker/Dockerfile.gpu -t raytron:$(VERSION)-gpu .
+
+# k8s/overlays/*/jobs.yaml from the recipes (tests/test_k8s.py fails when they drift).
+k8s-manifests: setup
+	for overlay in cpu-dev:cpu gpu:gpu; do out=k8s/overlays/$${overlay%%:*}/jobs.yaml; target=$${overlay##*:}; \
+	  { echo "# Generated from the recipes by \`make k8s-manifests\` (raytron k8s render --all --target $$target): do not edit;"; \
+	    echo "# tests/test_k8s.py fails when this file and the recipes drift apart."; \
+	    $(BIN)/raytron k8s render --all --target $$target; } > $$out.partial && mv $$out.partial $$out; done
 
 demo: setup
 	$(BIN)/python jobs/finetune.py --config configs/sentiment.yaml

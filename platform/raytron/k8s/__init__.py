@@ -1,0 +1,1 @@
+"""Kubernetes: RayJobs rendered from recipes (`render`) and sent to a cluster (`cluster`)."""
