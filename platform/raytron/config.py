@@ -122,6 +122,9 @@ class WandbConfig(Strict):
     """W&B entity (team); default: the key's user."""
     mode: Literal["offline", "online", "disabled"] | None = None
     """Default: $WANDB_MODE, else online when $WANDB_API_KEY is set, else offline."""
+    group: str | None = None
+    """W&B group of the job's runs; default: the run name. A Ray Tune search sets its name: one group per search,
+    one run per trial."""
 
 
 class RunConfig(Strict):

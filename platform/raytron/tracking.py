@@ -1,11 +1,19 @@
-"""Weights & Biases runs: offline unless the user brings a key, one place for the mode rule."""
+"""Weights & Biases runs and artifacts: offline unless the user brings a key; lineage dataset -> model -> evaluation.
+
+System metrics are on (W&B's monitor samples CPU, memory, disk, network and GPUs every 15 s in its
+own wandb-core process). Each exported model and each evaluation is an artifact whose files are the
+run's folder (`policy="immutable"`: checksummed, not copied; `wandb sync` uploads them from there).
+Lineage: online, a job declares its inputs with `run.use_artifact` (W&B's lineage graph); offline,
+W&B refuses `use_artifact`, so every artifact also names its inputs (name, type, digest) in its
+metadata under `inputs`, which both modes keep.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from raytron.config import WandbConfig
+from raytron.config import JobConfig, WandbConfig
 
 
 def wandb_mode(cfg: WandbConfig) -> str:
@@ -13,8 +21,11 @@ def wandb_mode(cfg: WandbConfig) -> str:
     return cfg.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
-def start_run(cfg: WandbConfig, run_dir: Path, name: str, job_type: str, config: dict):
-    """A W&B run writing under `run_dir/wandb` (offline runs sync later with `wandb sync`)."""
+def start_run(cfg: WandbConfig, run_dir: Path, name: str, job_type: str, config: dict, run_id: str | None = None,
+              group: str | None = None):
+    """A W&B run writing under `run_dir/wandb` (offline runs sync later with `wandb sync`). `run_id` resumes that
+    run (store `run.id` to pass it after a restart); `group` gathers runs (default: `wandb.group`, else the run
+    name; a Ray Tune search sets its name, one run per trial)."""
     import wandb
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -23,9 +34,81 @@ def start_run(cfg: WandbConfig, run_dir: Path, name: str, job_type: str, config:
         entity=cfg.entity,
         mode=wandb_mode(cfg),
         dir=str(run_dir),
+        id=run_id,
+        resume="allow" if run_id else None,
         name=f"{name}-{job_type}",
-        group=name,
+        group=group or cfg.group or name,
         job_type=job_type,
         config=config,
-        settings=wandb.Settings(silent=True, x_disable_stats=True),
+        settings=wandb.Settings(silent=True),
     )
+
+
+def dataset_artifact(cfg: JobConfig):
+    """The corpus a job read: its file under the data root (or the prepared shards) by reference, checksummed;
+    the slice it took is the `data` section, in the metadata. Without a local file, the Hub dataset's address."""
+    import wandb
+
+    from raytron.data.sources import SOURCES, local_file
+
+    data = cfg.data
+    artifact = wandb.Artifact(data.dataset, type="dataset", metadata={"slice": data.model_dump()})
+    prepared = getattr(data, "prepared_dir", None)
+    source = Path(prepared) if prepared else local_file(data.dataset, data.data_dir)
+    if source is not None:
+        artifact.add_reference(source.resolve().as_uri(), name=source.name)
+    else:
+        artifact.add_reference(f"https://huggingface.co/datasets/{SOURCES[data.dataset].hub}", checksum=False)
+    return artifact
+
+
+def folder_artifact(name: str, kind: str, folder: Path, metadata: dict | None = None):
+    """An artifact holding every file of `folder` (checksummed in place, uploaded from there by `wandb sync`)."""
+    import wandb
+
+    artifact = wandb.Artifact(name, type=kind, metadata=metadata or {})
+    artifact.add_dir(str(folder), policy="immutable")
+    return artifact
+
+
+def model_artifact(cfg: JobConfig, folder: Path | None = None):
+    """The exported model folder (`<run>/model` by default) as a `model` artifact named after the folder's run."""
+    folder = Path(folder or cfg.run_dir / "model")
+    return folder_artifact(f"{cfg.run.name}-{folder.name.replace('_', '-')}", "model", folder)
+
+
+def evaluation_artifact(cfg: JobConfig, folder: Path):
+    """An evaluation's report folder (`<run>/eval`, `<run>/topics`) as an `evaluation` artifact."""
+    return folder_artifact(f"{cfg.run.name}-{folder.name}", "evaluation", folder)
+
+
+def reference(artifact) -> dict:
+    """What an output's metadata keeps of one input."""
+    return {"name": artifact.name, "type": artifact.type, "digest": artifact.digest}
+
+
+def log_with_inputs(run, outputs: list, inputs: list) -> list:
+    """Declare `inputs` (online: `use_artifact`, W&B's lineage graph) and log `outputs`, each naming the inputs
+    in its metadata (offline W&B cannot record uses); returns the logged outputs."""
+    if run.settings.mode != "offline":
+        inputs = [run.use_artifact(artifact) for artifact in inputs]
+    refs = [reference(artifact) for artifact in inputs]
+    for artifact in outputs:
+        artifact.metadata = {**artifact.metadata, "inputs": refs}
+        run.log_artifact(artifact)
+    return outputs
+
+
+def log_model(run, cfg: JobConfig, folder: Path | None = None):
+    """After a fine-tune's export (rank 0): the corpus in, the model folder out; None when nothing was exported."""
+    folder = Path(folder or cfg.run_dir / "model")
+    if not folder.is_dir():
+        return None
+    return log_with_inputs(run, [model_artifact(cfg, folder)], [dataset_artifact(cfg)])[0]
+
+
+def log_evaluation(run, cfg: JobConfig, model_dir: Path | None, out_dir: Path):
+    """After an evaluation: the corpus and the evaluated model (when there is one: baselines alone have none) in,
+    the report folder out (an `evaluation` artifact)."""
+    model = [model_artifact(cfg, model_dir)] if model_dir is not None and Path(model_dir).is_dir() else []
+    return log_with_inputs(run, [evaluation_artifact(cfg, out_dir)], [dataset_artifact(cfg), *model])[0]

@@ -45,18 +45,24 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
         result = write_report(staging, frame, meta["labels"])
     log.info("test accuracy %.4f precision %.4f recall %.4f F1 %.4f on %d rows; report in %s",
              result["accuracy"], result["precision"], result["recall"], result["f1"], result["rows"], out_dir)
-    log_to_wandb(cfg, out_dir, result)
+    log_to_wandb(cfg, model_dir, out_dir, result, meta["labels"])
     return result
 
 
-def log_to_wandb(cfg: SentimentConfig, out_dir: Path, result: dict) -> None:
+def log_to_wandb(cfg: SentimentConfig, model_dir: Path, out_dir: Path, result: dict, labels: list[str]) -> None:
+    """Test metrics, W&B's interactive confusion matrix, the most confident errors, and the evaluation artifact
+    (the corpus and the model artifact as its inputs)."""
     import wandb
 
-    from raytron.tracking import start_run
+    from raytron.tracking import log_evaluation, start_run
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
     run.log({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    run.log({"test/confusion_matrix": wandb.Image(str(out_dir / "confusion_matrix.png"))})
+    predictions = pd.read_parquet(out_dir / "predictions.parquet", columns=["label", "prediction"])
+    run.log({"test/confusion_matrix": wandb.plot.confusion_matrix(
+        y_true=predictions["label"].tolist(), preds=predictions["prediction"].tolist(), class_names=labels,
+        title="IMDb test confusion matrix")})
     errors = pd.read_json(out_dir / "errors.jsonl", lines=True)
     run.log({"test/errors": wandb.Table(dataframe=errors)})
+    log_evaluation(run, cfg, model_dir, out_dir)
     run.finish()

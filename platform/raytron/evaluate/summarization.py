@@ -107,14 +107,31 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
                                           + markdown_table(comparisons, len(test)).split("\n", 2)[2])
         samples.to_json(staging / "samples.jsonl", orient="records", lines=True)
     log.info("ROUGE table in %s:\n%s", out_dir / "rouge.md", markdown_table(table, len(test)))
-    log_to_wandb(cfg, table, samples)
+    log_to_wandb(cfg, model_dir, out_dir, table, samples)
     return result
 
 
-def log_to_wandb(cfg: SummarizationConfig, table: dict, samples: pd.DataFrame) -> None:
+def rouge_figure(table: dict[str, dict], rows: int):
+    """Grouped bars of ROUGE-1/2/Lsum per technique with their 95% bootstrap intervals as error bars (plotly)."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for name, metrics in table.items():
+        means = [metrics[m]["mean"] for m in METRICS]
+        figure.add_trace(go.Bar(name=name, x=list(METRICS), y=means, error_y={
+            "type": "data", "symmetric": False, "array": [metrics[m]["high"] - metrics[m]["mean"] for m in METRICS],
+            "arrayminus": [metrics[m]["mean"] - metrics[m]["low"] for m in METRICS]}))
+    figure.update_layout(barmode="group", template="simple_white", yaxis_title="F1 x 100", legend_title="technique",
+                         title=f"ROUGE on {rows} held-out test rows (mean, 95% bootstrap CI)")
+    return figure
+
+
+def log_to_wandb(cfg: SummarizationConfig, model_dir: Path, out_dir: Path, table: dict, samples: pd.DataFrame) -> None:
+    """Each technique's ROUGE means, the bar chart with CIs, the table and sample summaries, and the evaluation
+    artifact."""
     import wandb
 
-    from raytron.tracking import start_run
+    from raytron.tracking import log_evaluation, start_run
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
     run.log({f"test/{name}/{metric}": values["mean"] for name, metrics in table.items()
@@ -122,5 +139,7 @@ def log_to_wandb(cfg: SummarizationConfig, table: dict, samples: pd.DataFrame) -
     rows = [[name, *(metrics[m][k] for m in METRICS for k in ("mean", "low", "high"))] for name, metrics in table.items()]
     columns = ["technique", *(f"{m}_{k}" for m in METRICS for k in ("mean", "low", "high"))]
     run.log({"test/rouge": wandb.Table(columns=columns, data=rows),
+             "test/rouge_chart": wandb.Plotly(rouge_figure(table, len(samples))),
              "test/samples": wandb.Table(dataframe=samples.head(20))})
+    log_evaluation(run, cfg, model_dir, out_dir)
     run.finish()

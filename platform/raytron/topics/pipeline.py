@@ -59,5 +59,5 @@ def run(cfg: TopicsConfig) -> dict:
     log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
     if len(table):
         log.info("comparison:\n%s", markdown(table, len(docs), len(cfg.topics.seeds)))
-    log_to_wandb(cfg, table, model, out, plots)
+    log_to_wandb(cfg, table, model, out, plots, encoders)
     return {"documents": len(docs), "topics": meta["topics"], "table": table, "plots": plots, "over_time": over_time}

@@ -174,11 +174,13 @@ def write_report(out: Path, docs: pd.DataFrame, results: pd.DataFrame, table: pd
         return write_plots(model, over_time, staging / "plots")
 
 
-def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots: list[str]) -> None:
-    """The comparison table, every topic's keywords and the plots, as one W&B run."""
+def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots: list[str],
+                 encoders: dict[str, Path]) -> None:
+    """The comparison table, every topic's keywords and the plots (HTML), as one W&B run, with the topic model
+    and the topics report as artifacts (inputs: the corpus and the run's fine-tuned encoder when used)."""
     import wandb
 
-    from raytron.tracking import start_run
+    from raytron.tracking import dataset_artifact, evaluation_artifact, log_with_inputs, model_artifact, start_run
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "topics", cfg.model_dump())
     if len(table):
@@ -189,6 +191,9 @@ def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots
     for name in plots:  # W&B shows one file: plotly.js from its CDN (the W&B page is online anyway)
         html = (out / "plots" / f"{name}.html").read_text()
         run.log({f"topics/{name}": wandb.Html(html.replace(LOCAL_SCRIPT, cdn_script()), data_is_not_path=True)})
+    tuned = [model_artifact(cfg, folder.parent) for name, folder in encoders.items() if name == "fine-tuned"]
+    log_with_inputs(run, [model_artifact(cfg, cfg.run_dir / "topic_model"), evaluation_artifact(cfg, out)],
+                    [dataset_artifact(cfg), *tuned])
     run.finish()
 
 

@@ -287,7 +287,10 @@ def train_worker(config: dict) -> None:
         train_epoch(worker, train_shard)
         end_epoch(worker, val_shard)
     if worker.wandb_run is not None:
+        from raytron.tracking import log_model
+
         worker.wandb_run.summary[f"best_val_{worker.task.selection}"] = worker.state["best_val"]
+        log_model(worker.wandb_run, worker.cfg)  # the exported best model, with the corpus as its input
         worker.wandb_run.finish()
     if not math.isfinite(worker.state["best_val"]):
         raise RuntimeError(f"validation {worker.task.selection} is not finite")

@@ -1,0 +1,99 @@
+"""W&B as users see it, read back from the offline runs' own files: metrics, system metrics, the interactive
+confusion matrix, ROUGE chart, artifacts with lineage (dataset -> model -> evaluation), resume by id, groups."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from raytron.config import load_config
+from tests.conftest import REPO, tiny_overrides
+from tests.wandb_records import manifest_paths, metadata, offline_runs
+
+
+@pytest.fixture(scope="module")
+def evaluated(ray_cluster, tmp_path_factory):
+    """A real 2-worker IMDb fine-tune (1 epoch of 48 reviews), then its evaluation on 40 test reviews."""
+    from raytron.evaluate.sentiment import evaluate
+    from raytron.train.launcher import finetune
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{"run.name": "tracked"}))
+    finetune(cfg)
+    result = evaluate(cfg)
+    return cfg, root / "tracked", result
+
+
+def test_finetune_run_holds_metrics_system_metrics_and_the_model_artifact(evaluated):
+    cfg, run_dir, _ = evaluated
+    (run,) = offline_runs(run_dir, "finetune")
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert run.values("train/loss") == [m["train/loss"] for m in logged if "train/loss" in m]
+    assert run.values("val/accuracy") == [m["val/accuracy"] for m in logged if "val/accuracy" in m]
+    assert run.run.run_group == "tracked" and run.config["train"]["lr"] == cfg.train.lr
+    assert run.stats and "proc.cpu.threads" in run.stats[0]  # system metrics are on
+    model = run.artifacts["tracked-model"]
+    assert model.type == "model"
+    files = {p.relative_to(run_dir / "model").as_posix() for p in (run_dir / "model").rglob("*") if p.is_file()}
+    assert set(manifest_paths(model)) == files and "encoder/model.safetensors" in files
+    (dataset,) = metadata(model)["inputs"]
+    assert dataset["name"] == "imdb" and dataset["type"] == "dataset" and len(dataset["digest"]) == 32
+
+
+def test_evaluate_run_holds_the_confusion_matrix_and_the_evaluation_with_its_lineage(evaluated):
+    _, run_dir, result = evaluated
+    (finetuned,) = offline_runs(run_dir, "finetune")
+    (run,) = offline_runs(run_dir, "evaluate")
+    assert run.values("test/accuracy") == [result["accuracy"]]
+    chart = run.config["_wandb/visualize/test/confusion_matrix"]["panel_config"]
+    assert chart["panelDefId"] == "wandb/confusion_matrix/v1"
+    (table_path,) = run.values("test/confusion_matrix_table/path")
+    table = pd.DataFrame(**json.loads((run.folder / "files" / table_path).read_text()))
+    counts = table.pivot(index="Actual", columns="Predicted", values="nPredictions").loc[
+        ["negative", "positive"], ["negative", "positive"]]
+    assert counts.to_numpy().tolist() == result["confusion_matrix"]  # the evaluation's own matrix, same cells
+    evaluation = run.artifacts["tracked-eval"]
+    assert evaluation.type == "evaluation" and "metrics.json" in manifest_paths(evaluation)
+    dataset, model = metadata(evaluation)["inputs"]
+    model_artifact = finetuned.artifacts["tracked-model"]
+    assert (model["name"], model["type"], model["digest"]) == ("tracked-model", "model", model_artifact.digest)
+    assert dataset == metadata(model_artifact)["inputs"][0]  # the same corpus file, the same digest
+
+
+def test_rouge_chart_and_an_evaluation_without_a_model(tmp_path):
+    """Baselines alone (no fine-tuned decoder): the chart's error bars are the CIs, the corpus the one input."""
+    from raytron.evaluate.summarization import log_to_wandb
+
+    cfg = load_config(REPO / "configs" / "summarization.yaml", [f"run.output_dir={tmp_path}", "run.name=rouge"])
+    table = {"lead-3": {m: {"mean": 30.0 + i, "low": 28.0 + i, "high": 33.0 + i}
+                        for i, m in enumerate(("rouge1", "rouge2", "rougeLsum"))}}
+    out = cfg.run_dir / "eval"
+    out.mkdir(parents=True)
+    (out / "rouge.json").write_text(json.dumps({"table": table}))
+    samples = pd.DataFrame({"id": ["a"], "article": ["text"], "reference": ["ref"], "lead-3": ["text"]})
+    log_to_wandb(cfg, cfg.run_dir / "model", out, table, samples)
+    (run,) = offline_runs(cfg.run_dir, "evaluate")
+    (chart_path,) = run.values("test/rouge_chart/path")
+    (bars,) = json.loads((run.folder / "files" / chart_path).read_text())["data"]
+    assert bars["y"] == [30.0, 31.0, 32.0]
+    assert bars["error_y"]["array"] == [3.0] * 3 and bars["error_y"]["arrayminus"] == [2.0] * 3
+    assert [i["type"] for i in metadata(run.artifacts["rouge-eval"])["inputs"]] == ["dataset"]
+
+
+def test_start_run_resumes_a_run_id_and_takes_a_group(tmp_path):
+    from raytron.tracking import start_run
+
+    cfg = load_config(REPO / "configs" / "sentiment.yaml", [f"run.output_dir={tmp_path}", "run.name=trial"])
+    first = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", {}, group="search-7")
+    first.log({"train/loss": 1.0})
+    first.finish()
+    time.sleep(1.1)  # offline run folders are named by the second: a resume comes later than this
+    again = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", {}, run_id=first.id, group="search-7")
+    again.log({"train/loss": 0.5})
+    again.finish()
+    runs = offline_runs(cfg.run_dir, "finetune")
+    assert [r.run.run_id for r in runs] == [first.id, first.id] and {r.run.run_group for r in runs} == {"search-7"}
+    assert [r.run.resume for r in runs] == [False, True] and runs[1].values("train/loss") == [0.5]
