@@ -25,7 +25,7 @@ def connect(context: str | None = None):
         _, current = config.list_kube_config_contexts()
         namespace = (current or {}).get("context", {}).get("namespace", "default")
     except (config.ConfigException, OSError) as error:
-        if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):  # outside a pod
             where = os.environ.get("KUBECONFIG", "~/.kube/config")
             raise RaytronError(f"no usable kubeconfig ({where}: {error}): point KUBECONFIG at your cluster's "
                                "config (kind and minikube write ~/.kube/config), or pass --context") from None
@@ -41,12 +41,12 @@ def request(api, method: str, path: str, body: dict | None = None, query: list |
 
     headers = {"Accept": "text/plain" if text else "application/json"}
     if body is not None:  # server-side apply: create or update, this tool owning the fields it sets
-        headers["Content-Type"] = "application/apply-patch+yaml"
-        body = json.dumps(body)  # JSON is YAML; the client passes strings through unchanged
+        headers["Content-Type"] = "application/apply-patch+yaml"  # the client sends the body as JSON (valid YAML)
     try:
-        return api.call_api(path, method, query_params=query or [], header_params=headers, body=body,
-                            auth_settings=["BearerToken"], response_type="str" if text else "object",
-                            _return_http_data_only=True)
+        answer = api.call_api(path, method, query_params=query or [], header_params=headers, body=body,
+                              auth_settings=["BearerToken"], response_types_map=dict.fromkeys((200, 201), "object"),
+                              _return_http_data_only=True, _preload_content=not text)
+        return answer.data.decode() if text else answer
     except ApiException as error:
         reason = error.reason
         if error.body:

@@ -170,7 +170,7 @@ def rayjob(job: str, config: str, overrides: list[str], target: str | None = Non
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "raytron", "app.kubernetes.io/component": job,
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "raytron", "app.kubernetes.io/component": job,
                                               "raytron.dev/task": cfg.task}},
         "spec": {
             "entrypoint": f"cd {APP_DIR} && {command}",  # the same command as on a laptop, from the project root
@@ -192,7 +192,13 @@ OVERLAY_JOBS = {
 }
 """The RayJobs of each overlay (k8s/overlays/<cpu-dev|gpu>/jobs.yaml): the three fine-tunes (the topics one
 tunes the encoder), the evaluations, the topic job; each publishes to the model store the RayService reads."""
+AFTER_FINETUNE = ("evaluate", "topics")
+"""Jobs that read a fine-tune's model: created suspended in the overlays, resumed once it has succeeded."""
 
 
 def overlay_jobs(target: str) -> list[dict]:
-    return [rayjob(job, config, [], target=target) for job, config in OVERLAY_JOBS[target]]
+    jobs = [rayjob(job, config, [], target=target) for job, config in OVERLAY_JOBS[target]]
+    for (job, _), manifest in zip(OVERLAY_JOBS[target], jobs, strict=True):
+        if job in AFTER_FINETUNE:
+            manifest["spec"]["suspend"] = True
+    return jobs
