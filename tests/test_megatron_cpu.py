@@ -21,6 +21,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import torch
 
@@ -106,8 +107,8 @@ def scenario(skip: frozenset[str], workdir: Path, stage: list[str]) -> None:
 
     stage.append("checkpoint save")
     path = workdir / "checkpoint"
-    checkpoint.save(path, model, optimizer, scheduler, {"step": 1})
-    checkpoint.verify(path)
+    checkpoint.save(path, model, optimizer, scheduler, {"step": 1}, workdir / "metrics.jsonl")
+    assert checkpoint.verify(pafs.LocalFileSystem(), str(path), str(path))["step"] == 1
     stage.append("checkpoint load")
     fresh, _, fresh_optimizer, fresh_scheduler = build()
     assert checkpoint.load(path, fresh, fresh_optimizer, fresh_scheduler)["step"] == 1

@@ -38,8 +38,8 @@ def step_losses(root, name: str, workers: int, tensor: int) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_tp2_fine_tune_matches_tp1(ray_cluster, tmp_path):
-    """Through `finetune`: the TP group gathers its ranks' micro-batches (tp_gather) so both ranks run
-    the same rows; without it each rank would see half the batch and the losses would differ."""
+    """Through `finetune`: both ranks of the TP group take the same rows of each step (raytron.train.sampler
+    slices by data-parallel rank); had each taken its own rows, the losses would differ."""
     tp1 = step_losses(tmp_path, "tp1", workers=1, tensor=1)
     tp2 = step_losses(tmp_path, "tp2", workers=2, tensor=2)
     assert sorted(tp1) == sorted(tp2) == [1, 2]

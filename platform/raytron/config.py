@@ -39,6 +39,9 @@ class ResourcesConfig(Strict):
     """One GPU per worker; unset means: when the Ray cluster has GPUs."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """CPUs Ray reserves for each worker."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement of the training workers (ScalingConfig.placement_strategy): STRICT_SPREAD puts each on its
+    own node."""
 
 
 class DataConfig(Strict):
@@ -113,6 +116,11 @@ class TrainConfig(Strict):
     """Model initialization and dropout seed."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s of one device for the logged MFU; unset: the GPU's bf16 datasheet figure (none on CPUs)."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Also checkpoint every this many optimizer steps (a killed worker redoes at most these); unset: at epoch
+    ends only."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept in the run's storage."""
 
 
 class WandbConfig(Strict):
@@ -131,7 +139,9 @@ class RunConfig(Strict):
     name: str = "sentiment"
     """Run name: outputs go to <output_dir>/<name>/."""
     output_dir: str = "runs"
-    """Root of run outputs (checkpoints, metrics, plots, final model)."""
+    """Where runs live (checkpoints, metrics, eval outputs, the exported model): a path, or a URI all nodes reach
+    (s3://bucket/prefix, with ?endpoint_override=HOST:PORT&scheme=http for an S3-compatible store; gs://...;
+    file://...). A run is <output_dir>/<name>; with a URI each node works in a local mirror of it."""
     resume: bool = True
     """Continue from the run's last checkpoint when one exists."""
     store: str | None = None
@@ -175,8 +185,18 @@ class JobConfig(Strict):
         return self
 
     @property
+    def run_uri(self) -> str:
+        """Where the run lives: `<output_dir>/<name>`, a path or a URI."""
+        from raytron.storage import join
+
+        return join(self.run.output_dir, self.run.name)
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+        """The run as a local folder: the run itself, or this node's mirror of a URI (`raytron.storage`)."""
+        from raytron.storage import mirror_dir
+
+        return mirror_dir(self.run_uri)
 
 
 class SentimentConfig(JobConfig):

@@ -1,9 +1,7 @@
 """Model store: versions of named models, each made visible by a manifest written last.
 
-The root is a local path or a filesystem URI pyarrow opens (file://, s3://, gs://, hdfs://). An
-S3-compatible store names its endpoint in the URI, `s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`
-(pyarrow also takes `region`, `allow_bucket_creation` and `tls_ca_file_path` there), and takes its
-credentials from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).
+The root is a local path or a filesystem URI (file://, s3://, gs://; `raytron.storage` says how an
+S3-compatible endpoint and its credentials are given).
 
 One model, `<root>/<name>/`:
     v0003/...                  the published folder's files
@@ -40,16 +38,13 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
 from raytron.errors import RaytronError
-from raytron.models.llama.gguf import cache_dir
+from raytron.storage import cache_dir, copy_stream, filesystem, reaching, shown
 from raytron.store import META
 
 log = logging.getLogger("raytron.registry")
@@ -57,20 +52,19 @@ log = logging.getLogger("raytron.registry")
 MANIFEST = re.compile(r"^(v\d{4,})\.manifest\.json$")
 TAKEN = re.compile(r"^v(\d{4,})(?:\.|$)")  # a version's folder, manifest or claim
 CLAIM_ATTEMPTS = 20
-CHUNK = 1 << 20
 
 
 def versions(root: str, name: str) -> list[str]:
     """Published versions of `name`, oldest first."""
-    fs, base = _open(root)
-    with _reaching(root):
+    fs, base = filesystem(root, "model store")
+    with reaching(root, "model store"):
         return _versions(fs, f"{base}/{name}")
 
 
 def names(root: str) -> list[str]:
     """Models with at least one published version."""
-    fs, base = _open(root)
-    with _reaching(root):
+    fs, base = filesystem(root, "model store")
+    with reaching(root, "model store"):
         entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and _versions(fs, e.path))
 
@@ -84,14 +78,14 @@ def publish(folder: str | Path, root: str, name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise RaytronError(f"model name {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit")
     manifest = _manifest(folder)
-    fs, base = _open(root)
+    fs, base = filesystem(root, "model store")
     model = f"{base}/{name}"
-    with _reaching(root):
+    with reaching(root, "model store"):
         fs.create_dir(model, recursive=True)
         published = _versions(fs, model)
         if published and _read_manifest(fs, model, published[-1])["digest"] == manifest["digest"]:
             log.info("%s holds the same files as %s %s in %s: nothing new to publish", folder, name, published[-1],
-                     _shown(root))
+                     shown(root))
             return published[-1]
         version = _claim(fs, model)
         _upload(folder, manifest, fs, f"{model}/{version}")
@@ -105,23 +99,23 @@ def publish(folder: str | Path, root: str, name: str) -> str:
 
 def resolve(root: str, name: str, version: str = "latest") -> tuple[Path, str]:
     """A local folder holding `name` at `version` (latest by default), and the version it is."""
-    fs, base = _open(root)
+    fs, base = filesystem(root, "model store")
     model = f"{base}/{name}"
-    with _reaching(root):
+    with reaching(root, "model store"):
         available = _versions(fs, model)
         if not available:
             where = base if isinstance(fs, pafs.LocalFileSystem) else base.split("/")[0]  # the folder, or the bucket
             if fs.get_file_info(where).type == pafs.FileType.NotFound:
-                raise RaytronError(f"model store {_shown(root)} does not exist: check the store path or URI, or "
+                raise RaytronError(f"model store {shown(root)} does not exist: check the store path or URI, or "
                                    "publish a model there first (run.store on a fine-tune)")
-            raise RaytronError(f"model store {_shown(root)} has no model {name!r} (has: "
+            raise RaytronError(f"model store {shown(root)} has no model {name!r} (has: "
                                f"{', '.join(names(root)) or 'none'}); train one with run.store set, or publish a folder")
         version = available[-1] if version == "latest" else version
         if version not in available:
-            raise RaytronError(f"model {name!r} has no version {version!r} in {_shown(root)} (has: {', '.join(available)})")
+            raise RaytronError(f"model {name!r} has no version {version!r} in {shown(root)} (has: {', '.join(available)})")
         if isinstance(fs, pafs.LocalFileSystem):
             return Path(f"{model}/{version}"), version
-        cached = cache_dir() / "store" / re.sub(r"[^A-Za-z0-9_.-]", "_", _shown(root)) / name / version
+        cached = cache_dir() / "store" / re.sub(r"[^A-Za-z0-9_.-]", "_", shown(root)) / name / version
         return _download(fs, model, version, cached), version
 
 
@@ -130,42 +124,7 @@ def publish_run_model(cfg, folder: Path, default_name: str) -> None:
     if cfg.run.store:
         name = cfg.run.model_name or default_name
         version = publish(folder, cfg.run.store, name)
-        log.info("model store %s: %s %s is %s", _shown(cfg.run.store), name, version, folder)
-
-
-def _open(root: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and base path of a store root."""
-    if "://" not in root:
-        return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
-    try:
-        fs, base = pafs.FileSystem.from_uri(root)
-    except (ValueError, OSError) as error:
-        raise RaytronError(
-            f"model store {_shown(root)}: pyarrow cannot open it ({error}); use a local path, file:///path, "
-            "s3://bucket/prefix (an S3-compatible store: s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http) "
-            "or gs://bucket/prefix") from error
-    return fs, base.rstrip("/")
-
-
-def _shown(root: str) -> str:
-    """The root without credentials written into the URI (s3://KEY:SECRET@bucket)."""
-    return re.sub(r"^(\w+://)[^/@]*@", r"\1", root)
-
-
-@contextmanager
-def _reaching(root: str) -> Iterator[None]:
-    """Turn the filesystem's errors into one that says which store failed and what to check."""
-    try:
-        yield
-    except OSError as error:
-        if "NETWORK_CONNECTION" in str(error):
-            endpoint = parse_qs(urlsplit(root).query).get("endpoint_override", ["the default S3 endpoint"])[0]
-            raise RaytronError(
-                f"model store {_shown(root)}: cannot reach {endpoint} ({error}). Is the S3 server running, and are "
-                "the URI's endpoint_override=HOST:PORT and scheme=http|https right?") from error
-        hint = ("; check that the bucket exists and the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables"
-                if root.startswith("s3://") else "")
-        raise RaytronError(f"model store {_shown(root)}: {error}{hint}") from error
+        log.info("model store %s: %s %s is %s", shown(cfg.run.store), name, version, folder)
 
 
 def _versions(fs: pafs.FileSystem, model: str) -> list[str]:
@@ -212,19 +171,9 @@ def _upload(folder: Path, manifest: dict, fs: pafs.FileSystem, target: str) -> N
         fs.create_dir(parent, recursive=True)
     for path, entry in manifest["files"].items():
         with open(folder / path, "rb") as source, fs.open_output_stream(f"{target}/{path}") as sink:
-            if _copy(source, sink) != (entry["sha256"], entry["size"]):
+            if copy_stream(source, sink) != (entry["sha256"], entry["size"]):
                 raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
                                    "the folder is final")
-
-
-def _copy(source, sink) -> tuple[str, int]:
-    """Copy one open stream into another; the sha256 and size of what was copied."""
-    digest, size = hashlib.sha256(), 0
-    while chunk := source.read(CHUNK):
-        digest.update(chunk)
-        sink.write(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Path:
@@ -238,7 +187,7 @@ def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         with fs.open_input_stream(f"{model}/{version}/{path}") as source, open(partial, "wb") as sink:
-            copied = _copy(source, sink)
+            copied = copy_stream(source, sink)
         if copied != (entry["sha256"], entry["size"]):
             partial.unlink()
             raise RaytronError(f"{model}/{version}/{path} does not match the version's manifest (sha256, size): the "

@@ -85,9 +85,11 @@ def absolute_paths(cfg: JobConfig) -> JobConfig:
     resolve the pretrained model once, here on the driver (workers then read a plain folder)."""
     from raytron.data.sources import data_root
     from raytron.models.pretrained import pin_pretrained
+    from raytron.storage import is_uri
 
     cfg = cfg.model_copy(deep=True)
-    cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
+    if not is_uri(cfg.run.output_dir):
+        cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
     root = data_root(cfg.data.data_dir)
     cfg.data.data_dir = str(root) if root else cfg.data.data_dir
     return pin_pretrained(cfg)

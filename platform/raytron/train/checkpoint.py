@@ -1,72 +1,154 @@
-"""Training checkpoints with megatron.core.dist_checkpointing (model + optimizer shards + trainer state)."""
+"""Training checkpoints: every rank's megatron.core.dist_checkpointing shards, RNG states and manifest.
+
+Each rank writes into its own node-local folder and reports it to Ray Train, which merges the folders of
+one report into one checkpoint in the run's storage (Ray Train's documented multi-worker checkpointing):
+no rank needs a disk another node sees. What one checkpoint holds:
+
+    __<rank>_*.distcp, .metadata, common.pt, metadata.json   model + optimizer (dist_checkpointing)
+    rng-rank<r>.pt            rank r's RNG states: python, numpy, torch, CUDA, Megatron's RNG tracker
+    trainer_state.json        step, epoch, best validation, W&B run id, data position, the LR schedule
+    metrics.jsonl             the run's metrics up to this step (restored with it: no step logged twice)
+    manifest-rank<r>.json     sha256 and size of every file rank r wrote, written last by that rank
+
+Verification (before any worker starts) reads the manifests through pyarrow.fs, on disk or S3 alike.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow.fs as pafs
+import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
+from megatron.core import dist_checkpointing, tensor_parallel
 
 from raytron.errors import RaytronError
+from raytron.storage import copy_stream, reaching, shown
 
+log = logging.getLogger("raytron.checkpoint")
 TRAINER_STATE = "trainer_state.json"
-MANIFEST = "manifest.json"
-"""sha256 of every file, written last: a checkpoint without it is incomplete, one that differs is corrupt."""
+METRICS = "metrics.jsonl"
+ADVICE = ("Delete that checkpoint folder to resume from the previous one (rerun the same command), or start over with "
+          "run.resume=false.")
 
 
-def _digests(path: Path) -> dict[str, str]:
+def manifest_name(rank: int) -> str:
+    return f"manifest-rank{rank:05d}.json"
+
+
+def rng_name(rank: int) -> str:
+    return f"rng-rank{rank:05d}.pt"
+
+
+def rng_states() -> dict:
     return {
-        file.name: hashlib.sha256(file.read_bytes()).hexdigest()
-        for file in sorted(path.iterdir())
-        if file.is_file() and file.name != MANIFEST
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
 
 
-def save(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """`model` is the bare Megatron module (no DDP/Float16Module wrapper, whose keys differ). Every rank writes its shards into `path` (a filesystem all ranks share); rank 0 the trainer state."""
-    if dist.get_rank() == 0:  # a crashed earlier save may have left shards behind
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-    dist.barrier()
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(states["tracker"])
+
+
+def _file_digest(path: Path) -> dict:
+    with open(path, "rb") as source:
+        return {"sha256": hashlib.file_digest(source, "sha256").hexdigest(), "size": path.stat().st_size}
+
+
+def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: Path) -> None:
+    """This rank's part of a checkpoint into `folder`, its own node-local staging folder. `model` is the bare
+    Megatron module (no DDP/Float16Module wrapper, whose keys differ)."""
+    rank = dist.get_rank()
+    shutil.rmtree(folder, ignore_errors=True)  # a crashed earlier save may have left files behind
+    folder.mkdir(parents=True)
     model_sd = model.sharded_state_dict()
-    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd)}, str(path))
-    if dist.get_rank() == 0:
-        (path / TRAINER_STATE).write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (path / MANIFEST).write_text(json.dumps(_digests(path), indent=1))
-    dist.barrier()
+    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd)}, str(folder))
+    torch.save(rng_states(), folder / rng_name(rank))
+    if rank == 0:
+        trainer = {**state, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
+        (folder / TRAINER_STATE).write_text(json.dumps(trainer))
+        if metrics_file.is_file():
+            shutil.copyfile(metrics_file, folder / METRICS)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    manifest = {p.relative_to(folder).as_posix(): _file_digest(p) for p in files}
+    (folder / manifest_name(rank)).write_text(json.dumps(manifest, indent=1))
 
 
-def verify(path: Path) -> None:
-    """Raise a RaytronError naming the problem if the checkpoint at `path` is incomplete or corrupt."""
-    advice = "Delete it to resume from the previous checkpoint, or start over with run.resume=false."
-    if not (path / MANIFEST).is_file():
-        raise RaytronError(f"checkpoint {path} is incomplete ({MANIFEST} missing: the save was interrupted). {advice}")
-    expected = json.loads((path / MANIFEST).read_text())
-    actual = _digests(path)
-    changed = sorted(name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name))
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as source:
+        return source.read()
+
+
+def read_trainer_state(fs: pafs.FileSystem, path: str) -> dict:
+    return json.loads(_read(fs, f"{path}/{TRAINER_STATE}"))
+
+
+def verify(fs: pafs.FileSystem, path: str, shown_as: str) -> dict:
+    """Raise a RaytronError naming the problem if the checkpoint is incomplete or corrupt; else its trainer state."""
+    with reaching(shown_as, "checkpoint"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        actual = {i.path[len(path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+        if manifest_name(0) not in actual or TRAINER_STATE not in actual:
+            raise RaytronError(f"checkpoint {shown(shown_as)} is incomplete (rank 0's manifest or {TRAINER_STATE} is "
+                               f"missing: the save was interrupted). {ADVICE}")
+        world = read_trainer_state(fs, path)["world_size"]
+        missing = [r for r in range(world) if manifest_name(r) not in actual]
+        if missing:
+            raise RaytronError(f"checkpoint {shown(shown_as)} is incomplete: ranks {missing} of {world} never finished "
+                               f"their part. {ADVICE}")
+        expected = {}
+        for rank in range(world):
+            expected.update(json.loads(_read(fs, f"{path}/{manifest_name(rank)}")))
+        changed = sorted(name for name in expected.keys() | (actual.keys() - {manifest_name(r) for r in range(world)})
+                         if name not in actual or name not in expected or actual[name] != expected[name]["size"]
+                         or _remote_digest(fs, f"{path}/{name}") != expected[name]["sha256"])
     if changed:
-        raise RaytronError(f"checkpoint {path} is corrupt: {', '.join(changed)} differ from its manifest. {advice}")
+        raise RaytronError(f"checkpoint {shown(shown_as)} is corrupt: {', '.join(changed)} differ from its manifests. "
+                           f"{ADVICE}")
+    return read_trainer_state(fs, path)
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer and scheduler from `path`; return the trainer state (step, epoch, ...)."""
+def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as source:
+        return copy_stream(source)[0]
+
+
+def load(folder: Path, model, optimizer, scheduler) -> dict:
+    """Restore model, optimizer, scheduler and this rank's RNG states from a local copy of a checkpoint; return
+    the trainer state (step, epoch, data position, W&B run id, ...) with the checkpoint's `metrics.jsonl` text."""
     try:
-        state = json.loads((path / TRAINER_STATE).read_text())
+        state = json.loads((folder / TRAINER_STATE).read_text())
         model_sd = model.sharded_state_dict()
         loaded = dist_checkpointing.load(
-            {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}, str(path)
+            {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}, str(folder)
         )
     except Exception as error:  # noqa: BLE001 - any read failure means the same to the user
         raise RaytronError(
-            f"checkpoint {path} could not be read ({type(error).__name__}: {str(error).splitlines()[0]}). "
-            "Delete it to fall back to the previous one, or start over with run.resume=false."
+            f"checkpoint {folder} could not be read ({type(error).__name__}: {str(error).splitlines()[0]}). {ADVICE}"
         ) from None  # Ray reports a chained worker error by its cause: keep ours on top
     model.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
-    scheduler.load_state_dict(state.pop("scheduler"))
+    scheduler.load_state_dict(state["scheduler"])
+    rng = folder / rng_name(dist.get_rank())
+    if state["world_size"] == dist.get_world_size():
+        set_rng_states(torch.load(rng, weights_only=False))
+    else:
+        log.warning("checkpoint written by %d ranks, resumed on %d: model and optimizer resharded, RNG streams "
+                    "started afresh (dropout masks differ from an uninterrupted run)", state["world_size"],
+                    dist.get_world_size())
+    metrics = folder / METRICS
+    state["metrics"] = metrics.read_text() if metrics.is_file() else ""
     return state

@@ -1,11 +1,13 @@
 """The one Ray Train worker loop every task runs on Megatron-Core (sentiment, summarization, topics encoder).
 
-Each Ray Train worker is one Megatron-Core rank. Ray shards the streamed dataset over all workers;
-the ranks of one tensor-parallel group all-gather their micro-batches so they run the same rows
-(Megatron-LM broadcasts within the TP group for the same reason). Gradient accumulation, grad
-sync and the optimizer step are `raytron.train.step.train_step`. The worker reads top-down:
-`setup` (groups, model, schedule, restore), then per epoch `train_epoch` and `end_epoch` (validate,
-export the best, checkpoint). What differs per task (model, loss, validation metrics, export) is a `Task` (`raytron.train.tasks`).
+Each Ray Train worker is one Megatron-Core rank. Every rank holds the encoded splits and takes its
+data-parallel slice of each step's seeded global batch (`raytron.train.sampler`); the ranks of one
+tensor-parallel group take the same rows. Gradient accumulation, grad sync and the optimizer step are
+`raytron.train.step.train_step`. The worker reads top-down: `setup` (groups, model, rows, schedule,
+`restore`), then per epoch `train_epoch` (checkpoints every `train.checkpoint_every` steps) and
+`end_epoch` (validate, export the best, checkpoint). A checkpoint holds every rank's state and the data
+position, so a restarted run trains on exactly the batches an uninterrupted one would. What differs per
+task (model, loss, validation metrics, export) is a `Task` (`raytron.train.tasks`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.config import JobConfig
 from raytron.runtime import init_megatron
+from raytron.storage import filesystem, join, push
+from raytron.store import META
 from raytron.train import checkpoint
 from raytron.train.flops import peak_flops_per_device
 from raytron.train.optim import wrap_for_training
+from raytron.train.sampler import Rows, StepSampler, load_rows, to_device, validation_batches
 from raytron.train.step import train_step
 
 log = logging.getLogger("raytron.train")
@@ -65,31 +70,23 @@ class Task(Protocol):
         """Write the run's model folder from the bare module (every TP rank calls; rank 0 writes)."""
 
 
-def tp_gather(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenate the micro-batches of all ranks in this TP group (identical result on each)."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    if tp == 1:
-        return batch
-    group = parallel_state.get_tensor_model_parallel_group()
-    out = {}
-    for key, tensor in batch.items():
-        parts = [torch.empty_like(tensor) for _ in range(tp)]
-        dist.all_gather(parts, tensor.contiguous(), group=group)
-        out[key] = torch.cat(parts)
-    return out
-
-
-def validate(task: Task, ddp, shard, per_worker: int, device) -> dict[str, float]:
-    """The task's validation metrics over a sharded split, summed over the data-parallel ranks."""
-    ddp.eval()
+def validate(worker: "Worker") -> dict[str, float]:
+    """The task's validation metrics over the whole validation split (each DP rank scores its share)."""
+    worker.ddp.eval()
+    dp_group = parallel_state.get_data_parallel_group()
+    num_rows = len(next(iter(worker.val_rows.values())))
     totals = None
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=per_worker, device=device):
-            sums = task.validation_sums(ddp, tp_gather({k: batch[k] for k in task.columns}))
+        for index in validation_batches(num_rows, worker.cfg.train.micro_batch_size,
+                                        dist.get_rank(dp_group), dist.get_world_size(dp_group)):
+            sums = worker.task.validation_sums(worker.ddp, to_device(worker.val_rows, index, worker.device))
             totals = sums if totals is None else totals + sums
-    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    ddp.train()
-    return task.validation_metrics(totals)
+    if totals is None:
+        raise RuntimeError(f"the validation split has {num_rows} rows, fewer than the {dist.get_world_size(dp_group)} "
+                           "data-parallel ranks: give data.val_rows at least that many")
+    dist.all_reduce(totals, group=dp_group)
+    worker.ddp.train()
+    return worker.task.validation_metrics(totals)
 
 
 def record_metrics(wandb_run, run_dir: Path, metrics: dict) -> None:
@@ -101,27 +98,23 @@ def record_metrics(wandb_run, run_dir: Path, metrics: dict) -> None:
 
 @dataclass
 class Plan:
-    """How the training rows become steps on this worker."""
+    """How the training rows become steps."""
 
-    rows_per_micro_batch: int
-    """Rows this worker reads per micro-batch (micro_batch_size / TP: the TP group gathers them)."""
     accumulation: int
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step on each data-parallel rank."""
     steps_per_epoch: int
     total_steps: int
 
     @classmethod
-    def of(cls, cfg: JobConfig, num_train_rows: int, world_size: int) -> "Plan":
-        tp, dp = cfg.parallel.tensor, cfg.parallel.data
-        per_worker = cfg.train.micro_batch_size // tp
-        accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-        steps_per_epoch = num_train_rows // world_size // (per_worker * accumulation)
+    def of(cls, cfg: JobConfig, num_train_rows: int) -> "Plan":
+        accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * cfg.parallel.data)
+        steps_per_epoch = num_train_rows // cfg.train.global_batch_size
         if steps_per_epoch == 0:
             raise ValueError(
                 f"{num_train_rows} training rows give no full step of global_batch_size={cfg.train.global_batch_size}"
             )
         total = steps_per_epoch * cfg.train.epochs
-        return cls(per_worker, accumulation, steps_per_epoch, min(total, cfg.train.max_steps or total))
+        return cls(accumulation, steps_per_epoch, min(total, cfg.train.max_steps or total))
 
 
 @dataclass
@@ -131,17 +124,22 @@ class Worker:
     cfg: JobConfig
     task: Task
     plan: Plan
+    sampler: StepSampler
+    train_rows: Rows
+    val_rows: Rows
     device: torch.device
     model: torch.nn.Module
     """The bare Megatron module (checkpoints and export use its keys)."""
     ddp: torch.nn.Module
     optimizer: object
     scheduler: object
-    wandb_run: object | None
-    """Rank 0's W&B run; None on the other ranks."""
     peak_flops: float | None = None
     """This device's peak FLOP/s for MFU (`train.peak_tflops` or the GPU's datasheet); None on CPUs."""
-    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "best_val": -math.inf})
+    wandb_run: object | None = None
+    """Rank 0's W&B run; None on the other ranks."""
+    state: dict = field(default_factory=dict)
+    """What a checkpoint restores: step, epoch (completed), best_val, wandb_run_id, and what the data position
+    means (global_batch_size, train_rows, seed)."""
 
     @property
     def rank0(self) -> bool:
@@ -153,8 +151,8 @@ class Worker:
 
 
 def setup(config: dict) -> Worker:
-    """Megatron groups on Ray's process group, the task's pretrained model wrapped for training, the
-    schedule, the last checkpoint restored (Ray hands it back after a restart or a rerun), W&B on rank 0."""
+    """Megatron groups on Ray's process group, the task's pretrained model wrapped for training, the splits'
+    rows, the schedule, the last checkpoint restored (Ray hands it back after a restart or a rerun), W&B on rank 0."""
     from raytron.config import TASK_CONFIGS
     from raytron.train.tasks import make_task
 
@@ -164,23 +162,25 @@ def setup(config: dict) -> Worker:
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
-    plan = Plan.of(cfg, config["num_train_rows"], dist.get_world_size())
+    train_rows = load_rows(ray.train.get_dataset_shard("train"), task.columns)
+    val_rows = load_rows(ray.train.get_dataset_shard("val"), task.columns)
+    num_rows = len(next(iter(train_rows.values())))
+    plan = Plan.of(cfg, num_rows)
+    dp_group = parallel_state.get_data_parallel_group()
+    sampler = StepSampler(num_rows, cfg.train.global_batch_size, cfg.train.micro_batch_size,
+                          dist.get_rank(dp_group), dist.get_world_size(dp_group), cfg.train.seed)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, plan.total_steps)
-    wandb_run = None
-    if dist.get_rank() == 0:
+    worker = Worker(cfg, task, plan, sampler, train_rows, val_rows, device, model, ddp, optimizer, scheduler,
+                    peak_flops_per_device(cfg.train.peak_tflops, device))
+    worker.state = {"step": 0, "epoch": 0, "best_val": -math.inf, "wandb_run_id": None,
+                    "global_batch_size": cfg.train.global_batch_size, "train_rows": num_rows, "seed": cfg.train.seed}
+    restore(worker, config["resume_from"])
+    if worker.rank0:
         from raytron.tracking import start_run
 
-        wandb_run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", cfg.model_dump())
-    worker = Worker(cfg, task, plan, device, model, ddp, optimizer, scheduler, wandb_run,
-                    peak_flops_per_device(cfg.train.peak_tflops, device))
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as path:
-            worker.state = checkpoint.load(Path(path), model, optimizer, scheduler)
-        log.info("resumed from %s at step %d (epoch %d), lr %.3g", restored.path, worker.state["step"],
-                 worker.state["epoch"], optimizer.param_groups[0]["lr"])
-        if worker.done:
-            log.info("this run is already complete; use run.resume=false or a new run.name to train again")
+        worker.wandb_run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", cfg.model_dump(),
+                                     run_id=worker.state["wandb_run_id"])
+        worker.state["wandb_run_id"] = worker.wandb_run.id
     log.info(
         "rank %d: %s, TP=%d DP=%d, %d steps/epoch x %d epochs (%d total), micro %d x accumulation %d, %s",
         dist.get_rank(), type(task).__name__, cfg.parallel.tensor, cfg.parallel.data, plan.steps_per_epoch,
@@ -189,35 +189,69 @@ def setup(config: dict) -> Worker:
     return worker
 
 
-def micro_batch_groups(worker: Worker, shard):
-    """This epoch's optimizer steps: lists of `accumulation` micro-batches, TP-gathered, in a seeded order."""
-    batches = shard.iter_torch_batches(
-        batch_size=worker.plan.rows_per_micro_batch, drop_last=True, device=worker.device,
-        local_shuffle_buffer_size=1000, local_shuffle_seed=worker.cfg.train.seed + worker.state["epoch"],
-    )
-    group = []
-    for batch in batches:
-        group.append(tp_gather({k: batch[k] for k in worker.task.columns}))
-        if len(group) == worker.plan.accumulation:
-            yield group
-            group = []
+SCHEDULE_KEYS = ("max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps", "lr_decay_style")
 
 
-def train_epoch(worker: Worker, shard) -> None:
-    """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps."""
-    cfg, state = worker.cfg, worker.state
+def restore(worker: Worker, resume_from: str | None) -> None:
+    """Continue from the newest checkpoint of this job (after a restart), else from `resume_from` (the launcher's
+    pick from an earlier job), if any: weights, optimizer, RNG, data position and the run's metrics up to it.
+    The LR schedule is the current config's at the checkpoint's step (changes logged)."""
+    restored = ray.train.get_checkpoint()
+    if restored is None and resume_from is not None:
+        fs, path = filesystem(resume_from)
+        restored = ray.train.Checkpoint(path, filesystem=fs)
+    metrics_file = worker.cfg.run_dir / "metrics.jsonl"
+    if restored is None:
+        if worker.rank0:  # a fresh run (or a retry before the first checkpoint) starts a fresh metrics file
+            metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            metrics_file.write_text("")
+        return
+    with restored.as_directory() as path:
+        state = checkpoint.load(Path(path), worker.model, worker.optimizer, worker.scheduler)
+    saved_schedule, metrics = state.pop("scheduler"), state.pop("metrics")
+    worker.state.update({k: v for k, v in state.items() if k != "world_size"})
+    if worker.rank0:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(metrics)
+        changed = {k: (saved_schedule[k], getattr(worker.scheduler, k)) for k in SCHEDULE_KEYS
+                   if saved_schedule[k] != getattr(worker.scheduler, k)}
+        log.info("resumed at step %d (epoch %d, %d of its steps done) from %s; LR %.4g at this step%s",
+                 worker.state["step"], worker.state["epoch"] + 1,
+                 worker.state["step"] - worker.state["epoch"] * worker.plan.steps_per_epoch, restored.path,
+                 worker.optimizer.param_groups[0]["lr"],
+                 "; the schedule follows the current config: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+                 if changed else "")
+    if worker.done:
+        log.info("this run is already complete; use run.resume=false or a new run.name to train again")
+
+
+def micro_batch_groups(worker: Worker):
+    """The rest of this epoch's optimizer steps from the data position: lists of `accumulation` micro-batches."""
+    epoch, first = worker.state["epoch"], worker.state["step"] - worker.state["epoch"] * worker.plan.steps_per_epoch
+    for step_in_epoch in range(first, worker.plan.steps_per_epoch):
+        yield [to_device(worker.train_rows, index, worker.device)
+               for index in worker.sampler.micro_batches(epoch, step_in_epoch)]
+
+
+def train_epoch(worker: Worker) -> None:
+    """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps, a checkpoint
+    every `train.checkpoint_every` steps (the epoch's last step is checkpointed by `end_epoch`)."""
+    cfg, state, plan = worker.cfg, worker.state, worker.plan
     window = new_window()
-    for group in micro_batch_groups(worker, shard):
+    for group in micro_batch_groups(worker):
         result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task, group)
         state["step"] += 1
         for key in ("loss", "tokens", "flops"):  # device tensors: read once per window
             window[key] = window[key] + getattr(result, key)
         window["steps"] += 1
-        if state["step"] % cfg.train.log_every == 0 or state["step"] == worker.plan.total_steps:
+        if state["step"] % cfg.train.log_every == 0 or state["step"] == plan.total_steps:
             log_window(worker, window, result.grad_norm)
             window = new_window()
-        if state["step"] >= worker.plan.total_steps:
+        if state["step"] >= plan.total_steps:
             break
+        epoch_end = state["step"] == (state["epoch"] + 1) * plan.steps_per_epoch
+        if cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0 and not epoch_end:
+            save_checkpoint(worker, {"step": state["step"]})
 
 
 def new_window() -> dict:
@@ -250,15 +284,17 @@ def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
     ray.train.report(metrics)
 
 
-def end_epoch(worker: Worker, val_shard) -> None:
+def end_epoch(worker: Worker) -> None:
     """Validate, export the model when the selection metric improved, then checkpoint."""
     state, task = worker.state, worker.task
     state["epoch"] += 1
-    val = validate(task, worker.ddp, val_shard, worker.plan.rows_per_micro_batch, worker.device)
+    val = validate(worker)
     improved = val[task.selection] > state["best_val"]
     if improved:
         state["best_val"] = val[task.selection]
         task.export(worker.model, {**{f"val_{k}": v for k, v in val.items()}, "step": state["step"], "epoch": state["epoch"]})
+        if worker.rank0:  # to the run's storage, raytron.json last (a no-op when the run is a local folder)
+            push(worker.cfg.run_dir / "model", join(worker.cfg.run_uri, "model"), last=META)
     val_metrics = {**{f"val/{k}": v for k, v in val.items()}, "step": state["step"]}
     if worker.rank0:
         log.info("epoch %d: validation %s%s", state["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
@@ -268,29 +304,37 @@ def end_epoch(worker: Worker, val_shard) -> None:
 
 
 def save_checkpoint(worker: Worker, metrics: dict) -> None:
-    """Every rank writes its dist_checkpointing shards to a staging folder; rank 0 reports it to Ray Train."""
-    staging = worker.cfg.run_dir / "checkpoint-staging" / f"step-{worker.state['step']:07d}"
-    checkpoint.save(staging, worker.model, worker.optimizer, worker.scheduler, worker.state)
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging) if worker.rank0 else None)
-    dist.barrier()
-    if worker.rank0:  # Ray copied it into the run's storage
-        shutil.rmtree(staging, ignore_errors=True)
+    """Every rank writes its part into a node-local folder and reports it; Ray Train merges the parts into
+    `checkpoint_step-<step>` in the run's storage (and deletes the local folders)."""
+    step = worker.state["step"]
+    staging = Path(tempfile.mkdtemp(prefix=f"raytron-step{step}-rank{dist.get_rank()}-"))
+    metrics_file = worker.cfg.run_dir / "metrics.jsonl"
+    checkpoint.save(staging, worker.model, worker.optimizer, worker.scheduler, worker.state, metrics_file)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging),
+                     checkpoint_dir_name=f"checkpoint_step-{step:07d}", delete_local_checkpoint_after_upload=True)
+    if worker.rank0:
+        push_metrics(worker)
+        log.info("step %d: checkpoint saved", step)
+
+
+def push_metrics(worker: Worker) -> None:
+    """The run's metrics.jsonl to its storage (a no-op when the run is a local folder)."""
+    push(worker.cfg.run_dir, worker.cfg.run_uri, only=("metrics.jsonl",))
 
 
 def train_worker(config: dict) -> None:
     """`train_loop_per_worker` for Ray Train: fine-tune, validate each epoch, checkpoint, export the best."""
     worker = setup(config)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     worker.ddp.train()
     while not worker.done:
-        train_epoch(worker, train_shard)
-        end_epoch(worker, val_shard)
+        train_epoch(worker)
+        end_epoch(worker)
     if worker.wandb_run is not None:
         from raytron.tracking import log_model
 
         worker.wandb_run.summary[f"best_val_{worker.task.selection}"] = worker.state["best_val"]
         log_model(worker.wandb_run, worker.cfg)  # the exported best model, with the corpus as its input
         worker.wandb_run.finish()
+        push_metrics(worker)
     if not math.isfinite(worker.state["best_val"]):
         raise RuntimeError(f"validation {worker.task.selection} is not finite")

@@ -12,7 +12,9 @@ from raytron.config import TrainConfig
 
 
 def wrap_for_training(model, tconfig, train: TrainConfig, total_steps: int):
-    """bf16 wrapper (when configured), Megatron DDP with fp32 grad reduction, Adam, warmup + decay."""
+    """bf16 wrapper (when configured), Megatron DDP with fp32 grad reduction, Adam, warmup + decay. A restored
+    scheduler keeps only its step count: the schedule is always the current config's (`raytron.train.loop`
+    logs what changed), never the checkpoint's, which would train added epochs at min_lr."""
     if tconfig.bf16:
         model = Float16Module(tconfig, model)
     ddp = DistributedDataParallel(
@@ -53,5 +55,7 @@ def wrap_for_training(model, tconfig, train: TrainConfig, total_steps: int):
         end_wd=train.weight_decay,
         wd_incr_steps=max(total_steps, 1),
         wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,  # on resume: this config's schedule at the checkpoint's step
     )
     return ddp, optimizer, scheduler

