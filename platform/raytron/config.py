@@ -6,9 +6,10 @@ key and what is allowed (litgpt-style: each job's config *is* its typed signatur
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,6 +40,9 @@ class ResourcesConfig(Strict):
     """One GPU per worker; unset means: when the Ray cluster has GPUs."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """CPUs Ray reserves for each worker."""
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
+    """GPU share of each worker when GPUs are used: below 1, several single-worker runs (Ray Tune trials) share one
+    GPU; several workers of one run need whole GPUs (NCCL needs a device per rank)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Ray placement of the training workers (ScalingConfig.placement_strategy): STRICT_SPREAD puts each on its
     own node."""
@@ -151,6 +155,80 @@ class RunConfig(Strict):
     """Name in the model store; default: the task (sentiment, summarization, topics)."""
 
 
+class Distribution(Strict):
+    """One tuned key's distribution: exactly one of these, e.g. `{loguniform: [1.0e-5, 3.0e-4]}`, `{choice: [16, 32]}`."""
+
+    loguniform: tuple[float, float] | None = None
+    """Log-uniform between the two bounds (learning rates, weight decay); both above 0."""
+    uniform: tuple[float, float] | None = None
+    """Uniform between the two bounds."""
+    randint: tuple[int, int] | None = None
+    """An integer from the first to the second bound, both included."""
+    choice: list[Any] | None = None
+    """One of these values."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(type(self).model_fields)} (got {given or 'none'})")
+        low_high = self.loguniform or self.uniform or self.randint
+        if low_high is not None and not low_high[0] < low_high[1]:
+            raise ValueError(f"{given[0]}: the first bound must be below the second (got {list(low_high)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: bounds must be above 0 (got {list(self.loguniform)})")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice: give at least one value")
+        return self
+
+    def extremes(self) -> list:
+        """The values a trial can take at the edges (the bounds, or every choice): each must make a valid config."""
+        return list(self.choice if self.choice is not None else self.loguniform or self.uniform or self.randint)
+
+
+class TuneConfig(Strict):
+    """Ray Tune hyperparameter search of the task (`jobs/tune.py`), and the tuned recipe it writes for the other jobs."""
+
+    space: dict[str, Distribution] = {}
+    """Search space: dotted config keys as on the command line -> distribution, e.g. `train.lr: {loguniform: [1.0e-5,
+    3.0e-4]}`. Topics: topics.* keys (UMAP/HDBSCAN). data.* keys are not tunable (the splits are encoded once)."""
+    num_samples: int = Field(8, ge=1)
+    """Trials in the search."""
+    metric: str | None = None
+    """What the search optimizes and ASHA stops on; unset: the task's (val/accuracy for sentiment, val/loss for
+    summarization, topic_quality for topics)."""
+    mode: Literal["max", "min"] | None = None
+    """Whether higher or lower `metric` is better; unset: max for accuracy and quality metrics, min for losses."""
+    search: Literal["optuna", "random"] = "optuna"
+    """Search algorithm: optuna (TPE, through Tune's OptunaSearch) or random sampling."""
+    seed: int = 0
+    """Seed of the search algorithm's sampling."""
+    grace_period: int = Field(1, ge=1)
+    """ASHA: epochs (topics: seeds) every trial runs before it may be stopped."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """ASHA: at each rung, trials outside the best 1/reduction_factor are stopped."""
+    baseline_first: bool = True
+    """The first trial runs the recipe's own (hand-set) values of the tuned keys: the search's best is compared to it."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """Trials at once; unset: as many as the cluster's GPUs (on CPU: CPUs) hold."""
+    holdout: float = Field(0.2, gt=0, lt=1)
+    """Topics: share of the documents held out from every trial's fit, the reference corpus of its NPMI."""
+    trials_per_gpu: int = Field(1, ge=1)
+    """Trials sharing one GPU (each worker gets 1/trials_per_gpu of it); 1 when a trial has several workers
+    (TP or DP > 1: whole GPUs)."""
+    name: str | None = None
+    """Search name, its folder under <run>/tune/; default <run.name>-tune. Rerunning the same command resumes it."""
+    resume: bool = True
+    """Resume an interrupted search of this name (Tuner.restore); false deletes it and starts over."""
+    use_tuned: bool = True
+    """Jobs apply the recipe's tuned file (<tuned_dir>/<recipe file name>) when it exists; false skips it."""
+    tuned_dir: str | None = None
+    """Folder of tuned recipes (written by jobs/tune.py, read by the other jobs); default: tuned/ beside the recipe."""
+    applied: dict | None = None
+    """Set by the config loader, not in recipes: the tuned file applied to this config and its values (exported
+    models record it in raytron.json)."""
+
+
 class JobConfig(Strict):
     """Sections every training job shares; each task adds its own `data` and `model`."""
 
@@ -159,6 +237,7 @@ class JobConfig(Strict):
     parallel: ParallelConfig = ParallelConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _check_layout(self):
@@ -170,6 +249,9 @@ class JobConfig(Strict):
                 f"resources.num_workers={workers} is not a multiple of parallel.tensor x parallel.pipeline={tp * pp}"
             )
         dp = workers // (tp * pp)
+        if self.resources.gpus_per_worker < 1 and workers > 1:
+            raise ValueError(f"resources.gpus_per_worker={self.resources.gpus_per_worker} needs num_workers=1: the "
+                             f"{workers} workers of one run need a whole GPU each")
         if self.parallel.data is not None and self.parallel.data != dp:
             raise ValueError(
                 f"parallel: TP x PP x DP = {tp} x {pp} x {self.parallel.data} != resources.num_workers={workers}"
@@ -318,6 +400,8 @@ class TopicModelConfig(Strict):
     """UMAP neighbours (BERTopic's default)."""
     n_components: int = Field(5, ge=2)
     """UMAP output dimensions (BERTopic's default)."""
+    min_dist: float = Field(0.0, ge=0, le=1)
+    """UMAP minimum distance between embedded points (BERTopic's default 0: tight clusters)."""
     min_cluster_size: int = Field(10, ge=2)
     """HDBSCAN minimum cluster size (BERTopic's default)."""
     cluster_selection: Literal["eom", "leaf"] = "leaf"
@@ -385,14 +469,18 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "extra_forbidden":
         section = model
         for part in error["loc"][:-1]:
-            section = section.model_fields[part].annotation
-        return f"{where}: unknown key; allowed here: {', '.join(section.model_fields)}"
+            section = getattr(section, "model_fields", {}).get(part)
+            section = section.annotation if section is not None else None
+        allowed = f"; allowed here: {', '.join(section.model_fields)}" if hasattr(section, "model_fields") else ""
+        return f"{where}: unknown key{allowed}"
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model: type[BaseModel] | None = None):
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model: type[BaseModel] | None = None,
+                tuned: bool = False):
     """Read a YAML recipe, apply overrides, validate against `model` (default: the class of its `task`,
-    sentiment when unset); every problem is listed in one RaytronError."""
+    sentiment when unset); every problem is listed in one RaytronError. With `tuned`, the recipe's tuned file
+    (`raytron.tune.recipe`) goes between the recipe and the overrides: the command line wins."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -401,7 +489,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), model
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise RaytronError(f"{path}: expected a mapping of sections at the top level")
-    raw = apply_overrides(raw, list(overrides))
+    recipe = raw
+    raw = apply_overrides(copy.deepcopy(recipe), list(overrides))
+    if tuned and path is not None:
+        from raytron.tune.recipe import apply_tuned
+
+        raw = apply_tuned(path, recipe, raw, list(overrides))
     if model is None:
         task = raw.get("task", "sentiment")
         if task not in TASK_CONFIGS:

@@ -28,7 +28,8 @@ def save_topic_model(cfg: TopicsConfig, model, encoder: Path, documents: int, ta
 
     meta = {"task": "topics", "encoder": "encoder", "encoder_source": str(encoder), "max_length": cfg.data.max_length,
             "dataset": cfg.data.dataset, "documents": documents, "topics": int((info["Topic"] != -1).sum()),
-            "topic_count": topic_count, "comparison": table.to_dict("records") if len(table) else [], "config": cfg.model_dump()}
+            "topic_count": topic_count, "comparison": table.to_dict("records") if len(table) else [], "tuned": cfg.tune.applied,
+            "config": cfg.model_dump()}
     folder = write_model_folder(cfg.run_dir / "topic_model", fill, meta)
     publish_run_model(cfg, folder, "topics")
     return meta

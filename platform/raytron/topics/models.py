@@ -53,7 +53,7 @@ def bertopic(cfg: TopicModelConfig, seed: int, vocabulary: list[str] | None = No
     from umap import UMAP
 
     return BERTopic(
-        umap_model=UMAP(n_neighbors=cfg.n_neighbors, n_components=cfg.n_components, min_dist=0.0, metric="cosine",
+        umap_model=UMAP(n_neighbors=cfg.n_neighbors, n_components=cfg.n_components, min_dist=cfg.min_dist, metric="cosine",
                         random_state=seed, n_jobs=1),  # seeded UMAP is single-threaded anyway
         hdbscan_model=HDBSCAN(min_cluster_size=cfg.min_cluster_size, metric="euclidean", core_dist_n_jobs=1,
                               cluster_selection_method=cfg.cluster_selection, prediction_data=True),

@@ -71,6 +71,7 @@ class SentimentTask:
                 "hidden_size": self.hf_config["hidden_size"],
                 "pretrained": str(self.pretrained),
                 "metrics": metrics,
+                "tuned": cfg.tune.applied,  # the tuned recipe applied (raytron.tune.recipe), or None
                 "config": cfg.model_dump(),
             }
             head = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}

@@ -79,6 +79,7 @@ class ContrastiveTask:
         full = {name: tensor.float() for name, tensor in gather_full_state_dict(model.bert).items()}
         if dist.get_rank() == 0:
             meta = {"task": "topics", "objective": "simcse", "max_length": self.cfg.data.max_length,
-                    "pretrained": str(self.pretrained), "metrics": metrics, "config": self.cfg.model_dump()}
+                    "pretrained": str(self.pretrained), "metrics": metrics, "tuned": self.cfg.tune.applied,
+                    "config": self.cfg.model_dump()}
             write_encoder(self.cfg.run_dir / "model", self.hf_config, self.pretrained, full, meta)
         dist.barrier()

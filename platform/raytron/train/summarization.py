@@ -98,6 +98,7 @@ class SummarizationTask:
                 "max_length": self.cfg.data.max_length,
                 "pretrained": str(self.pretrained),
                 "metrics": metrics,
+                "tuned": self.cfg.tune.applied,  # the tuned recipe applied (raytron.tune.recipe), or None
                 "config": self.cfg.model_dump(),
             }
             write_decoder(self.cfg.run_dir / "model", self.hf_config, self.pretrained,

@@ -1,0 +1,206 @@
+"""Run a recipe's search: trials sized to the cluster, Optuna TPE (or random) + ASHA, resumable; the best trial's
+values become the tuned recipe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from raytron.config import JobConfig
+from raytron.errors import RaytronError
+from raytron.runtime import absolute_paths, connect_ray, use_gpu
+from raytron.store import git_commit
+from raytron.tune.recipe import tuned_path, write_tuned
+from raytron.tune.scheduler import ResumableASHA, stopped_early
+from raytron.tune.space import baseline, check_space, domain, max_rungs, objective
+
+log = logging.getLogger("raytron.tune")
+NOT_PART_OF_THE_SEARCH = {"resume", "use_tuned", "tuned_dir", "applied", "max_concurrent_trials"}
+"""tune.* keys a resumed search may change."""
+TRAIN_DRIVER_CPU = 0.01
+"""A Train task's trial actor only drives its Ray Train run (whose workers hold the trial's CPUs/GPUs): Ray's
+documented Tune + Train V2 setup gives it a token share (Tune refuses an empty request)."""
+
+
+@dataclass
+class Outcome:
+    """What a search ended with."""
+
+    name: str
+    folder: Path
+    metric: str
+    mode: str
+    trials: list[dict]
+    """One row per trial: id, values, best metric, epochs (or seeds) reported, stopped_early, baseline."""
+    finished: bool
+    """False when it was interrupted (rerun the same command to resume)."""
+    tuned_file: Path | None = None
+    best: dict | None = None
+    baseline: dict | None = None
+
+
+def size_trials(cfg: JobConfig, gpu: bool, workers: int, cpus: float) -> tuple[JobConfig, int]:
+    """Each trial's config (its resources) and how many trials run at once: a trial's `workers` get whole GPUs, or
+    1/tune.trials_per_gpu of one each when a trial is a single worker; on CPU `cpus` each."""
+    job = cfg.model_copy(deep=True)
+    job.resources.use_gpu = gpu
+    available = ray.cluster_resources()
+    if gpu:
+        share = 1 / cfg.tune.trials_per_gpu
+        if share < 1 and workers > 1:
+            raise RaytronError(f"tune.trials_per_gpu={cfg.tune.trials_per_gpu} shares a GPU between trials of one "
+                               f"worker; these trials have {workers} workers (TP x DP) and need whole GPUs: set "
+                               "tune.trials_per_gpu=1")
+        job.resources.gpus_per_worker = share
+        fits = math.floor(available.get("GPU", 0) / (workers * share) + 1e-9)
+        unit = f"{workers} x {share:g} GPU"
+    else:
+        fits = math.floor(available.get("CPU", 0) / (workers * cpus) + 1e-9)
+        unit = f"{workers} x {cpus:g} CPU"
+    if fits < 1:
+        raise RaytronError(f"a trial needs {unit}, more than the Ray cluster has ({available}): lower "
+                           "resources.num_workers or resources.cpus_per_worker")
+    concurrent = min(cfg.tune.max_concurrent_trials or fits, fits, cfg.tune.num_samples)
+    log.info("trials: %s each, %d at once (the cluster holds %d)", unit, concurrent, fits)
+    return job, concurrent
+
+
+def search_key(cfg: JobConfig, recipe: str) -> dict:
+    """What must not change between an interrupted search and its resume."""
+    dump = cfg.model_dump(exclude={"tune": NOT_PART_OF_THE_SEARCH})
+    return {"recipe": str(Path(recipe).resolve()), "config": dump}
+
+
+def check_same_search(key_file: Path, key: dict) -> None:
+    """A search resumes only with the settings it started with (else its trials would not compare)."""
+    if key_file.is_file():
+        before = json.loads(key_file.read_text())
+        if before != key:
+            changed = sorted(k for k in set(before["config"]) | set(key["config"])
+                             if before["config"].get(k) != key["config"].get(k))
+            raise RaytronError(f"the search at {key_file.parent} was started with other settings (they differ in: "
+                               f"{', '.join(changed) or 'recipe'}): rerun with tune.resume=false to start it over, or "
+                               "give a new tune.name")
+    else:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps(key, indent=1, default=str))
+
+
+class TrialLog(tune.Callback):
+    """One log line when a trial starts (its values) and when it ends (its metric, or ASHA's stop)."""
+
+    def __init__(self, metric: str, asha_state: Path):
+        self.metric, self.asha_state = metric, asha_state
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        log.info("trial %s started: %s", trial.trial_id, trial.config)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        how = "stopped early by ASHA" if trial.trial_id in stopped_early(self.asha_state) else "done"
+        log.info("trial %s %s after %s epoch(s): %s %s", trial.trial_id, how, result.get("training_iteration"),
+                 self.metric, result.get(self.metric))
+
+
+def searcher(cfg: JobConfig, metric: str, mode: str, points: list[dict]):
+    """Optuna's TPE (seeded) or random sampling, trying `points` (the hand-set baseline) first."""
+    if cfg.tune.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=metric, mode=mode, points_to_evaluate=points or None,
+                            sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.tune.seed)
+
+
+def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict) -> list[dict]:
+    """Each trial's values, its best `metric` over its epochs, how many it ran, and whether ASHA stopped it."""
+    pick = max if mode == "max" else min
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        scores = [] if history is None or metric not in history else [v for v in history[metric] if v == v]
+        trial_id = (result.metrics or {}).get("trial_id")
+        values = {k: result.config[k] for k in sorted(result.config)}
+        rows.append({"trial": trial_id, "values": values, metric: pick(scores) if scores else None,
+                     "epochs": len(scores), "done": bool((result.metrics or {}).get("done")),
+                     "stopped_early": trial_id in stopped,
+                     "baseline": bool(point) and all(values.get(k) == v for k, v in point.items()),
+                     "error": str(result.error).splitlines()[0] if result.error else None})
+    return rows
+
+
+def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float, prepare) -> Outcome:
+    """Search `cfg.tune.space` with `trainable(values, job, metric, **prepare(cfg))` as Ray Tune trials under
+    `<run>/tune/<name>/`, resuming an interrupted search of the same name; write the tuned recipe when complete."""
+    cfg = absolute_paths(cfg)
+    connect_ray()
+    metric, mode = objective(cfg)
+    check_space(cfg)
+    name = cfg.tune.name or f"{cfg.run.name}-tune"
+    root = cfg.run_dir / "tune"
+    folder = root / name
+    if not cfg.tune.resume and folder.exists():
+        log.info("tune.resume=false: deleting the earlier search %s", folder)
+        shutil.rmtree(folder)
+        (root / f"{name}.json").unlink(missing_ok=True)
+    check_same_search(root / f"{name}.json", search_key(cfg, recipe))
+    job, concurrent = size_trials(cfg, use_gpu(cfg), workers, cpus)
+    job.run.output_dir, job.run.store, job.wandb.group = str(folder / "trials"), None, name  # W&B: a run per trial
+    point = baseline(cfg) if cfg.tune.baseline_first else {}
+    log.info("search %s: %d trials of %s, %s %s (%s) with ASHA (grace %d, reduction %g, max %d) over %s",
+             name, cfg.tune.num_samples, cfg.task, cfg.tune.search, metric, mode, cfg.tune.grace_period,
+             cfg.tune.reduction_factor, max_rungs(cfg), ", ".join(cfg.tune.space))
+    function = tune.with_resources(
+        tune.with_parameters(trainable, job=job.model_dump(), metric=metric, **prepare(job)),
+        {"cpu": TRAIN_DRIVER_CPU} if cfg.task != "topics" else {"cpu": cpus})
+    asha_state = folder / "asha-state.pkl"
+    scheduler = ResumableASHA(asha_state, time_attr="training_iteration", max_t=max_rungs(cfg),
+                              grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
+    if tune.Tuner.can_restore(str(folder)):
+        log.info("resuming search %s (Tuner.restore): finished trials are kept, unfinished ones continue", folder)
+        tuner = tune.Tuner.restore(str(folder), function, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            function,
+            param_space={key: domain(dist) for key, dist in cfg.tune.space.items()},
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher(cfg, metric, mode, [point] if point else []),
+                                        scheduler=scheduler, num_samples=cfg.tune.num_samples,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, asha_state)]),
+        )
+    results = tuner.fit()
+    return conclude(cfg, recipe, name, folder, metric, mode, results, point)
+
+
+def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, mode: str, results,
+             point: dict) -> Outcome:
+    """The trial table (logged, and in `<search>/trials.json`), and the tuned recipe when every trial ended."""
+    rows = trial_rows(results, metric, mode, stopped_early(folder / "asha-state.pkl"), point)
+    (folder / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    for row in rows:
+        log.info("  %s %s %s=%s epochs=%d%s%s%s", row["trial"], row["values"], metric, row[metric], row["epochs"],
+                 " stopped early (ASHA)" if row["stopped_early"] else "", " (hand-set baseline)" if row["baseline"]
+                 else "", f" error: {row['error']}" if row["error"] else "")
+    ended = [r for r in rows if r["done"] or r["error"]]
+    outcome = Outcome(name, folder, metric, mode, rows, len(ended) >= cfg.tune.num_samples)
+    scored = [r for r in rows if r[metric] is not None]
+    if not outcome.finished or not scored:
+        return outcome
+    outcome.best = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
+    outcome.baseline = next((r for r in rows if r["baseline"]), None)
+    about = {"task": cfg.task, "recipe": str(recipe), "search": f"{name} ({folder})", "metric": metric, "mode": mode,
+             "best": outcome.best[metric], "best_trial": outcome.best["trial"],
+             "hand_set": outcome.baseline[metric] if outcome.baseline else None,
+             "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows), "commit": git_commit()}
+    outcome.tuned_file = write_tuned(tuned_path(recipe, cfg.tune.model_dump()), outcome.best["values"], about)
+    return outcome

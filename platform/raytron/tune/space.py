@@ -1,0 +1,103 @@
+"""A recipe's `tune:` section as a search: the objective, Ray Tune domains, the hand-set baseline, each trial's config."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from raytron.config import Distribution, JobConfig
+from raytron.errors import RaytronError
+from raytron.tune.recipe import set_values
+
+log = logging.getLogger("raytron.tune")
+METRICS = {
+    "sentiment": ("val/accuracy", "val/loss"),
+    "summarization": ("val/loss", "val/perplexity"),
+    "topics": ("topic_quality", "npmi", "diversity"),
+}
+"""What each task's search can optimize (the first is the default): the validation metrics its trials report."""
+TUNABLE = {"sentiment": ("train", "model"), "summarization": ("train", "model"), "topics": ("topics",)}
+"""Config sections whose keys a task's search may tune."""
+
+
+def objective(cfg: JobConfig) -> tuple[str, str]:
+    """The metric the search optimizes and whether higher (max) or lower (min) is better."""
+    allowed = METRICS[cfg.task]
+    metric = cfg.tune.metric or allowed[0]
+    if metric not in allowed:
+        raise RaytronError(f"tune.metric={metric!r}: a {cfg.task} search reports {', '.join(allowed)}")
+    return metric, cfg.tune.mode or ("min" if metric.endswith(("loss", "perplexity")) else "max")
+
+
+def domain(dist: Distribution):
+    """The Ray Tune domain of one distribution."""
+    from ray import tune
+
+    if dist.loguniform is not None:
+        return tune.loguniform(*dist.loguniform)
+    if dist.uniform is not None:
+        return tune.uniform(*dist.uniform)
+    if dist.randint is not None:
+        return tune.randint(dist.randint[0], dist.randint[1] + 1)  # Tune's upper bound is exclusive
+    return tune.choice(dist.choice)
+
+
+def trial_config(cfg: JobConfig, values: dict) -> JobConfig:
+    """`cfg` with a trial's values of the tuned keys, validated."""
+    raw = set_values(cfg.model_dump(), values)
+    try:
+        return type(cfg).model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise RaytronError(f"tune.space: {values} makes an invalid {cfg.task} config ({problems}); narrow the "
+                           "distribution or change the recipe") from None
+
+
+def check_space(cfg: JobConfig) -> None:
+    """Every tuned key is a tunable config key, and every edge of its distribution makes a valid config."""
+    if not cfg.tune.space:
+        raise RaytronError(f"tune.space is empty: declare the keys to tune in the recipe's tune: section, e.g. "
+                           f"'{TUNABLE[cfg.task][0]}.<key>: {{uniform: [low, high]}}' (see configs/{cfg.task}.yaml)")
+    for key, dist in cfg.tune.space.items():
+        section = key.split(".")[0]
+        if "." not in key or section not in TUNABLE[cfg.task]:
+            raise RaytronError(f"tune.space: {key!r} is not tunable in a {cfg.task} search; tune keys of "
+                               f"{', '.join(s + '.*' for s in TUNABLE[cfg.task])}")
+        for value in dist.extremes():
+            trial_config(cfg, {key: value})
+
+
+def lookup(cfg: JobConfig, key: str):
+    """The value of a dotted key in `cfg`."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def baseline(cfg: JobConfig) -> dict:
+    """The recipe's own (hand-set) values of the tuned keys that lie inside their distributions: the first trial's
+    point when tune.baseline_first (keys whose value lies outside are sampled, and logged)."""
+    point, outside = {}, []
+    for key, dist in cfg.tune.space.items():
+        value = lookup(cfg, key)
+        low_high = dist.loguniform or dist.uniform or dist.randint
+        inside = value in dist.choice if dist.choice is not None else (
+            value is not None and low_high[0] <= value <= low_high[1])
+        if inside:
+            point[key] = value
+        else:
+            outside.append(f"{key}={value}")
+    if outside:
+        log.info("baseline trial: the recipe's %s lie outside the search space and are sampled", ", ".join(outside))
+    return point
+
+
+def max_rungs(cfg: JobConfig) -> int:
+    """The most results a trial reports (ASHA's max_t): topics, one per seed; else one per epoch, the largest
+    train.epochs in the space or the recipe's."""
+    if cfg.task == "topics":
+        return len(cfg.topics.seeds)
+    dist = cfg.tune.space.get("train.epochs")
+    return int(max(dist.extremes())) if dist is not None else cfg.train.epochs

@@ -1,0 +1,157 @@
+"""jobs/tune.py on a tiny IMDb search (3 trials of 1-2 steps, Optuna TPE + ASHA on a local Ray cluster), interrupted
+and resumed; the fine-tune applying its tuned recipe; the tune: section's checks."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from raytron.config import load_config
+from raytron.errors import RaytronError
+from raytron.store import read_meta
+from raytron.tune.space import baseline, check_space
+from tests.conftest import REPO, tiny_overrides
+
+RECIPE = "configs/sentiment.yaml"
+BASELINE_LR = 3.0e-4  # tiny_overrides' hand-set lr: the first trial; the others sample up to 0.05 (worse after 1 step)
+
+
+def tiny(root, **extra):
+    return tiny_overrides(root, **{"resources.num_workers": 1, "data.train_rows": 16, "data.val_rows": 16,
+                                   "train.epochs": 2, "wandb.mode": "disabled", **extra})
+
+
+def search_args(root):
+    return [*tiny(root, **{"train.lr": BASELINE_LR}), "tune.num_samples=3", "tune.metric=val/loss",
+            "tune.max_concurrent_trials=1", f"tune.tuned_dir={root / 'tuned'}",
+            "tune.space={train.lr: {loguniform: [3.0e-4, 0.05]}}"]
+
+
+def command(job, args):
+    return [sys.executable, f"jobs/{job}.py", "--config", RECIPE, *args]
+
+
+def interrupt_after_first_trial(args, timeout=600) -> tuple[int, str, str]:
+    """Start the search, send SIGINT (Ctrl-C) once its first trial has ended; its exit code, output and that trial."""
+    job = subprocess.Popen(command("tune", args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, ended = [], []
+
+    def read():
+        for line in job.stdout:
+            lines.append(line)
+            found = re.search(r"raytron.tune: trial (\w+) (done|stopped early by ASHA) after", line)
+            if found and not ended:
+                ended.append(found.group(1))
+                job.send_signal(signal.SIGINT)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        job.wait(timeout)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    reader.join(30)
+    assert ended, "".join(lines[-60:])
+    return job.returncode, "".join(lines), ended[0]
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """The search interrupted after its first trial, then the same command again (resuming it)."""
+    root = tmp_path_factory.mktemp("tune")
+    started = time.time()
+    code, first, finished = interrupt_after_first_trial(search_args(root))
+    trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
+    before = (trial_dir / "metrics.jsonl").read_text()
+    second = subprocess.run(command("tune", search_args(root)), cwd=REPO, capture_output=True, text=True, timeout=900)
+    print(f"search: {time.time() - started:.0f} s")
+    return root, code, first, finished, before, second
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(search):
+    root, code, first, finished, before, second = search
+    output = second.stdout + second.stderr
+    assert code == 130 and "rerun the same command to resume" in first, first[-3000:]
+    assert second.returncode == 0, output[-5000:]
+    assert "resuming search" in output
+    assert f"trial {finished} started" not in output  # the finished trial is not run again
+    trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
+    assert (trial_dir / "metrics.jsonl").read_text() == before
+
+
+def test_search_stops_a_trial_early_and_writes_the_tuned_recipe(search):
+    root, *_, second = search
+    rows = json.loads((root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials.json").read_text())
+    assert len(rows) == 3 and all(row["done"] for row in rows)
+    stopped = [row for row in rows if row["stopped_early"]]
+    assert stopped and all(row["epochs"] == 1 for row in stopped)  # ASHA stopped them at the first rung (of 2)
+    assert [row["values"]["train.lr"] for row in rows if row["baseline"]] == [BASELINE_LR]
+    best = min(rows, key=lambda row: row["val/loss"])
+    tuned = yaml.safe_load((root / "tuned" / "sentiment.yaml").read_text())
+    assert tuned["values"] == {"train.lr": best["values"]["train.lr"]}  # the tuned keys only
+    assert tuned["metric"] == "val/loss" and tuned["best"] == best["val/loss"] and tuned["task"] == "sentiment"
+    assert tuned["search"].startswith("sentiment-demo-tune") and tuned["date"] and tuned["commit"]
+    assert tuned["stopped_early"] == len(stopped)
+    assert f"tuned recipe {root / 'tuned' / 'sentiment.yaml'}" in second.stdout
+    assert not list((root / "tuned").glob(".*"))  # written atomically: no temporary file left
+
+
+def test_finetune_applies_the_tuned_recipe(search):
+    root = search[0]
+    tuned_file = root / "tuned" / "sentiment.yaml"
+    lr = yaml.safe_load(tuned_file.read_text())["values"]["train.lr"]
+    args = [a for a in tiny(root, **{"run.name": "applied", "train.epochs": 1}) if not a.startswith("train.lr=")]
+    job = subprocess.run(command("finetune", [*args, f"tune.tuned_dir={root / 'tuned'}"]), cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    output = job.stdout + job.stderr
+    assert job.returncode == 0, output[-5000:]
+    assert f"applying tuned recipe {tuned_file}" in output and f"train.lr={lr}" in output
+    meta = read_meta(root / "applied" / "model")
+    assert meta["tuned"]["file"] == str(tuned_file) and meta["tuned"]["values"] == {"train.lr": lr}
+    assert meta["config"]["train"]["lr"] == lr
+
+
+def test_command_line_wins_over_tuned_values_and_use_tuned_false_skips(tmp_path):
+    tuned = tmp_path / "sentiment.yaml"
+    tuned.write_text(yaml.safe_dump({"task": "sentiment", "search": "s", "values": {"train.lr": 1.5e-5,
+                                                                                     "train.weight_decay": 0.05}}))
+    where = f"tune.tuned_dir={tmp_path}"
+    applied = load_config(REPO / RECIPE, [where, "train.lr=2e-5"], tuned=True)
+    assert applied.train.lr == 2e-5 and applied.train.weight_decay == 0.05
+    assert applied.tune.applied["values"] == {"train.weight_decay": 0.05}
+    assert applied.tune.applied["overridden"] == ["train.lr"]
+    skipped = load_config(REPO / RECIPE, [where, "tune.use_tuned=false"], tuned=True)
+    assert skipped.train.lr == load_config(REPO / RECIPE).train.lr and skipped.tune.applied is None
+    assert load_config(REPO / RECIPE, [where]).tune.applied is None  # only jobs apply it (parse_job)
+    tuned.write_text(yaml.safe_dump({"task": "topics", "values": {}}))
+    with pytest.raises(RaytronError, match="tuned for task 'topics'"):
+        load_config(REPO / RECIPE, [where], tuned=True)
+
+
+@pytest.mark.parametrize("space, message", [
+    ("{train.lr: {loguniform: [0.0, 1.0e-3]}}", "bounds must be above 0"),
+    ("{train.lr: {uniform: [1.0e-3]}}", "tune.space.train.lr.uniform"),
+    ("{train.lr: {loguniform: [1.0e-5, 1.0e-4], choice: [1]}}", "exactly one of"),
+    ("{data.max_length: {choice: [64, 128]}}", "'data.max_length' is not tunable"),
+    ("{train.global_batch_size: {choice: [32, 24]}}", "global_batch_size"),
+    ("{train.learning_rate: {uniform: [0.1, 0.2]}}", "learning_rate"),
+])
+def test_bad_search_spaces_are_clear_errors(space, message):
+    with pytest.raises(RaytronError, match=re.escape(message)):
+        check_space(load_config(REPO / RECIPE, [f"tune.space={space}"]))
+
+
+def test_the_recipes_search_spaces_are_valid_and_hold_the_hand_set_values():
+    for recipe in ("configs/sentiment.yaml", "configs/summarization.yaml", "configs/topics.yaml"):
+        cfg = load_config(REPO / recipe)
+        check_space(cfg)
+        assert baseline(cfg) and set(baseline(cfg)) <= set(cfg.tune.space), recipe
+
+
