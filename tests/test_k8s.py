@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import os
 import re
 import shlex
 import subprocess
@@ -30,6 +31,11 @@ OVERLAYS = {"cpu-dev": "cpu", "gpu": "gpu"}
 
 def render_overlay(overlay: str) -> list[dict]:
     """`kubectl kustomize` of an overlay; serve/ lies outside it, hence the load restrictor (k8s/README.md)."""
+    return copy.deepcopy(kustomize(overlay))
+
+
+@functools.cache
+def kustomize(overlay: str) -> list[dict]:
     kubectl = require_tool("kubectl", "kubectl >= 1.27 (kustomize v5) from the Kubernetes project's packages")
     rendered = subprocess.run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
                                str(REPO / "k8s" / "overlays" / overlay)], capture_output=True, text=True, check=True).stdout
@@ -250,3 +256,18 @@ def test_requirements_resolve():
     gpu = subprocess.run([sys.executable, "docker/requirements.py", "--without", "torch"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert gpu == [spec for spec in project["dependencies"] if not spec.startswith("torch")]
+
+
+def test_readme_render_command():
+    """k8s/README.md's `raytron k8s render` line, run as written: an s3 RayJob with the credentials' Secret."""
+    line = next(line.strip() for line in (REPO / "k8s" / "README.md").read_text().splitlines()
+                if line.strip().startswith("raytron k8s render "))
+    done = subprocess.run(line, shell=True, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    job = yaml.safe_load(done.stdout)
+    validate(job)
+    assert "run.output_dir=s3://BUCKET/runs run.store=s3://BUCKET/model-store" in job["spec"]["entrypoint"]
+    env = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "raytron-s3", "key": "secret-access-key",
+                                                                            "optional": False}}} in env
