@@ -3,10 +3,12 @@ classifier batched vs unbatched, and Serve's overhead over calling the model in-
 
     python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
 
-Bounded: a fixed number of requests per measurement. Prints a table; writes nothing else.
+Bounded: a fixed number of requests per measurement. Prints a table (with the machine's load average
+before and after: other work on the machine shows in the figures); writes nothing else.
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -80,6 +82,7 @@ def main() -> None:
     publish(args.sentiment_model, store, "sentiment")
     publish(args.topic_model, store, "topics")
     ray.init(include_dashboard=False, logging_level="ERROR")
+    load_before = os.getloadavg()
     rows = []
     for batch in (32, 1):
         classifier = {"user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01},
@@ -102,13 +105,15 @@ def main() -> None:
                                                                   args.requests, args.concurrency)))
             rows.append(("POST /v1/summarize lead-3", args.concurrency, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests, args.concurrency)))
-            rows.append(("POST /v1/summarize extractive", 8, load(
+            extractive = requests.get(f"{base}/v1/models", timeout=60).json()["summarization"]["extractive"]
+            rows.append((f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
         serve.delete("raytron")
     direct = direct_classifier_ms(Path(args.sentiment_model))
-    print(f"\n{'endpoint':<64} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
+    print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
+    print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
     for name, concurrency, r in rows:
-        print(f"{name:<64} {concurrency:>9} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} {r['req_per_s']:>8.1f}")
+        print(f"{name:<72} {concurrency:>9} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} {r['req_per_s']:>8.1f}")
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
     one_in_flight = next(r for n, _, r in rows if "1 in flight" in n)["p50_ms"]
     print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")

