@@ -19,6 +19,7 @@ from raytron.tune.space import baseline, check_space
 from tests.conftest import REPO, tiny_overrides
 
 RECIPE = "configs/sentiment.yaml"
+pytestmark = pytest.mark.slow
 BASELINE_LR = 3.0e-4  # tiny_overrides' hand-set lr: the first trial; the others sample up to 0.05 (worse after 1 step)
 
 
@@ -149,7 +150,8 @@ def test_bad_search_spaces_are_clear_errors(space, message):
 
 
 def test_the_recipes_search_spaces_are_valid_and_hold_the_hand_set_values():
-    for recipe in ("configs/sentiment.yaml", "configs/summarization.yaml", "configs/topics.yaml"):
+    for recipe in ("configs/sentiment.yaml", "configs/summarization.yaml", "configs/topics.yaml",
+                   "configs/sentiment-gpu.yaml", "configs/topics-gpu.yaml"):
         cfg = load_config(REPO / recipe)
         check_space(cfg)
         assert baseline(cfg) and set(baseline(cfg)) <= set(cfg.tune.space), recipe
