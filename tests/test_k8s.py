@@ -132,7 +132,7 @@ def test_overlay_jobs_are_the_rendered_recipes(overlay):
         assert group["replicas"] * max(gpus, 1) == cfg.resources.num_workers == group["maxReplicas"] * max(gpus, 1)
         assert gpus in (0, cfg.parallel.tensor)
         assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
-        assert job["spec"].get("suspend", False) == (words[1] in ("jobs/evaluate.py", "jobs/topics.py"))  # after a fine-tune
+        assert job["spec"].get("suspend", False) == (words[1] in ("jobs/evaluate.py", "jobs/topics.py", "jobs/tune.py"))
 
 
 def test_render_sizes_gpu_pods_from_the_parallel_layout(capsys):

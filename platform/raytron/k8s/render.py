@@ -88,9 +88,10 @@ def worker_pods(cfg: JobConfig, gpus_per_pod: int | None) -> tuple[int, int]:
 
 
 def storage_overrides(overrides: list[str]) -> list[str]:
-    """Run outputs and the model store on the shared claim, unless the overrides point them elsewhere (s3://)."""
+    """Run outputs, the model store and tuned recipes on the shared claim, unless the overrides point them
+    elsewhere (s3://): a tune RayJob's tuned recipe is then applied by the fine-tune RayJobs after it."""
     given = {item.partition("=")[0] for item in overrides}
-    defaults = {"run.output_dir": RUNS_MOUNT, "run.store": f"{RUNS_MOUNT}/model-store"}
+    defaults = {"run.output_dir": RUNS_MOUNT, "run.store": f"{RUNS_MOUNT}/model-store", "tune.tuned_dir": f"{RUNS_MOUNT}/tuned"}
     return [f"{key}={value}" for key, value in defaults.items() if key not in given]
 
 
@@ -185,20 +186,24 @@ def rayjob(job: str, config: str, overrides: list[str], target: str | None = Non
 OVERLAY_JOBS = {
     "cpu": [("finetune", "configs/sentiment.yaml"), ("evaluate", "configs/sentiment.yaml"),
             ("finetune", "configs/summarization.yaml"), ("evaluate", "configs/summarization.yaml"),
-            ("finetune", "configs/topics.yaml"), ("topics", "configs/topics.yaml")],
+            ("finetune", "configs/topics.yaml"), ("topics", "configs/topics.yaml"),
+            ("tune", "configs/sentiment.yaml"), ("tune", "configs/summarization.yaml"), ("tune", "configs/topics.yaml")],
     "gpu": [("finetune", "configs/sentiment-gpu.yaml"), ("evaluate", "configs/sentiment-gpu.yaml"),
             ("finetune", "configs/summarization-gpu.yaml"), ("evaluate", "configs/summarization-gpu.yaml"),
-            ("finetune", "configs/topics-gpu.yaml"), ("topics", "configs/topics-gpu.yaml")],
+            ("finetune", "configs/topics-gpu.yaml"), ("topics", "configs/topics-gpu.yaml"),
+            ("tune", "configs/sentiment-gpu.yaml"), ("tune", "configs/topics-gpu.yaml")],
 }
 """The RayJobs of each overlay (k8s/overlays/<cpu-dev|gpu>/jobs.yaml): the three fine-tunes (the topics one
-tunes the encoder), the evaluations, the topic job; each publishes to the model store the RayService reads."""
-AFTER_FINETUNE = ("evaluate", "topics")
-"""Jobs that read a fine-tune's model: created suspended in the overlays, resumed once it has succeeded."""
+tunes the encoder), the evaluations, the topic job, the hyperparameter searches of the recipes that have a
+`tune:` section; each publishes to the model store the RayService reads."""
+SUSPENDED = ("evaluate", "topics", "tune")
+"""Created suspended in the overlays: the evaluations and the topic job read a fine-tune's model (resume them
+once it succeeded); a search is optional (resume it, then rerun the fine-tune: it applies the tuned recipe)."""
 
 
 def overlay_jobs(target: str) -> list[dict]:
     jobs = [rayjob(job, config, [], target=target) for job, config in OVERLAY_JOBS[target]]
     for (job, _), manifest in zip(OVERLAY_JOBS[target], jobs, strict=True):
-        if job in AFTER_FINETUNE:
+        if job in SUSPENDED:
             manifest["spec"]["suspend"] = True
     return jobs
