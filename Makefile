@@ -50,7 +50,7 @@ demo: setup
 # (tests/run_modules.py says why).
 TEST_JOBS ?= 2
 SLOW_TESTS := tests/test_serve.py tests/test_tensor_parallel.py tests/test_finetune.py tests/test_tune.py tests/test_summarization.py \
-	tests/test_topics.py tests/test_job_submit.py
+	tests/test_topics.py tests/test_job_submit.py tests/test_cli.py
 test: setup chromium
 	$(BIN)/python tests/run_modules.py --jobs $(TEST_JOBS) $(SLOW_TESTS) tests/test_*.py
 
