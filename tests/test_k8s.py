@@ -67,6 +67,9 @@ def validate(obj: dict) -> None:
     if obj["kind"] in CRD_FILES:
         assert obj["apiVersion"] == "ray.io/v1"
         crd_validator(obj["kind"]).validate(obj)
+        # the CRD leaves metadata open (type: object); the API server checks it as ObjectMeta
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
+                                     KUBERNETES_VERSION, strict=True)
     else:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -106,6 +109,10 @@ def test_strict_validation_rejects_misspelt_fields_and_bad_values():
                        (wrong_enum, "'Fast'")):
         with pytest.raises(jsonschema.ValidationError, match=field):
             validate(bad)
+    meta = copy.deepcopy(job)
+    meta["metadata"]["label"] = meta["metadata"].pop("labels")
+    with pytest.raises(kubernetes_validate.ValidationError, match="'label' was unexpected"):
+        validate(meta)
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"},
              "spec": {"accessModes": ["ReadWriteMany"], "resourcez": {"requests": {"storage": "1Gi"}}}}
     with pytest.raises(kubernetes_validate.ValidationError, match="resourcez"):
