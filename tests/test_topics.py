@@ -198,9 +198,31 @@ def test_sweep_journal_key_follows_documents_embeddings_and_settings():
     texts, vectors, cfg = ["a b", "c d"], {"pretrained": np.eye(2, dtype=np.float32)}, TopicModelConfig()
     key = setup_key(texts, vectors, cfg)
     assert setup_key(texts, vectors, cfg.model_copy(update={"seeds": [7], "topic_counts": [5]})) == key
+    assert setup_key(texts, vectors, cfg.model_copy(update={"min_topics": 3, "max_topics": 9, "over_time": "none"})) == key
     assert setup_key(["a b", "c e"], vectors, cfg) != key
     assert setup_key(texts, {"pretrained": 2 * np.eye(2, dtype=np.float32)}, cfg) != key  # a re-tuned encoder
     assert setup_key(texts, vectors, cfg.model_copy(update={"min_df": 2})) != key
+
+
+def test_topic_count_bounds_and_over_time_keys():
+    """topics.min_topics / max_topics bound the automatic count (unset: the sweep's topic_counts range); they
+    contradict a fixed main_topics; topics.over_time is one of shares, counts, both, none."""
+    from raytron.topics.pipeline import count_bounds
+
+    def topics(*overrides: str):
+        return load_config(REPO / "configs" / "topics.yaml", list(overrides)).topics
+
+    assert count_bounds(topics()) == (10, 20)  # the recipe's topic_counts [10, 20]
+    assert count_bounds(topics("topics.min_topics=5", "topics.max_topics=40")) == (5, 40)
+    assert count_bounds(topics("topics.topic_counts=[]")) == (None, None)
+    assert count_bounds(topics("topics.topic_counts=[]", "topics.max_topics=30")) == (None, 30)
+    with pytest.raises(RaytronError, match="main_topics=20 fixes it: set main_topics: null"):
+        topics("topics.main_topics=20", "topics.min_topics=5")
+    with pytest.raises(RaytronError, match=r"min_topics \(30\) is above max_topics \(10\)"):
+        topics("topics.min_topics=30", "topics.max_topics=10")
+    with pytest.raises(RaytronError, match="over_time"):
+        topics("topics.over_time=sometimes")
+    assert topics("topics.over_time=none").over_time == "none"
 
 
 def test_sweep_journal_survives_a_torn_last_line(tmp_path, caplog):
@@ -395,6 +417,9 @@ def test_topics_over_time_as_shares_a_half_period_looks_like_a_full_one(planted,
     assert [t.marker.color for t in barchart_figure(model).data] == [topic_colour(t) for t in shown]
     wrote = write_plots(model, over_time, tmp_path / "plots")
     assert {"barchart", "hierarchy", "topics_over_time", "topics_over_time_counts"} <= set(wrote)
+    for mode, over_time_plots in (("shares", {"topics_over_time"}), ("counts", {"topics_over_time_counts"})):
+        written = write_plots(model, over_time, tmp_path / mode, mode)  # topics.over_time
+        assert {name for name in written if name.startswith("topics_over_time")} == over_time_plots
     # one plotly.js for the run's plots: each HTML file refers to it and embeds none
     files = sorted((tmp_path / "plots").iterdir())
     assert [f.name for f in files if not f.name.endswith(".html")] == ["plotly.min.js"]

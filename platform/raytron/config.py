@@ -425,13 +425,32 @@ class TopicModelConfig(Strict):
     """Words per topic for topic diversity (the paper's 25)."""
     main_topics: int | None = Field(20, ge=2)
     """Topics of the saved model and its plots (merged by c-TF-IDF similarity); None: the automatic count
-    (BERTopic's reduction of HDBSCAN's clusters, kept within the range of `topic_counts`)."""
+    (BERTopic's reduction of HDBSCAN's clusters, kept within min_topics and max_topics)."""
+    min_topics: int | None = Field(None, ge=2)
+    """Floor of the automatic count (main_topics: null): fewer topics are merged again from HDBSCAN's clusters
+    to this many (all of them when HDBSCAN found fewer); None: the smallest of topic_counts (no floor without)."""
+    max_topics: int | None = Field(None, ge=2)
+    """Cap of the automatic count (main_topics: null): more topics are merged by c-TF-IDF similarity down to
+    this many; None: the largest of topic_counts (no cap without)."""
     time_bucket: Literal["D", "W", "M"] = "W"
     """Bucket of topics over time on dated corpora: day, week or month."""
+    over_time: Literal["shares", "counts", "both", "none"] = "both"
+    """Topics over time on dated corpora, per time_bucket: plots of each topic's share of its period's documents
+    (a partial last period shows no false decline), of its document count, both, or none (no plots and no
+    topics_over_time.csv). The csv holds both columns."""
     lda_passes: int = Field(10, ge=1)
     """gensim LDA passes over the corpus."""
     embed_batch_size: int = Field(256, ge=1)
     """Documents per Ray Data embedding batch."""
+
+    @model_validator(mode="after")
+    def _topic_bounds(self) -> "TopicModelConfig":
+        if self.main_topics is not None and (self.min_topics, self.max_topics) != (None, None):
+            raise ValueError(f"min_topics and max_topics bound the automatic topic count, but main_topics="
+                             f"{self.main_topics} fixes it: set main_topics: null, or leave them out")
+        if self.min_topics is not None and self.max_topics is not None and self.min_topics > self.max_topics:
+            raise ValueError(f"min_topics ({self.min_topics}) is above max_topics ({self.max_topics})")
+        return self
 
 
 class TopicsConfig(JobConfig):

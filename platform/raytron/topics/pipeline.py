@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 import ray
 
-from raytron.config import TopicsConfig
+from raytron.config import TopicModelConfig, TopicsConfig
 from raytron.data.news import load_documents
 from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.topics.embed import cached_embed, encoder_folders, main_encoder
@@ -17,6 +17,14 @@ from raytron.topics.report import comparison_table, log_to_wandb, markdown, topi
 from raytron.topics.sweep import Journal, fit_main_task, sweep
 
 log = logging.getLogger("raytron.topics")
+
+
+def count_bounds(cfg: TopicModelConfig) -> tuple[int | None, int | None]:
+    """Floor and cap of the automatic topic count: min_topics and max_topics, each defaulting to the sweep's
+    smallest and largest topic count (None: no bound)."""
+    counts = cfg.topic_counts
+    return (cfg.min_topics if cfg.min_topics is not None else min(counts, default=None),
+            cfg.max_topics if cfg.max_topics is not None else max(counts, default=None))
 
 
 def run(cfg: TopicsConfig) -> dict:
@@ -39,12 +47,12 @@ def run(cfg: TopicsConfig) -> dict:
     if vectors is None:
         vectors = cached_embed(docs, main_name, main_folder, cfg, gpu)
     counts = cfg.topics.topic_counts
-    floor, cap = (min(counts), max(counts)) if counts else (None, None)  # the sweep's range bounds the automatic count
+    floor, cap = count_bounds(cfg.topics)
     log.info("fitting the run's BERTopic model on %d documents (%s encoder), a Ray task beside the sweep's; its topic "
              "count: %s", len(docs), main_name,
              f"topics.main_topics={cfg.topics.main_topics}" if cfg.topics.main_topics is not None else
-             f"automatic (main_topics=null), within the sweep's topic_counts {floor}-{cap}" if counts else
-             "automatic (main_topics=null; no sweep: no floor or cap)")
+             f"automatic (main_topics=null), floor {floor}, cap {cap} (topics.min_topics, max_topics; unset: the "
+             "sweep's topic_counts)")
     main_fit = fit_main_task.remote(texts, vectors, cfg.topics, cfg.topics.seeds[0], cfg.topics.main_topics, vocab,
                                     floor, cap)
     results = sweep(texts, vocab, embeddings, cfg.topics, journal) if counts else pd.DataFrame()
@@ -52,9 +60,11 @@ def run(cfg: TopicsConfig) -> dict:
     model, topics, how = ray.get(main_fit)
     log.info("the run's model: %s", how)
 
-    over_time = topics_over_time(model, texts, topics, docs["date"], cfg.topics.time_bucket)
+    over_time = None if cfg.topics.over_time == "none" else topics_over_time(model, texts, topics, docs["date"],
+                                                                             cfg.topics.time_bucket)
     out = cfg.run_dir / "topics"
-    plots = write_report(out, docs, results, table, model, topics, over_time, len(cfg.topics.seeds))
+    plots = write_report(out, docs, results, table, model, topics, over_time, len(cfg.topics.seeds),
+                         cfg.topics.over_time)
     meta = save_topic_model(cfg, model, main_folder, len(docs), table, how)
     log.info("topics in %s; model in %s", out, cfg.run_dir / "topic_model")
     if len(table):

@@ -134,17 +134,19 @@ PLOTLY_JS = "plotly.min.js"
 """The run's one copy of plotly.js, beside its plots (each HTML file refers to it: 4.7 MB once, not per plot)."""
 
 
-def write_plots(model, over_time: pd.DataFrame | None, out: Path) -> list[str]:
+def write_plots(model, over_time: pd.DataFrame | None, out: Path, over_time_plots: str = "both") -> list[str]:
     """Interactive HTML (plotly): topic map, keyword bars, hierarchy, and on dated corpora topics over
-    time as shares of each period (`topics_over_time`) and as documents (`topics_over_time_counts`);
-    all of them load the one `PLOTLY_JS` in `out` (works offline)."""
+    time as shares of each period (`topics_over_time`) and/or as documents (`topics_over_time_counts`), as
+    `over_time_plots` (topics.over_time) says; all of them load the one `PLOTLY_JS` in `out` (works offline)."""
     out.mkdir(parents=True, exist_ok=True)
     figures = {"topic_map": lambda: model.visualize_topics(), "barchart": lambda: barchart_figure(model),
                "hierarchy": lambda: model.visualize_hierarchy()}
     if over_time is not None:
         names = topic_table(model).set_index("Topic")["Name"].map(lambda name: name[:40]).to_dict()
-        figures["topics_over_time"] = lambda: over_time_figure(over_time, names, "share")
-        figures["topics_over_time_counts"] = lambda: over_time_figure(over_time, names, "count")
+        if over_time_plots in ("shares", "both"):
+            figures["topics_over_time"] = lambda: over_time_figure(over_time, names, "share")
+        if over_time_plots in ("counts", "both"):
+            figures["topics_over_time_counts"] = lambda: over_time_figure(over_time, names, "count")
     written = []
     for name, draw in figures.items():
         try:
@@ -159,7 +161,7 @@ def write_plots(model, over_time: pd.DataFrame | None, out: Path) -> list[str]:
 
 
 def write_report(out: Path, docs: pd.DataFrame, results: pd.DataFrame, table: pd.DataFrame, model, topics: list[int],
-                 over_time: pd.DataFrame | None, seeds: int) -> list[str]:
+                 over_time: pd.DataFrame | None, seeds: int, over_time_plots: str = "both") -> list[str]:
     """`out` (atomically): sweep.csv, comparison.csv and .md (when swept), topics.csv, assignments.parquet,
     topics_over_time.csv (dated corpora) and plots/; returns the plots written."""
     with replace_dir(out) as staging:
@@ -171,7 +173,7 @@ def write_report(out: Path, docs: pd.DataFrame, results: pd.DataFrame, table: pd
         pd.DataFrame({"id": docs["id"], "topic": topics, "label": docs["label"]}).to_parquet(staging / "assignments.parquet")
         if over_time is not None:
             over_time.to_csv(staging / "topics_over_time.csv", index=False)
-        return write_plots(model, over_time, staging / "plots")
+        return write_plots(model, over_time, staging / "plots", over_time_plots)
 
 
 def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots: list[str],

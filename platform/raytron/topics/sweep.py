@@ -60,8 +60,8 @@ def setup_key(texts: list[str], embeddings: dict[str, np.ndarray], cfg: TopicMod
     """What a sweep result depends on besides model, count and seed: the documents, every encoder's
     embeddings (a re-tuned encoder), the fitting settings and the tokenizer. A journal row with another
     key is stale."""
-    settings = cfg.model_dump(exclude={"topic_counts", "seeds", "main_topics", "time_bucket", "embed_batch_size",
-                                       "encoder"})
+    settings = cfg.model_dump(exclude={"topic_counts", "seeds", "main_topics", "min_topics", "max_topics",
+                                       "time_bucket", "over_time", "embed_batch_size", "encoder"})
     digest = hashlib.sha1(json.dumps([texts, settings, TOKEN_PATTERN, SCORES], sort_keys=True).encode())
     for name in sorted(embeddings):
         digest.update(name.encode())
