@@ -54,8 +54,10 @@ def mirror_dir(location: str) -> Path:
     """The node-local folder that stands for `location`: the path itself, or a cache folder for a URI."""
     if not is_uri(location):
         return Path(location)
-    scheme, netloc, path, _, _ = urlsplit(shown(location))
-    return cache_dir() / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scheme}_{netloc}{path}")
+    public = shown(location)
+    scheme, netloc, path, _, _ = urlsplit(public)
+    endpoint = hashlib.sha256(public.encode()).hexdigest()[:8]  # the same bucket on two endpoints: two mirrors
+    return cache_dir() / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scheme}_{netloc}{path}-{endpoint}")
 
 
 def filesystem(location: str, what: str = "storage") -> tuple[pafs.FileSystem, str]:
@@ -154,11 +156,14 @@ def push(local: Path, location: str, last: str | None = None, only: tuple[str, .
 
 
 def delete(location: str) -> None:
-    """Remove a folder (and everything under it) if it exists."""
+    """Remove a file, or a folder and everything under it, if it exists."""
     fs, base = filesystem(location)
     with reaching(location):
-        if fs.get_file_info(base).type == pafs.FileType.Directory:
+        kind = fs.get_file_info(base).type
+        if kind == pafs.FileType.Directory:
             fs.delete_dir(base)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(base)
 
 
 @contextmanager

@@ -88,7 +88,8 @@ def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] |
     with reaching(cfg.run_uri, "run storage"):
         if not cfg.run.resume:
             delete(join(cfg.run_uri, "ray"))
-            (cfg.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            delete(join(cfg.run_uri, "metrics.jsonl"))
+            (cfg.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a URI run's local mirror
         fs.create_dir(run_path, recursive=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     datasets, num_train_rows = prepared or prepare_datasets(cfg)
