@@ -7,7 +7,7 @@ export RAYTRON_DATA_DIR ?= $(abspath ../shared/data)
 export WANDB_MODE ?= offline
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup chromium demo test bench lint clean image k8s-manifests
+.PHONY: setup chromium demo report test bench lint clean image k8s-manifests
 
 setup: $(VENV)/.installed
 
@@ -42,15 +42,19 @@ k8s-manifests: setup
 	    echo "# tests/test_k8s.py fails when this file and the recipes drift apart."; \
 	    $(BIN)/raytron k8s render --all --target $$target; } > $$out.partial && mv $$out.partial $$out; done
 
+# The main job: the three tasks on small slices, a two-trial Ray Tune search, then the report (jobs/demo.py).
 demo: setup
-	$(BIN)/python jobs/finetune.py --config configs/sentiment.yaml
-	$(BIN)/python jobs/evaluate.py --config configs/sentiment.yaml
+	$(BIN)/python jobs/demo.py
+
+# One self-contained HTML page of the latest runs under runs/ (runs/report.html).
+report: setup
+	$(BIN)/python jobs/report.py
 
 # One pytest process (and one local Ray cluster) per test module, TEST_JOBS at a time, slowest first
 # (tests/run_modules.py says why).
 TEST_JOBS ?= 2
 SLOW_TESTS := tests/test_serve.py tests/test_tensor_parallel.py tests/test_finetune.py tests/test_tune.py tests/test_summarization.py \
-	tests/test_topics.py tests/test_job_submit.py tests/test_cli.py
+	tests/test_topics.py tests/test_job_submit.py tests/test_report.py tests/test_tracking.py tests/test_cli.py
 test: setup chromium
 	$(BIN)/python tests/run_modules.py --jobs $(TEST_JOBS) $(SLOW_TESTS) tests/test_*.py
 

@@ -90,7 +90,7 @@ def reference(artifact) -> dict:
 def log_with_inputs(run, outputs: list, inputs: list) -> list:
     """Declare `inputs` (online: `use_artifact`, W&B's lineage graph) and log `outputs`, each naming the inputs
     in its metadata (offline W&B cannot record uses); returns the logged outputs."""
-    if run.settings.mode != "offline":
+    if run.settings.mode == "online":
         inputs = [run.use_artifact(artifact) for artifact in inputs]
     refs = [reference(artifact) for artifact in inputs]
     for artifact in outputs:
