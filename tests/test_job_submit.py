@@ -35,17 +35,20 @@ def head_node():
     ports = [f"--{flag}={free_port()}" for flag in (
         "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
         "runtime-env-agent-port", "ray-client-server-port")]
-    started = subprocess.run([ray_bin, "start", "--head", *ports, "--num-cpus=2", "--dashboard-port=8275",
-                              "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-                             env=env, capture_output=True, text=True)
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield env, ray_bin, "http://127.0.0.1:8275"
-    # Not `ray stop`: it would also stop the session's own local cluster (and its driver, pytest).
-    ours = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
-    for proc in ours:
-        proc.kill()
-    psutil.wait_procs(ours, timeout=30)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    dashboard = free_port()  # not a fixed one: tests/test_cli.py starts its own head in the other `make test` lane
+    try:
+        started = subprocess.run([ray_bin, "start", "--head", *ports, "--num-cpus=2", f"--dashboard-port={dashboard}",
+                                  "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                                 env=env, capture_output=True, text=True)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env, ray_bin, f"http://127.0.0.1:{dashboard}"
+    finally:  # also after a failed start, which can leave the dashboard running
+        # Not `ray stop`: it would also stop the session's own local cluster (and its driver, pytest).
+        ours = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+        for proc in ours:
+            proc.kill()
+        psutil.wait_procs(ours, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submit_runs_finetune(head_node, tmp_path):

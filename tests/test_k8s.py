@@ -138,6 +138,9 @@ def test_overlay_jobs_are_the_rendered_recipes(overlay):
         assert (gpus > 0) == (target == "gpu") == cfg.resources.use_gpu
         assert group["replicas"] * max(gpus, 1) == cfg.resources.num_workers == group["maxReplicas"] * max(gpus, 1)
         assert gpus in (0, cfg.parallel.tensor)
+        pools = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][1:]  # beside GPUs: CPU pods from 0, autoscaled
+        assert [(p["groupName"], p["minReplicas"], "nvidia.com/gpu" in p["template"]["spec"]["containers"][0]["resources"]["limits"])
+                for p in pools] == ([("cpu", 0, False)] if target == "gpu" else [])
         assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
         assert job["spec"].get("suspend", False) == (words[1] in ("jobs/evaluate.py", "jobs/topics.py", "jobs/tune.py"))
 

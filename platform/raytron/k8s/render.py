@@ -25,6 +25,9 @@ GPU_NODE_LABEL = "nvidia.com/gpu.present"
 """Set on GPU nodes by NVIDIA's GPU operator (its feature discovery); cloud GPU node pools carry it too."""
 USER_ID = 1000
 """The images' non-root user (docker/Dockerfile.*)."""
+CPU_POOL = {"pods": 4, "cpus": 8}
+"""Beside GPU workers: CPU pods the autoscaler adds (from 0) when CPU work queues, e.g. Ray Data preprocessing or
+the topic job's BERTopic/LDA sweep (a CPU a task), and removes when idle."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ def pod(main: dict, gpu: bool) -> dict:
 
 
 def cluster_spec(cfg: JobConfig, target: Target, image: str, gpus_per_pod: int | None) -> dict:
-    """Head (schedules nothing: num-cpus 0) + the recipe's worker group, in-tree autoscaling on."""
+    """Head (schedules nothing: num-cpus 0) + the recipe's worker group (+ the CPU pool beside GPUs), in-tree
+    autoscaling on."""
     env = environment(cfg)
     head = container("ray-head", image, 2, 8, 0, env)
     if target.gpu:
@@ -144,6 +148,12 @@ def cluster_spec(cfg: JobConfig, target: Target, image: str, gpus_per_pod: int |
         pods, per_pod = cfg.resources.num_workers, 1
     cpus = math.ceil(cfg.resources.cpus_per_worker * per_pod) + target.extra_cpus
     worker = container("ray-worker", image, cpus, cpus * target.memory_gi_per_cpu, per_pod if target.gpu else 0, env)
+    groups = [{"groupName": "gpu" if target.gpu else "cpu", "replicas": pods, "minReplicas": 0, "maxReplicas": pods,
+               "rayStartParams": {}, "template": pod(worker, target.gpu)}]
+    if target.gpu:
+        cpu_worker = container("ray-worker", image, CPU_POOL["cpus"], CPU_POOL["cpus"] * 4, 0, env)
+        groups.append({"groupName": "cpu", "replicas": 0, "minReplicas": 0, "maxReplicas": CPU_POOL["pods"],
+                       "rayStartParams": {}, "template": pod(cpu_worker, gpu=False)})
     return {
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
@@ -152,8 +162,7 @@ def cluster_spec(cfg: JobConfig, target: Target, image: str, gpus_per_pod: int |
         "authOptions": {"mode": "token"},  # Ray 2.60's token auth; KubeRay makes the Secret and the submitter uses it
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": pod(head, gpu=False)},
         # replicas start at the recipe's size (Ray Train asks for all its workers at once); idle pods scale in
-        "workerGroupSpecs": [{"groupName": "gpu" if target.gpu else "cpu", "replicas": pods, "minReplicas": 0,
-                              "maxReplicas": pods, "rayStartParams": {}, "template": pod(worker, target.gpu)}],
+        "workerGroupSpecs": groups,
     }
 
 
