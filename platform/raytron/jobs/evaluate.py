@@ -7,6 +7,7 @@ topics: evaluated by the topic job itself (NPMI, diversity against LDA): `python
 
 from raytron.cli import parse_job
 from raytron.errors import RaytronError, exit_on_user_error
+from raytron.storage import synced_run
 
 
 def evaluator(task: str, config: str):
@@ -23,6 +24,7 @@ def evaluator(task: str, config: str):
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_job(__doc__, ("--model", {"default": None, "help": "model folder (default: <run dir>/model)"}),
                           argv=argv)
-    evaluator(cfg.task, args.config)(cfg, args.model)
+    with synced_run(cfg, only=("model/", "extractive/")):  # a run stored at a URI: pulled here, outputs pushed back
+        evaluator(cfg.task, args.config)(cfg, args.model)
     print(f"done: report in {cfg.run_dir / 'eval'}")
     return 0

@@ -9,6 +9,7 @@ import json
 
 from raytron.cli import parse_job
 from raytron.errors import RaytronError, exit_on_user_error
+from raytron.storage import synced_run
 
 
 @exit_on_user_error
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         raise RaytronError(f"{args.config} is a {cfg.task} config; use a topics recipe (configs/topics.yaml)")
     from raytron.topics.pipeline import run
 
-    result = run(cfg)
+    with synced_run(cfg, only=("model/", "topics-sweep.jsonl", "embeddings/")):  # a run stored at a URI: pulled here, outputs pushed back
+        result = run(cfg)
     print(json.dumps({"documents": result["documents"], "topics": result["topics"], "plots": result["plots"]}))
     print(f"done: outputs in {cfg.run_dir / 'topics'}, model in {cfg.run_dir / 'topic_model'}")
     return 0
