@@ -722,7 +722,7 @@ def test_openapi_holds_for_generated_requests(url, client):
         operation = result.ok()
         for mode in [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.body else []):
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=10, deadline=None, derandomize=True, database=None,
+            @settings(max_examples=6, deadline=None, derandomize=True, database=None,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             def check(case):
                 body = case.body
@@ -735,7 +735,7 @@ def test_openapi_holds_for_generated_requests(url, client):
 
             check()
     print(f"schemathesis: {seen['requests']} generated requests, {seen['5xx']} answered 5xx")
-    assert seen["requests"] >= 60 and seen["5xx"] == 0, seen
+    assert seen["requests"] >= 30 and seen["5xx"] == 0, seen
 
 
 # ---------------------------------------------------------------- a replica killed under load (last: it restarts one)
@@ -773,15 +773,15 @@ def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run
             if response.status_code == 503:
                 time.sleep(float(response.headers["Retry-After"]))
 
-    health: list[int] = []
+    health: list[tuple[float, int]] = []
     with ThreadPoolExecutor(8) as pool:
         clients = [pool.submit(client_loop, i) for i in range(8)]
         time.sleep(3)
         os.kill(replica, signal.SIGKILL)
-        deadline = time.time() + 300
-        while time.time() < deadline and not (503 in health and health[-1] == 200):
+        killed, deadline = time.time(), time.time() + 300
+        while time.time() < deadline and not (503 in dict(health).values() and health[-1][1] == 200):
             response = requests.get(f"{url}/healthz", timeout=30)
-            health.append(response.status_code)
+            health.append((time.time() - killed, response.status_code))
             if response.status_code == 503:
                 assert "SentimentClassifier" in response.json()["error"], response.text
             time.sleep(0.2)
@@ -789,8 +789,12 @@ def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run
         stop = 0
         for future in clients:
             future.result()
-    assert 503 in health and health[-1] == 200, health
+    down = [at for at, status in health if status == 503]
+    assert down and health[-1][1] == 200, health
     statuses = [status for status, _ in outcomes]
+    print(f"replica killed under load: {len(statuses)} requests from 8 clients, {statuses.count(200)} answered 200, "
+          f"{statuses.count(503)} 503 + Retry-After, others {len(statuses) - statuses.count(200) - statuses.count(503)}"
+          f"; /healthz 503 from {down[0]:.1f} s to {down[-1]:.1f} s after the kill, 200 at {health[-1][0]:.1f} s")
     assert set(statuses) <= {200, 503} and statuses.count(200) > 16, statuses
     assert all(retry_after is not None for status, retry_after in outcomes if status == 503), outcomes
     assert _replica_pids(run, "SentimentClassifier") != [replica]
