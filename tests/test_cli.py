@@ -89,7 +89,7 @@ def test_apply_a_rendered_overlay(kube, tmp_path):
 
 
 def test_apply_errors(tmp_path):
-    """No kubeconfig; a cluster without the KubeRay CRDs (nothing is sent); an unknown job."""
+    """No kubeconfig; a cluster without the KubeRay CRDs (nothing is sent); an unknown job; a file that is not YAML."""
     done = cli("k8s", "apply", "finetune", "--config", "configs/sentiment-gpu.yaml",
                    env={"KUBECONFIG": str(tmp_path / "missing"), "KUBERNETES_SERVICE_HOST": ""})
     assert done.returncode == 2 and done.stderr.startswith("error: no usable kubeconfig") and "KUBECONFIG" in done.stderr
@@ -100,6 +100,8 @@ def test_apply_errors(tmp_path):
         assert [r["method"] for r in server.requests] == ["GET"]
     done = cli("k8s", "render", "tunez", "--config", "configs/sentiment-gpu.yaml")
     assert done.returncode == 2 and done.stderr.startswith("error: unknown job 'tunez'")
+    done = cli("k8s", "apply", "-f", "-", input="kind: [RayJob\n")
+    assert done.returncode == 2 and done.stderr.startswith("error: - is not YAML")
 
 
 def test_status_and_logs(kube):

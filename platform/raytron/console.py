@@ -77,8 +77,12 @@ def rendered(args, overrides: list[str]) -> list[dict]:
 
 
 def manifests(filename: str) -> list[dict]:
+    """The objects of a YAML file (- for stdin), e.g. `kubectl kustomize` output."""
     text = sys.stdin.read() if filename == "-" else open(filename).read()
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+    except yaml.YAMLError as error:
+        raise RaytronError(f"{filename} is not YAML: {error}") from None
 
 
 def k8s(args, extra: list[str]) -> int:
