@@ -2,6 +2,7 @@
 and resumed; the fine-tune applying its tuned recipe; the tune: section's checks."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -38,6 +39,10 @@ def command(job, args):
     return [sys.executable, f"jobs/{job}.py", "--config", RECIPE, *args]
 
 
+def run(job, args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run(command(job, args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 def interrupt_after_first_trial(args, timeout=600) -> tuple[int, str, str]:
     """Start the search, send SIGINT (Ctrl-C) once its first trial has ended; its exit code, output and that trial."""
     job = subprocess.Popen(command("tune", args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -64,14 +69,22 @@ def interrupt_after_first_trial(args, timeout=600) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory):
+def cluster(ray_cluster):
+    """The jobs join the module's local Ray cluster (RAY_ADDRESS, as on a cluster) instead of each starting one."""
+    os.environ["RAY_ADDRESS"] = ray_cluster.get_runtime_context().gcs_address
+    yield
+    os.environ.pop("RAY_ADDRESS")
+
+
+@pytest.fixture(scope="module")
+def search(cluster, tmp_path_factory):
     """The search interrupted after its first trial, then the same command again (resuming it)."""
     root = tmp_path_factory.mktemp("tune")
     started = time.time()
     code, first, finished = interrupt_after_first_trial(search_args(root))
     trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
     before = (trial_dir / "metrics.jsonl").read_text()
-    second = subprocess.run(command("tune", search_args(root)), cwd=REPO, capture_output=True, text=True, timeout=900)
+    second = run("tune", search_args(root))
     print(f"search: {time.time() - started:.0f} s")
     return root, code, first, finished, before, second
 
@@ -109,8 +122,7 @@ def test_finetune_applies_the_tuned_recipe(search):
     tuned_file = root / "tuned" / "sentiment.yaml"
     lr = yaml.safe_load(tuned_file.read_text())["values"]["train.lr"]
     args = [a for a in tiny(root, **{"run.name": "applied", "train.epochs": 1}) if not a.startswith("train.lr=")]
-    job = subprocess.run(command("finetune", [*args, f"tune.tuned_dir={root / 'tuned'}"]), cwd=REPO,
-                         capture_output=True, text=True, timeout=900)
+    job = run("finetune", [*args, f"tune.tuned_dir={root / 'tuned'}"])
     output = job.stdout + job.stderr
     assert job.returncode == 0, output[-5000:]
     assert f"applying tuned recipe {tuned_file}" in output and f"train.lr={lr}" in output
@@ -157,3 +169,13 @@ def test_the_recipes_search_spaces_are_valid_and_hold_the_hand_set_values():
         assert baseline(cfg) and set(baseline(cfg)) <= set(cfg.tune.space), recipe
 
 
+
+
+def test_a_search_resumes_only_with_the_settings_it_started_with(tmp_path):
+    from raytron.tune.search import check_same_search, search_key
+
+    cfg = load_config(REPO / RECIPE)
+    check_same_search(tmp_path / "search.json", search_key(cfg, RECIPE))
+    check_same_search(tmp_path / "search.json", search_key(load_config(REPO / RECIPE, ["tune.resume=false"]), RECIPE))
+    with pytest.raises(RaytronError, match="differ in: train"):
+        check_same_search(tmp_path / "search.json", search_key(load_config(REPO / RECIPE, ["train.lr=1e-3"]), RECIPE))

@@ -75,7 +75,7 @@ def size_trials(cfg: JobConfig, gpu: bool, workers: int, cpus: float) -> tuple[J
 def search_key(cfg: JobConfig, recipe: str) -> dict:
     """What must not change between an interrupted search and its resume."""
     dump = cfg.model_dump(exclude={"tune": NOT_PART_OF_THE_SEARCH})
-    return {"recipe": str(Path(recipe).resolve()), "config": dump}
+    return json.loads(json.dumps({"recipe": str(Path(recipe).resolve()), "config": dump}, default=str))  # as stored
 
 
 def check_same_search(key_file: Path, key: dict) -> None:
@@ -96,8 +96,8 @@ def check_same_search(key_file: Path, key: dict) -> None:
 class TrialLog(tune.Callback):
     """One log line when a trial starts (its values) and when it ends (its metric, or ASHA's stop)."""
 
-    def __init__(self, metric: str, asha_state: Path):
-        self.metric, self.asha_state = metric, asha_state
+    def __init__(self, metric: str, asha_state: Path, unit: str):
+        self.metric, self.asha_state, self.unit = metric, asha_state, unit
 
     def on_trial_start(self, iteration, trials, trial, **info):
         log.info("trial %s started: %s", trial.trial_id, trial.config)
@@ -105,7 +105,7 @@ class TrialLog(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         how = "stopped early by ASHA" if trial.trial_id in stopped_early(self.asha_state) else "done"
-        log.info("trial %s %s after %s epoch(s): %s %s", trial.trial_id, how, result.get("training_iteration"),
+        log.info("trial %s %s after %s %s: %s %s", trial.trial_id, how, result.get("training_iteration"), self.unit,
                  self.metric, result.get(self.metric))
 
 
@@ -161,7 +161,7 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
              name, cfg.tune.num_samples, cfg.task, cfg.tune.search, metric, mode, cfg.tune.grace_period,
              cfg.tune.reduction_factor, max_rungs(cfg), ", ".join(cfg.tune.space))
     function = tune.with_resources(
-        tune.with_parameters(trainable, job=job.model_dump(), metric=metric, **prepare(job)),
+        tune.with_parameters(trainable, job=job.model_dump(), metric=metric, **prepare(cfg)),
         {"cpu": TRAIN_DRIVER_CPU} if cfg.task != "topics" else {"cpu": cpus})
     asha_state = folder / "asha-state.pkl"
     scheduler = ResumableASHA(asha_state, time_attr="training_iteration", max_t=max_rungs(cfg),
@@ -176,7 +176,7 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher(cfg, metric, mode, [point] if point else []),
                                         scheduler=scheduler, num_samples=cfg.tune.num_samples,
                                         max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, asha_state)]),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, asha_state, "seed(s)" if cfg.task == "topics" else "epoch(s)")]),
         )
     results = tuner.fit()
     return conclude(cfg, recipe, name, folder, metric, mode, results, point)
