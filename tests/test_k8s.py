@@ -198,6 +198,7 @@ def test_no_secret_values_no_latest_and_non_root():
                 assert name.endswith("raytron") and tag not in ("latest", "") and container["imagePullPolicy"] == "IfNotPresent"
                 assert container["securityContext"]["allowPrivilegeEscalation"] is False
                 env = {e["name"]: e for e in container.get("env", [])}
+                assert "WANDB_MODE" not in env  # the key decides: online with it, offline without
                 for entry in env.values():
                     if re.search("KEY|TOKEN|SECRET|PASSWORD", entry["name"]):
                         assert "value" not in entry and "secretKeyRef" in entry["valueFrom"], entry
