@@ -81,7 +81,7 @@ def main() -> None:
     store = tempfile.mkdtemp(prefix="raytron-bench-store-")
     publish(args.sentiment_model, store, "sentiment")
     publish(args.topic_model, store, "topics")
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")  # its own instance, never a cluster found here
     load_before = os.getloadavg()
     rows = []
     for batch in (32, 1):
