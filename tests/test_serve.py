@@ -626,6 +626,65 @@ def test_errors_inside_the_api_are_500_in_the_same_shape():
     assert response.status_code == 500 and response.json() == {"error": "internal error", "detail": "ValueError"}
 
 
+def test_a_dead_replica_is_retried_once_then_503_with_retry_after():
+    """Api.call in-process with stand-in handles: a call whose replica died is sent again once; a second death is a
+    503 with Retry-After ({error, detail} over HTTP); past the deadline it is a 504 and the call is cancelled."""
+    import asyncio
+    import types
+
+    from fastapi.testclient import TestClient
+    from ray.exceptions import ActorDiedError
+
+    from raytron.serving.app import RETRY_AFTER_S, Api, DeadlineExceeded, Settings, Unavailable, create_api
+
+    class Response:
+        request_id = "req-1"
+
+        def __init__(self, outcome):
+            self.outcome, self.cancelled = outcome, False
+
+        def __await__(self):
+            yield from asyncio.sleep(0.5 if self.outcome == "slow" else 0).__await__()
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Method:
+        def __init__(self, *outcomes):
+            self.outcomes, self.sent = list(outcomes), []
+
+        def remote(self, *args):
+            self.sent.append(Response(self.outcomes.pop(0)))
+            return self.sent[-1]
+
+    ingress = types.SimpleNamespace(timeout_s=5.0)
+    call = Api.func_or_class.call
+    once = Method(ActorDiedError(), "scored")
+    assert asyncio.run(call(ingress, once, "text")) == "scored" and len(once.sent) == 2
+    twice = Method(ActorDiedError(), ActorDiedError())
+    with pytest.raises(Unavailable, match="req-1: the replica answering it died"):
+        asyncio.run(call(ingress, twice, "text"))
+    slow = Method("slow")
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(call(ingress, slow, "text", timeout=0.1))
+    assert slow.sent[0].cancelled
+
+    api = create_api()
+    api.state.settings = Settings(token=None, max_body_bytes=1000)
+
+    @api.get("/v1/down")
+    def down():
+        raise Unavailable("req-1: the replica answering it died (ActorDiedError) and Serve is replacing it")
+
+    response = TestClient(api).get("/v1/down")
+    assert response.status_code == 503 and response.headers["Retry-After"] == str(RETRY_AFTER_S)
+    assert response.json() == {"error": "req-1: the replica answering it died (ActorDiedError) and Serve is replacing it",
+                               "detail": {"retry_after_s": RETRY_AFTER_S}}
+
+
 def test_replicas_turn_unhealthy_after_failed_batches():
     import asyncio
 
