@@ -208,7 +208,8 @@ class TuneConfig(Strict):
     reduction_factor: float = Field(2.0, gt=1)
     """ASHA: at each rung, trials outside the best 1/reduction_factor are stopped."""
     baseline_first: bool = True
-    """The first trial runs the recipe's own (hand-set) values of the tuned keys: the search's best is compared to it."""
+    """The first trial runs the recipe's own (hand-set) values of the tuned keys (even outside the space): the search's
+    best is compared to it."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Trials at once; unset: as many as the cluster's GPUs (on CPU: CPUs) hold."""
     holdout: float = Field(0.2, gt=0, lt=1)

@@ -38,7 +38,7 @@ class Outcome:
     metric: str
     mode: str
     trials: list[dict]
-    """One row per trial: id, values, best metric, epochs (or seeds) reported, stopped_early, baseline."""
+    """One row per trial: id, values, score, reports (epochs; topics: seeds), done, stopped_early, baseline, error."""
     finished: bool
     """False when it was interrupted (rerun the same command to resume)."""
     tuned_file: Path | None = None
@@ -122,9 +122,10 @@ def searcher(cfg: JobConfig, metric: str, mode: str, points: list[dict]):
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.tune.seed)
 
 
-def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict) -> list[dict]:
-    """Each trial's values, its best `metric` over its epochs, how many it ran, and whether ASHA stopped it."""
-    pick = max if mode == "max" else min
+def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict, running_mean: bool) -> list[dict]:
+    """Each trial's values, its score (the best `metric` over its epochs; the last when results are running means,
+    as the topics trials' seeds are), how many results it reported, and whether ASHA stopped it."""
+    pick = (lambda values: values[-1]) if running_mean else max if mode == "max" else min
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -132,7 +133,7 @@ def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict)
         trial_id = (result.metrics or {}).get("trial_id")
         values = {k: result.config[k] for k in sorted(result.config)}
         rows.append({"trial": trial_id, "values": values, metric: pick(scores) if scores else None,
-                     "epochs": len(scores), "done": bool((result.metrics or {}).get("done")),
+                     "reports": len(scores), "done": bool((result.metrics or {}).get("done")),
                      "stopped_early": trial_id in stopped,
                      "baseline": bool(point) and all(values.get(k) == v for k, v in point.items()),
                      "error": str(result.error).splitlines()[0] if result.error else None})
@@ -185,10 +186,10 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
 def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, mode: str, results,
              point: dict) -> Outcome:
     """The trial table (logged, and in `<search>/trials.json`), and the tuned recipe when every trial ended."""
-    rows = trial_rows(results, metric, mode, stopped_early(folder / "asha-state.pkl"), point)
+    rows = trial_rows(results, metric, mode, stopped_early(folder / "asha-state.pkl"), point, cfg.task == "topics")
     (folder / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     for row in rows:
-        log.info("  %s %s %s=%s epochs=%d%s%s%s", row["trial"], row["values"], metric, row[metric], row["epochs"],
+        log.info("  %s %s %s=%s reports=%d%s%s%s", row["trial"], row["values"], metric, row[metric], row["reports"],
                  " stopped early (ASHA)" if row["stopped_early"] else "", " (hand-set baseline)" if row["baseline"]
                  else "", f" error: {row['error']}" if row["error"] else "")
     ended = [r for r in rows if r["done"] or r["error"]]

@@ -77,20 +77,21 @@ def lookup(cfg: JobConfig, key: str):
 
 
 def baseline(cfg: JobConfig) -> dict:
-    """The recipe's own (hand-set) values of the tuned keys that lie inside their distributions: the first trial's
-    point when tune.baseline_first (keys whose value lies outside are sampled, and logged)."""
+    """The recipe's own (hand-set) values of the tuned keys: the first trial's point when tune.baseline_first, so that
+    the search compares its best with them. A value outside its range is still tried (the hand-set reference; logged);
+    an unset one (None: the checkpoint's own) or one missing from a choice is sampled (Optuna cannot fix those)."""
     point, outside = {}, []
     for key, dist in cfg.tune.space.items():
         value = lookup(cfg, key)
+        if value is None or (dist.choice is not None and value not in dist.choice):
+            continue
+        point[key] = value
         low_high = dist.loguniform or dist.uniform or dist.randint
-        inside = value in dist.choice if dist.choice is not None else (
-            value is not None and low_high[0] <= value <= low_high[1])
-        if inside:
-            point[key] = value
-        else:
+        if low_high is not None and not low_high[0] <= value <= low_high[1]:
             outside.append(f"{key}={value}")
     if outside:
-        log.info("baseline trial: the recipe's %s lie outside the search space and are sampled", ", ".join(outside))
+        log.info("baseline trial: the recipe's %s lie outside the search space; tried as the hand-set reference",
+                 ", ".join(outside))
     return point
 
 
