@@ -1,7 +1,8 @@
 """The main job (`make demo`): every task on a small slice (local Ray, W&B offline), a two-trial Ray Tune search,
 then the report. Each step is the job a user would run, as its own process; progress and times are printed.
 
-Rerunning resumes: finished fine-tunes, sweeps and searches are picked up from their checkpoints and journals.
+Rerunning resumes the fine-tunes, the topic sweep and the search from their checkpoints and journals (finished ones
+end at once); the evaluations run again.
 """
 
 import argparse
@@ -13,9 +14,10 @@ from pathlib import Path
 from raytron.errors import RaytronError, exit_on_user_error
 
 TUNE_SLICE = ["run.name=sentiment-tune", "data.train_rows=64", "data.val_rows=32", "data.max_length=64",
-              "data.head_tokens=16", "train.epochs=2", "train.micro_batch_size=8", "train.global_batch_size=16",
-              "resources.num_workers=1", "tune.num_samples=2", "tune.tuned_dir=runs/tuned"]
-"""The demo's search: two one-worker trials on 64 reviews. Its tuned recipe goes to runs/tuned, not configs/tuned:
+              "data.head_tokens=16", "train.epochs=2", "train.micro_batch_size=8", "resources.num_workers=1",
+              "tune.num_samples=2", "tune.tuned_dir=runs/tuned"]
+"""The demo's search: two one-worker trials on 64 reviews (the recipe's batch sizes: the first trial is its hand-set
+values, which must lie in the search space). Its tuned recipe goes to runs/tuned, not configs/tuned:
 a two-trial search must not change the checkout's recipes (the fine-tune applies configs/tuned by default)."""
 STEPS = [
     ("sentiment: fine-tune MiniLM on 512 IMDb reviews (2 Ray Train workers)",
