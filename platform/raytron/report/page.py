@@ -6,6 +6,7 @@ matrix PNG) with plotly.js and images inlined: the page opens without network.
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime
 import json
@@ -55,6 +56,8 @@ def topic_rows(run: Run) -> dict[str, list[dict]]:
         return {"overall": [], "largest": []}
     overall = [row for row in run.results["comparison"] if str(row["requested"]) == "all"]
     largest = sorted((row for row in run.results["topics"] if row["Topic"] != -1), key=lambda row: -row["Count"])[:10]
+    # topics.csv holds each topic's keywords as a Python list literal
+    largest = [{**row, "Representation": ", ".join(ast.literal_eval(row["Representation"]))} for row in largest]
     return {"overall": overall, "largest": largest}
 
 
