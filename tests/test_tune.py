@@ -53,7 +53,7 @@ def interrupt_after_first_trial(args, timeout=600) -> tuple[int, str, str]:
     def read():
         for line in job.stdout:
             lines.append(line)
-            found = re.search(r"raytron.tune: trial (\w+) (done|stopped early by ASHA) after", line)
+            found = re.search(r"raytron.tune: trial (\w+) ended after", line)
             if found and not ended:
                 ended.append(found.group(1))
                 job.send_signal(signal.SIGINT)

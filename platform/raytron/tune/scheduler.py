@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler
 
 
 class ResumableASHA(ASHAScheduler):
-    """ASHA whose state (rungs, and the trials it stopped) is saved to `state_file` after every decision and read
+    """ASHA whose state (its rungs) is saved to `state_file` after every decision and read
     back on first use after a restore: without it, a resumed search would forget the finished trials' epochs and
     stop fewer trials."""
 
     def __init__(self, state_file: str | Path, **asha):
         super().__init__(**asha)
         self.state_file = str(state_file)
-        self.stopped_early: list[str] = []
-        """Trials ASHA stopped before their last epoch."""
         self._loaded = False
 
     def _load(self) -> None:
@@ -39,9 +36,6 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result):
         self._load()
         action = super().on_trial_result(tune_controller, trial, result)
-        last = self._time_attr in result and result[self._time_attr] >= self._max_t
-        if action == TrialScheduler.STOP and not last and trial.trial_id not in self.stopped_early:
-            self.stopped_early.append(trial.trial_id)
         self._save()
         return action
 
@@ -50,10 +44,3 @@ class ResumableASHA(ASHAScheduler):
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
 
-
-def stopped_early(state_file: str | Path) -> list[str]:
-    """The trials a `ResumableASHA` saving to `state_file` stopped early (none before its first save)."""
-    if not Path(state_file).is_file():
-        return []
-    with open(state_file, "rb") as saved:
-        return pickle.load(saved).get("stopped_early", [])

@@ -18,7 +18,7 @@ from raytron.errors import RaytronError
 from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.store import git_commit
 from raytron.tune.recipe import tuned_path, write_tuned
-from raytron.tune.scheduler import ResumableASHA, stopped_early
+from raytron.tune.scheduler import ResumableASHA
 from raytron.tune.space import baseline, check_space, domain, max_rungs, objective
 
 log = logging.getLogger("raytron.tune")
@@ -94,18 +94,17 @@ def check_same_search(key_file: Path, key: dict) -> None:
 
 
 class TrialLog(tune.Callback):
-    """One log line when a trial starts (its values) and when it ends (its metric, or ASHA's stop)."""
+    """One log line when a trial starts (its values) and when it ends (its metric)."""
 
-    def __init__(self, metric: str, asha_state: Path, unit: str):
-        self.metric, self.asha_state, self.unit = metric, asha_state, unit
+    def __init__(self, metric: str, unit: str):
+        self.metric, self.unit = metric, unit
 
     def on_trial_start(self, iteration, trials, trial, **info):
         log.info("trial %s started: %s", trial.trial_id, trial.config)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        how = "stopped early by ASHA" if trial.trial_id in stopped_early(self.asha_state) else "done"
-        log.info("trial %s %s after %s %s: %s %s", trial.trial_id, how, result.get("training_iteration"), self.unit,
+        log.info("trial %s ended after %s %s: %s %s", trial.trial_id, result.get("training_iteration"), self.unit,
                  self.metric, result.get(self.metric))
 
 
@@ -122,9 +121,10 @@ def searcher(cfg: JobConfig, metric: str, mode: str, points: list[dict]):
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.tune.seed)
 
 
-def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict, running_mean: bool) -> list[dict]:
+def trial_rows(results, metric: str, mode: str, planned, point: dict, running_mean: bool) -> list[dict]:
     """Each trial's values, its score (the best `metric` over its epochs; the last when results are running means,
-    as the topics trials' seeds are), how many results it reported, and whether ASHA stopped it."""
+    as the topics trials' seeds are), how many results it reported, and whether it was stopped early: ended without
+    error before its `planned(values)` epochs (seeds), which only ASHA does."""
     pick = (lambda values: values[-1]) if running_mean else max if mode == "max" else min
     rows = []
     for result in results:
@@ -134,7 +134,7 @@ def trial_rows(results, metric: str, mode: str, stopped: list[str], point: dict,
         values = {k: result.config[k] for k in sorted(result.config)}
         rows.append({"trial": trial_id, "values": values, metric: pick(scores) if scores else None,
                      "reports": len(scores), "done": bool((result.metrics or {}).get("done")),
-                     "stopped_early": trial_id in stopped,
+                     "stopped_early": bool(scores) and not result.error and len(scores) < planned(values),
                      "baseline": bool(point) and all(values.get(k) == v for k, v in point.items()),
                      "error": str(result.error).splitlines()[0] if result.error else None})
     return rows
@@ -177,7 +177,7 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher(cfg, metric, mode, [point] if point else []),
                                         scheduler=scheduler, num_samples=cfg.tune.num_samples,
                                         max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, asha_state, "seed(s)" if cfg.task == "topics" else "epoch(s)")]),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, "seed(s)" if cfg.task == "topics" else "epoch(s)")]),
         )
     results = tuner.fit()
     return conclude(cfg, recipe, name, folder, metric, mode, results, point)
@@ -186,7 +186,10 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
 def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, mode: str, results,
              point: dict) -> Outcome:
     """The trial table (logged, and in `<search>/trials.json`), and the tuned recipe when every trial ended."""
-    rows = trial_rows(results, metric, mode, stopped_early(folder / "asha-state.pkl"), point, cfg.task == "topics")
+    def planned(values: dict) -> int:
+        return max_rungs(cfg) if cfg.task == "topics" else int(values.get("train.epochs", cfg.train.epochs))
+
+    rows = trial_rows(results, metric, mode, planned, point, cfg.task == "topics")
     (folder / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     for row in rows:
         log.info("  %s %s %s=%s reports=%d%s%s%s", row["trial"], row["values"], metric, row[metric], row["reports"],
