@@ -155,7 +155,9 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
         shutil.rmtree(folder)
         (root / f"{name}.json").unlink(missing_ok=True)
     check_same_search(root / f"{name}.json", search_key(cfg, recipe))
-    job, concurrent = size_trials(cfg, use_gpu(cfg), workers, cpus)
+    gpu = use_gpu(cfg)
+    job, concurrent = size_trials(cfg, gpu and cfg.task != "topics", workers, cpus)  # topics trials: CPU tasks
+    job.resources.use_gpu = gpu  # topics: the embeddings all trials share are still computed on the GPU
     job.run.output_dir, job.run.store, job.wandb.group = str(folder / "trials"), None, name  # W&B: a run per trial
     point = baseline(cfg) if cfg.tune.baseline_first else {}
     log.info("search %s: %d trials of %s, %s %s (%s) with ASHA (grace %d, reduction %g, max %d) over %s",
