@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python bench/cpu_demo.py
 	$(BIN)/python jobs/topics.py --config configs/topics.yaml
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/checkpoint.py
 
 lint: setup
 	$(BIN)/python -m ruff check platform jobs tests bench
