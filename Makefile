@@ -56,7 +56,7 @@ TEST_JOBS ?= 2
 SLOW_TESTS := tests/test_serve.py tests/test_node_loss.py tests/test_finetune.py tests/test_tensor_parallel.py tests/test_tune.py tests/test_summarization.py \
 	tests/test_topics.py tests/test_job_submit.py tests/test_report.py tests/test_tracking.py tests/test_cli.py
 test: setup chromium
-	$(BIN)/python tests/run_modules.py --jobs $(TEST_JOBS) $(SLOW_TESTS) tests/test_*.py
+	$(BIN)/python tests/run_modules.py --jobs $(TEST_JOBS) --timeout 2400 $(SLOW_TESTS) tests/test_*.py
 
 bench: setup
 	$(BIN)/python bench/cpu_demo.py
