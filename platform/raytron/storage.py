@@ -101,9 +101,11 @@ def copy_stream(source, sink=None) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _remote_files(fs: pafs.FileSystem, base: str, skip: tuple[str, ...]) -> list[str]:
+def _remote_files(fs: pafs.FileSystem, base: str, only: tuple[str, ...], skip: tuple[str, ...]) -> list[str]:
+    """Paths (relative to `base`) of the files under it that start with one of `only` and none of `skip`."""
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    return [i.path[len(base) + 1:] for i in infos if i.type == pafs.FileType.File and not i.path[len(base) + 1:].startswith(skip)]
+    paths = (i.path[len(base) + 1:] for i in infos if i.type == pafs.FileType.File)
+    return [path for path in paths if path.startswith(only) and not path.startswith(skip)]
 
 
 def pull(location: str, local: Path, only: tuple[str, ...] = ("",), skip: tuple[str, ...] = ()) -> Path:
@@ -113,10 +115,8 @@ def pull(location: str, local: Path, only: tuple[str, ...] = ("",), skip: tuple[
         return Path(location)
     fs, base = filesystem(location)
     with reaching(location):
-        for path in _remote_files(fs, base, skip):
+        for path in _remote_files(fs, base, only, skip):
             target = local / path
-            if not path.startswith(only):
-                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             with fs.open_input_stream(f"{base}/{path}") as source, open(partial, "wb") as sink:

@@ -104,7 +104,8 @@ def verify(fs: pafs.FileSystem, path: str, shown_as: str) -> dict:
         if manifest_name(0) not in actual or TRAINER_STATE not in actual:
             raise RaytronError(f"checkpoint {shown(shown_as)} is incomplete (rank 0's manifest or {TRAINER_STATE} is "
                                f"missing: the save was interrupted). {ADVICE}")
-        world = read_trainer_state(fs, path)["world_size"]
+        state = read_trainer_state(fs, path)
+        world = state["world_size"]
         missing = [r for r in range(world) if manifest_name(r) not in actual]
         if missing:
             raise RaytronError(f"checkpoint {shown(shown_as)} is incomplete: ranks {missing} of {world} never finished "
@@ -118,7 +119,7 @@ def verify(fs: pafs.FileSystem, path: str, shown_as: str) -> dict:
     if changed:
         raise RaytronError(f"checkpoint {shown(shown_as)} is corrupt: {', '.join(changed)} differ from its manifests. "
                            f"{ADVICE}")
-    return read_trainer_state(fs, path)
+    return state
 
 
 def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
