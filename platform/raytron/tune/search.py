@@ -24,6 +24,8 @@ from raytron.tune.space import baseline, check_space, domain, max_rungs, objecti
 log = logging.getLogger("raytron.tune")
 NOT_PART_OF_THE_SEARCH = {"resume", "use_tuned", "tuned_dir", "applied", "max_concurrent_trials"}
 """tune.* keys a resumed search may change."""
+TOPIC_PARTS = ("topic_quality", "npmi", "diversity", "coverage", "topics")
+"""What a topics trial reports besides its seeds (raytron.tune.topics): kept in the trial table."""
 TRAIN_DRIVER_CPU = 0.01
 """A Train task's trial actor only drives its Ray Train run (whose workers hold the trial's CPUs/GPUs): Ray's
 documented Tune + Train V2 setup gives it a token share (Tune refuses an empty request)."""
@@ -121,10 +123,12 @@ def searcher(cfg: JobConfig, metric: str, mode: str, points: list[dict]):
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.tune.seed)
 
 
-def trial_rows(results, metric: str, mode: str, planned, point: dict, running_mean: bool) -> list[dict]:
+def trial_rows(results, metric: str, mode: str, planned, point: dict, running_mean: bool,
+               details: tuple[str, ...] = ()) -> list[dict]:
     """Each trial's values, its score (the best `metric` over its epochs; the last when results are running means,
-    as the topics trials' seeds are), how many results it reported, and whether it was stopped early: ended without
-    error before its `planned(values)` epochs (seeds), which only ASHA does."""
+    as the topics trials' seeds are), its last result's `details` (the objective's parts), how many results it
+    reported, and whether it was stopped early: ended without error before its `planned(values)` epochs (seeds),
+    which only ASHA does."""
     pick = (lambda values: values[-1]) if running_mean else max if mode == "max" else min
     rows = []
     for result in results:
@@ -133,6 +137,7 @@ def trial_rows(results, metric: str, mode: str, planned, point: dict, running_me
         trial_id = (result.metrics or {}).get("trial_id")
         values = {k: result.config[k] for k in sorted(result.config)}
         rows.append({"trial": trial_id, "values": values, metric: pick(scores) if scores else None,
+                     **{key: (result.metrics or {}).get(key) for key in details},
                      "reports": len(scores), "done": bool((result.metrics or {}).get("done")),
                      "stopped_early": bool(scores) and not result.error and len(scores) < planned(values),
                      "baseline": bool(point) and all(values.get(k) == v for k, v in point.items()),
@@ -191,10 +196,13 @@ def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, 
     def planned(values: dict) -> int:
         return max_rungs(cfg) if cfg.task == "topics" else int(values.get("train.epochs", cfg.train.epochs))
 
-    rows = trial_rows(results, metric, mode, planned, point, cfg.task == "topics")
+    parts = TOPIC_PARTS if cfg.task == "topics" else ()
+    rows = trial_rows(results, metric, mode, planned, point, cfg.task == "topics", tuple(p for p in parts if p != metric))
     (folder / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     for row in rows:
-        log.info("  %s %s %s=%s reports=%d%s%s%s", row["trial"], row["values"], metric, row[metric], row["reports"],
+        log.info("  %s %s %s=%s%s reports=%d%s%s%s", row["trial"], row["values"], metric, row[metric],
+                 "".join(f" {key}={row[key]:.4g}" for key in parts if key != metric and row.get(key) is not None),
+                 row["reports"],
                  " stopped early (ASHA)" if row["stopped_early"] else "", " (hand-set baseline)" if row["baseline"]
                  else "", f" error: {row['error']}" if row["error"] else "")
     ended = [r for r in rows if r["done"] or r["error"]]
