@@ -7,7 +7,6 @@ training or selection.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 import ray.data
 
 from raytron.config import SummaryDataConfig
+from raytron.data import splits
 from raytron.data.sources import local_file, read_hub
 
 SPLIT_SHARES = (("train", 0.75), ("val", 0.125), ("test", 0.125))
@@ -25,14 +25,8 @@ IGNORE_INDEX = -100
 
 
 def split_of(row_id: str) -> str:
-    """train/val/test from the first 8 hex digits of sha1(id): fixed, whatever order rows come in."""
-    position = int(hashlib.sha1(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    edge = 0.0
-    for split, share in SPLIT_SHARES:
-        edge += share
-        if position < edge:
-            return split
-    return SPLIT_SHARES[-1][0]
+    """train/val/test from a stable hash of the id (`raytron.data.splits`): fixed, whatever order rows come in."""
+    return splits.split_of(row_id, SPLIT_SHARES)
 
 
 def clean_article(text: str) -> str:

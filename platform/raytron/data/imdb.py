@@ -1,8 +1,8 @@
 """IMDb reviews on Ray Data: read, strip HTML, lexicon and length features, tokenize, split, store.
 
 Splits are the data root's: train (20k) and val (5k) carved from the original train split, test
-the original 25k test split, never used for training or model selection. From the Hub, val is a
-seeded 20% of the Hub's train split.
+the original 25k test split, never used for training or model selection. From the Hub, val is the
+20% of the Hub's train split picked by a stable hash of the text (`raytron.data.splits`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from ray.data.expressions import col
 from raytron.atomic import replace_dir
 from raytron.config import DataConfig
 from raytron.data.sources import local_file, read_hub
+from raytron.data.splits import split_of
 from raytron.errors import RaytronError
 
 SPLITS = ("train", "val", "test")
+HUB_CARVE = (("train", 0.8), ("val", 0.2))
+"""From the Hub, val is carved from its train split by a stable hash of the text (duplicate reviews stay together)."""
 LABELS = ("negative", "positive")
 FEATURES = ("log_length", "vader_compound")
 _TAG = re.compile(r"<[^>]+>")
@@ -41,6 +44,11 @@ def _label_to_int(batch: pd.DataFrame) -> pd.DataFrame:
     return batch[["id", "text", "label"]]
 
 
+def _hub_carve(batch: pd.DataFrame) -> pd.DataFrame:
+    batch["split"] = batch["text"].map(lambda text: split_of(text, HUB_CARVE))
+    return batch
+
+
 def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
     """Raw rows (id, text, label 0/1) per split, sampled to the configured sizes."""
     path = local_file(cfg.dataset, cfg.data_dir)
@@ -49,13 +57,9 @@ def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
         splits = {s: rows.filter(expr=col("split") == s) for s in SPLITS}
     else:
         hub = read_hub(cfg.dataset, cfg.data_dir)
-        train = hub["train"].add_column("id", lambda df: pd.Series(range(len(df))))
-        carve = lambda row, val: (hash(row["text"]) % 5 == 0) == val  # noqa: E731
-        splits = {
-            "train": train.filter(lambda row: carve(row, False)),
-            "val": train.filter(lambda row: carve(row, True)),
-            "test": hub["test"].add_column("id", lambda df: pd.Series(range(len(df)))),
-        }
+        carved = hub["train"].map_batches(_hub_carve, batch_format="pandas")
+        splits = {split: carved.filter(expr=col("split") == split).drop_columns(["split"]) for split, _ in HUB_CARVE}
+        splits["test"] = hub["test"]
     limits = {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows}
     out = {}
     for split, ds in splits.items():

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import ray.data
 
 from raytron.errors import RaytronError
 
+if TYPE_CHECKING:
+    import datasets
+
+log = logging.getLogger("raytron.data")
 DEFAULT_DATA_DIRS = ("../shared/data",)
 """Tried after $RAYTRON_DATA_DIR: the development machines keep the corpora here."""
 
@@ -53,9 +60,23 @@ def local_file(name: str, configured_root: str | None) -> Path | None:
     return path if path and path.is_file() else None
 
 
+def hub_location(name: str, configured_root: str | None) -> str:
+    """Where `datasets.load_dataset` reads the corpus: a copy in the Hub's layout under the data root
+    (`<root>/<hub id>/`, e.g. from `hf download <hub id> --repo-type dataset --local-dir ...`), else the Hub id."""
+    root = data_root(configured_root)
+    snapshot = root / SOURCES[name].hub if root else None
+    return str(snapshot) if snapshot and snapshot.is_dir() else SOURCES[name].hub
+
+
+def with_row_ids(split: datasets.Dataset, first: int) -> datasets.Dataset:
+    """The split with an `id` column numbering its rows from `first` (kept when the corpus has its own)."""
+    return split if "id" in split.column_names else split.add_column("id", range(first, first + len(split)))
+
+
 def read_hub(name: str, configured_root: str | None) -> dict[str, ray.data.Dataset]:
-    """The corpus's Hub splits as Ray Datasets; offline, a clear error that says what to set."""
-    hub = SOURCES[name].hub
+    """The corpus's Hub splits as Ray Datasets, rows numbered across all splits (ids unique in the corpus);
+    offline, a clear error that says what to set."""
+    hub = hub_location(name, configured_root)
     where = f"{data_root(configured_root) or '(no data root found)'}/{SOURCES[name].local}"
     try:
         import datasets
@@ -65,6 +86,10 @@ def read_hub(name: str, configured_root: str | None) -> dict[str, ray.data.Datas
         raise RaytronError(
             f"dataset {name!r}: no file at {where}, and the Hugging Face Hub copy {hub!r} could not be "
             f"loaded ({type(error).__name__}: {error}). Set RAYTRON_DATA_DIR (or data.data_dir) to a folder "
-            f"holding {SOURCES[name].local}, or run where the Hub is reachable with `pip install datasets`."
+            f"holding {SOURCES[name].local} (or the Hub's files under {SOURCES[name].hub}/), or run where the "
+            "Hub is reachable."
         ) from None
-    return {split: ray.data.from_huggingface(loaded[split]) for split in loaded}
+    log.info("dataset %r: read with Hugging Face datasets from %s (splits %s)", name, hub, ", ".join(loaded))
+    firsts = np.cumsum([0] + [len(loaded[split]) for split in loaded])[:-1]
+    return {split: ray.data.from_huggingface(with_row_ids(loaded[split], int(first)))
+            for split, first in zip(loaded, firsts, strict=True)}
