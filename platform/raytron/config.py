@@ -191,7 +191,12 @@ class TuneConfig(Strict):
 
     space: dict[str, Distribution] = {}
     """Search space: dotted config keys as on the command line -> distribution, e.g. `train.lr: {loguniform: [1.0e-5,
-    3.0e-4]}`. Topics: topics.* keys (UMAP/HDBSCAN). data.* keys are not tunable (the splits are encoded once)."""
+    3.0e-4]}`. Topics: topics.* keys (UMAP/HDBSCAN). Summarization: generation.* keys too, searched by the generation
+    stage. data.* keys are not tunable (the splits are encoded once)."""
+    stage: Literal["training", "generation"] = "training"
+    """Summarization: training searches the space's train.*/model.* keys by validation loss (a fine-tune per trial);
+    generation searches its generation.* keys (strategy, num_beams, length_penalty, max_new_tokens) by validation
+    ROUGE of the trained model (<run>/model), and adds them to the tuned recipe beside the training keys."""
     num_samples: int = Field(8, ge=1)
     """Trials in the search."""
     metric: str | None = None

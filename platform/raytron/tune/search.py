@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +20,37 @@ from raytron.runtime import absolute_paths, connect_ray, use_gpu
 from raytron.store import git_commit
 from raytron.tune.recipe import tuned_path, write_tuned
 from raytron.tune.scheduler import ResumableASHA
-from raytron.tune.space import baseline, check_space, domain, max_rungs, objective
+from raytron.tune.space import TUNABLE, baseline, check_space, domain, kind, max_rungs, objective, stage_space
 
 log = logging.getLogger("raytron.tune")
 NOT_PART_OF_THE_SEARCH = {"resume", "use_tuned", "tuned_dir", "applied", "max_concurrent_trials"}
 """tune.* keys a resumed search may change."""
-TOPIC_PARTS = ("topic_quality", "npmi", "diversity", "coverage", "topics")
-"""What a topics trial reports besides its seeds (raytron.tune.topics): kept in the trial table."""
 TRAIN_DRIVER_CPU = 0.01
 """A Train task's trial actor only drives its Ray Train run (whose workers hold the trial's CPUs/GPUs): Ray's
 documented Tune + Train V2 setup gives it a token share (Tune refuses an empty request)."""
+
+
+@dataclass
+class Trials:
+    """What one kind of search runs per trial (`raytron.tune.tasks`)."""
+
+    function: Callable
+    """The Tune function trainable: `function(values, job, metric, **prepare(cfg))`."""
+    prepare: Callable
+    """The search's config -> what every trial shares (computed once, passed through `tune.with_parameters`)."""
+    workers: int
+    cpus: float
+    """A trial's workers and CPUs per worker."""
+    gpu: bool
+    """Whether a trial holds GPUs (a share of one, or whole ones per worker) when the cluster has them."""
+    drives_train: bool
+    """The trial actor only drives a Ray Train run whose workers hold the resources (a token CPU for the actor)."""
+    unit: str
+    """What one of its results is (epoch, seed, part): ASHA's rungs."""
+    running_mean: bool = False
+    """Its results are running means, so its score is the last one (else the best)."""
+    details: tuple[str, ...] = ()
+    """Other metrics of its last result kept in the trial table."""
 
 
 @dataclass
@@ -106,7 +128,7 @@ class TrialLog(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        log.info("trial %s ended after %s %s: %s %s", trial.trial_id, result.get("training_iteration"), self.unit,
+        log.info("trial %s ended after %s %s(s): %s %s", trial.trial_id, result.get("training_iteration"), self.unit,
                  self.metric, result.get(self.metric))
 
 
@@ -145,14 +167,15 @@ def trial_rows(results, metric: str, mode: str, planned, point: dict, running_me
     return rows
 
 
-def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float, prepare) -> Outcome:
-    """Search `cfg.tune.space` with `trainable(values, job, metric, **prepare(cfg))` as Ray Tune trials under
-    `<run>/tune/<name>/`, resuming an interrupted search of the same name; write the tuned recipe when complete."""
+def run_search(cfg: JobConfig, recipe: str, trials: Trials) -> Outcome:
+    """Search the stage's keys of `cfg.tune.space` with `trials` as Ray Tune trials under `<run>/tune/<name>/`,
+    resuming an interrupted search of the same name; write the tuned recipe when complete."""
     cfg = absolute_paths(cfg)
     connect_ray()
     metric, mode = objective(cfg)
     check_space(cfg)
-    name = cfg.tune.name or f"{cfg.run.name}-tune"
+    space = stage_space(cfg)
+    name = cfg.tune.name or f"{cfg.run.name}-{'' if cfg.tune.stage == 'training' else cfg.tune.stage + '-'}tune"
     root = cfg.run_dir / "tune"
     folder = root / name
     if not cfg.tune.resume and folder.exists():
@@ -161,16 +184,19 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
         (root / f"{name}.json").unlink(missing_ok=True)
     check_same_search(root / f"{name}.json", search_key(cfg, recipe))
     gpu = use_gpu(cfg)
-    job, concurrent = size_trials(cfg, gpu and cfg.task != "topics", workers, cpus)  # topics trials: CPU tasks
+    job, concurrent = size_trials(cfg, gpu and trials.gpu, trials.workers, trials.cpus)
     job.resources.use_gpu = gpu  # topics: the embeddings all trials share are still computed on the GPU
     job.run.output_dir, job.run.store, job.wandb.group = str(folder / "trials"), None, name  # W&B: a run per trial
     point = baseline(cfg) if cfg.tune.baseline_first else {}
-    log.info("search %s: %d trials of %s, %s %s (%s) with ASHA (grace %d, reduction %g, max %d) over %s",
-             name, cfg.tune.num_samples, cfg.task, cfg.tune.search, metric, mode, cfg.tune.grace_period,
-             cfg.tune.reduction_factor, max_rungs(cfg), ", ".join(cfg.tune.space))
+    log.info("search %s: %d trials of %s, %s %s (%s) with ASHA (grace %d, reduction %g, max %d %ss) over %s",
+             name, cfg.tune.num_samples, kind(cfg), cfg.tune.search, metric, mode, cfg.tune.grace_period,
+             cfg.tune.reduction_factor, max_rungs(cfg), trials.unit, ", ".join(space))
+    own = {"cpu": trials.cpus * trials.workers}
+    if gpu and trials.gpu:
+        own["gpu"] = job.resources.gpus_per_worker * trials.workers
     function = tune.with_resources(
-        tune.with_parameters(trainable, job=job.model_dump(), metric=metric, **prepare(cfg)),
-        {"cpu": TRAIN_DRIVER_CPU} if cfg.task != "topics" else {"cpu": cpus})
+        tune.with_parameters(trials.function, job=job.model_dump(), metric=metric, **trials.prepare(cfg)),
+        {"cpu": TRAIN_DRIVER_CPU} if trials.drives_train else own)
     asha_state = folder / "asha-state.pkl"
     scheduler = ResumableASHA(asha_state, time_attr="training_iteration", max_t=max_rungs(cfg),
                               grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
@@ -180,28 +206,28 @@ def run_search(cfg: JobConfig, recipe: str, trainable, workers: int, cpus: float
     else:
         tuner = tune.Tuner(
             function,
-            param_space={key: domain(dist) for key, dist in cfg.tune.space.items()},
+            param_space={key: domain(dist) for key, dist in space.items()},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher(cfg, metric, mode, [point] if point else []),
                                         scheduler=scheduler, num_samples=cfg.tune.num_samples,
                                         max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, "seed(s)" if cfg.task == "topics" else "epoch(s)")]),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TrialLog(metric, trials.unit)]),
         )
     results = tuner.fit()
-    return conclude(cfg, recipe, name, folder, metric, mode, results, point)
+    return conclude(cfg, recipe, name, folder, metric, mode, results, point, trials)
 
 
 def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, mode: str, results,
-             point: dict) -> Outcome:
+             point: dict, trials: Trials) -> Outcome:
     """The trial table (logged, and in `<search>/trials.json`), and the tuned recipe when every trial ended."""
     def planned(values: dict) -> int:
-        return max_rungs(cfg) if cfg.task == "topics" else int(values.get("train.epochs", cfg.train.epochs))
+        return int(values.get("train.epochs", cfg.train.epochs)) if trials.unit == "epoch" else max_rungs(cfg)
 
-    parts = TOPIC_PARTS if cfg.task == "topics" else ()
-    rows = trial_rows(results, metric, mode, planned, point, cfg.task == "topics", tuple(p for p in parts if p != metric))
+    parts = tuple(p for p in trials.details if p != metric)
+    rows = trial_rows(results, metric, mode, planned, point, trials.running_mean, parts)
     (folder / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     for row in rows:
         log.info("  %s %s %s=%s%s reports=%d%s%s%s", row["trial"], row["values"], metric, row[metric],
-                 "".join(f" {key}={row[key]:.4g}" for key in parts if key != metric and row.get(key) is not None),
+                 "".join(f" {key}={row[key]:.4g}" for key in parts if row.get(key) is not None),
                  row["reports"],
                  " stopped early (ASHA)" if row["stopped_early"] else "", " (hand-set baseline)" if row["baseline"]
                  else "", f" error: {row['error']}" if row["error"] else "")
@@ -212,9 +238,11 @@ def conclude(cfg: JobConfig, recipe: str, name: str, folder: Path, metric: str, 
         return outcome
     outcome.best = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
     outcome.baseline = next((r for r in rows if r["baseline"]), None)
-    about = {"task": cfg.task, "recipe": str(recipe), "search": f"{name} ({folder})", "metric": metric, "mode": mode,
+    about = {"task": cfg.task, "stage": cfg.tune.stage, "recipe": str(recipe), "search": f"{name} ({folder})",
+             "metric": metric, "mode": mode,
              "best": outcome.best[metric], "best_trial": outcome.best["trial"],
              "hand_set": outcome.baseline[metric] if outcome.baseline else None,
              "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows), "commit": git_commit()}
-    outcome.tuned_file = write_tuned(tuned_path(recipe, cfg.tune.model_dump()), outcome.best["values"], about)
+    outcome.tuned_file = write_tuned(tuned_path(recipe, cfg.tune.model_dump()), outcome.best["values"], about,
+                                     TUNABLE[kind(cfg)])
     return outcome

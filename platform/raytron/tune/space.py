@@ -15,18 +15,37 @@ METRICS = {
     "sentiment": ("val/accuracy", "val/loss"),
     "summarization": ("val/loss", "val/perplexity"),
     "topics": ("topic_quality", "npmi", "diversity"),
+    "generation": ("val/rougeLsum", "val/rouge1", "val/rouge2"),
 }
-"""What each task's search can optimize (the first is the default): the validation metrics its trials report."""
-TUNABLE = {"sentiment": ("train", "model"), "summarization": ("train", "model"), "topics": ("topics",)}
-"""Config sections whose keys a task's search may tune."""
+"""What each kind of search can optimize (the first is the default): the validation metrics its trials report."""
+TUNABLE = {"sentiment": ("train", "model"), "summarization": ("train", "model"), "topics": ("topics",),
+           "generation": ("generation",)}
+"""Config sections whose keys each kind of search tunes."""
+STAGES = {"summarization": ("summarization", "generation")}
+"""Tasks searched in stages (tune.stage: training, generation): one recipe space, each stage its sections' keys."""
+
+
+def kind(cfg: JobConfig) -> str:
+    """What the search runs: the task's fine-tune (or topic fits), or the summarization generation stage."""
+    if cfg.tune.stage == "training":
+        return cfg.task
+    if cfg.task != "summarization":
+        raise RaytronError(f"tune.stage={cfg.tune.stage} searches the summarizer's decoding; a {cfg.task} search has "
+                           "one stage: leave tune.stage out")
+    return "generation"
+
+
+def stage_space(cfg: JobConfig) -> dict[str, Distribution]:
+    """The keys of `tune.space` this stage searches (the other stage's keys are left to it)."""
+    return {key: dist for key, dist in cfg.tune.space.items() if key.split(".")[0] in TUNABLE[kind(cfg)]}
 
 
 def objective(cfg: JobConfig) -> tuple[str, str]:
     """The metric the search optimizes and whether higher (max) or lower (min) is better."""
-    allowed = METRICS[cfg.task]
+    allowed = METRICS[kind(cfg)]
     metric = cfg.tune.metric or allowed[0]
     if metric not in allowed:
-        raise RaytronError(f"tune.metric={metric!r}: a {cfg.task} search reports {', '.join(allowed)}")
+        raise RaytronError(f"tune.metric={metric!r}: a {kind(cfg)} search reports {', '.join(allowed)}")
     return metric, cfg.tune.mode or ("min" if metric.endswith(("loss", "perplexity")) else "max")
 
 
@@ -56,14 +75,16 @@ def trial_config(cfg: JobConfig, values: dict) -> JobConfig:
 
 def check_space(cfg: JobConfig) -> None:
     """Every tuned key is a tunable config key, and every edge of its distribution makes a valid config."""
-    if not cfg.tune.space:
-        raise RaytronError(f"tune.space is empty: declare the keys to tune in the recipe's tune: section, e.g. "
-                           f"'{TUNABLE[cfg.task][0]}.<key>: {{uniform: [low, high]}}' (see configs/{cfg.task}.yaml)")
-    for key, dist in cfg.tune.space.items():
-        section = key.split(".")[0]
-        if "." not in key or section not in TUNABLE[cfg.task]:
+    sections = [s for stage in STAGES.get(cfg.task, (cfg.task,)) for s in TUNABLE[stage]]
+    for key in cfg.tune.space:
+        if "." not in key or key.split(".")[0] not in sections:
             raise RaytronError(f"tune.space: {key!r} is not tunable in a {cfg.task} search; tune keys of "
-                               f"{', '.join(s + '.*' for s in TUNABLE[cfg.task])}")
+                               f"{', '.join(s + '.*' for s in sections)}")
+    if not stage_space(cfg):
+        raise RaytronError(f"tune.space has no key for this search: declare the keys to tune in the recipe's tune: "
+                           f"section, e.g. '{TUNABLE[kind(cfg)][0]}.<key>: {{uniform: [low, high]}}' (see "
+                           f"configs/{cfg.task}.yaml)")
+    for key, dist in stage_space(cfg).items():
         for value in dist.extremes():
             trial_config(cfg, {key: value})
 
@@ -81,7 +102,7 @@ def baseline(cfg: JobConfig) -> dict:
     the search compares its best with them. A value outside its range is still tried (the hand-set reference; logged);
     an unset one (None: the checkpoint's own) or one missing from a choice is sampled (Optuna cannot fix those)."""
     point, outside = {}, []
-    for key, dist in cfg.tune.space.items():
+    for key, dist in stage_space(cfg).items():
         value = lookup(cfg, key)
         if value is None or (dist.choice is not None and value not in dist.choice):
             continue
@@ -96,9 +117,14 @@ def baseline(cfg: JobConfig) -> dict:
 
 
 def max_rungs(cfg: JobConfig) -> int:
-    """The most results a trial reports (ASHA's max_t): topics, one per seed; else one per epoch, the largest
-    train.epochs in the space or the recipe's."""
+    """The most results a trial reports (ASHA's max_t): topics, one per seed; generation, one per part of the
+    validation articles (`raytron.tune.generation`); else one per epoch, the largest train.epochs in the space or the
+    recipe's."""
     if cfg.task == "topics":
         return len(cfg.topics.seeds)
-    dist = cfg.tune.space.get("train.epochs")
+    if kind(cfg) == "generation":
+        from raytron.tune.generation import parts
+
+        return parts(cfg)
+    dist = stage_space(cfg).get("train.epochs")
     return int(max(dist.extremes())) if dist is not None else cfg.train.epochs

@@ -26,6 +26,8 @@ from raytron.config import TopicModelConfig, TopicsConfig
 from raytron.errors import RaytronError
 
 log = logging.getLogger("raytron.tune")
+PARTS = ("topic_quality", "npmi", "diversity", "coverage", "topics")
+"""What a topics trial reports besides its seeds, each the running mean over counts and seeds."""
 OBJECTIVE = ("topic_quality = (1 + NPMI)/2 x diversity x coverage, per requested topic count k (topics.topic_counts, "
              "else topics.min_topics), meaned over the counts and seeds; NPMI on documents held out from the fit, "
              "coverage = min(1, topics found / k)")
@@ -97,6 +99,5 @@ def topics_trial(values: dict, job: dict, metric: str, **shared) -> None:
     rows = []
     for done, seed in enumerate(cfg.seeds, 1):
         rows += seed_scores(cfg, seed, **shared)
-        means = {key: float(np.nanmean([row[key] for row in rows]))
-                 for key in ("topic_quality", "npmi", "diversity", "coverage", "topics")}
+        means = {key: float(np.nanmean([row[key] for row in rows])) for key in PARTS}
         tune.report({**means, "seeds": done})
