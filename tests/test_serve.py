@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import schemathesis
 import yaml
+from hypothesis import HealthCheck, Phase, settings
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
@@ -760,6 +762,46 @@ def test_web_page_in_chromium(url, client):
         page.click("#summarize")
         page.wait_for_selector("section.error >> text=422", timeout=60_000)
         browser.close()
+
+
+# ---------------------------------------------------------------- schemathesis over the deployed OpenAPI
+
+REQUEST_TIMEOUT_S = 120
+
+def test_openapi_holds_for_generated_requests(url, client):
+    """Schemathesis on the running app's own /openapi.json: for every operation, requests generated from the
+    schema (valid ones, and invalid ones for the bodies) and its checks on each answer (no 5xx, every status
+    and header documented, responses match their schemas, valid data accepted, invalid data rejected,
+    authentication enforced). A fixed number of examples per operation. Abstractive summaries, also those that
+    leave max_tokens at its default of 128 (each token a decoder step: seconds on a loaded CPU, past
+    schemathesis's default 10 s read timeout), are capped at 16 new tokens, and each request may take up to
+    REQUEST_TIMEOUT_S (above the app's own 60 s deadline, so a request the app lets hang fails as a 504)."""
+    from hypothesis import given
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    seen, started = {"requests": 0, "5xx": 0}, time.time()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.body else []):
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=6, deadline=None, derandomize=True, database=None,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            def check(case):
+                body = case.body
+                if case.path == "/v1/summarize" and isinstance(body, dict) \
+                        and body.get("technique", "abstractive") == "abstractive":
+                    tokens = body.get("max_tokens", 128)
+                    if isinstance(tokens, int) and not isinstance(tokens, bool):
+                        body["max_tokens"] = min(tokens, 16)
+                response = case.call_and_validate(session=client, timeout=REQUEST_TIMEOUT_S)
+                seen["requests"] += 1
+                seen["5xx"] += response.status_code >= 500
+
+            check()
+    print(f"schemathesis: {seen['requests']} generated requests, {seen['5xx']} answered 5xx, "
+          f"{time.time() - started:.0f} s")
+    assert seen["requests"] >= 30 and seen["5xx"] == 0, seen
 
 
 # ---------------------------------------------------------------- a replica killed under load (last: it restarts one)
