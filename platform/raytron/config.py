@@ -98,6 +98,10 @@ class TrainConfig(Strict):
     """Rows per model replica per forward pass."""
     global_batch_size: int = Field(32, ge=1)
     """Rows per optimizer step over all data-parallel replicas (gradient accumulation fills the gap)."""
+    bucket_by_length: bool = False
+    """Length-bucketed batches: rows of similar length train together and each micro-batch is cut to its longest
+    row rounded up to 64 tokens, not padded to data.max_length (raytron.train.sampler). Same seeded, resumable
+    order; validation is cut the same way (same metrics within float tolerance)."""
     lr: float = Field(5e-5, gt=0)
     """Peak learning rate (Adam)."""
     min_lr: float = Field(0.0, ge=0)
@@ -112,6 +116,9 @@ class TrainConfig(Strict):
     """Global gradient-norm clip."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile each Megatron-Core transformer layer (raytron.train.compile): fewer, fused kernels for
+    host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (GPU only)."""
     log_every: int = Field(10, ge=1)

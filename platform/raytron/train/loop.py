@@ -32,9 +32,10 @@ from raytron.runtime import init_megatron
 from raytron.storage import filesystem, join, push
 from raytron.store import META
 from raytron.train import checkpoint
+from raytron.train.compile import compile_layers
 from raytron.train.flops import peak_flops_per_device
 from raytron.train.optim import wrap_for_training
-from raytron.train.sampler import Rows, StepSampler, load_rows, to_device, validation_batches
+from raytron.train.sampler import Rows, StepSampler, load_rows, row_lengths, to_device, validation_batches
 from raytron.train.step import train_step
 
 log = logging.getLogger("raytron.train")
@@ -56,6 +57,9 @@ class Task(Protocol):
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training loss of a micro-batch, summed over its loss items (tokens or rows)."""
 
+    def lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Real tokens of each row (its token columns are right-padded after them), for length bucketing."""
+
     def measure(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Device tensors `items` (loss items), `tokens` (real tokens) and `flops` (model training FLOPs) of a
         micro-batch, from the batch alone (no forward)."""
@@ -75,11 +79,12 @@ def validate(worker: "Worker") -> dict[str, float]:
     worker.ddp.eval()
     dp_group = parallel_state.get_data_parallel_group()
     num_rows = len(next(iter(worker.val_rows.values())))
+    lengths = row_lengths(worker.task, worker.val_rows) if worker.cfg.train.bucket_by_length else None
     totals = None
     with torch.no_grad():
         for index in validation_batches(num_rows, worker.cfg.train.micro_batch_size,
-                                        dist.get_rank(dp_group), dist.get_world_size(dp_group)):
-            sums = worker.task.validation_sums(worker.ddp, to_device(worker.val_rows, index, worker.device))
+                                        dist.get_rank(dp_group), dist.get_world_size(dp_group), lengths):
+            sums = worker.task.validation_sums(worker.ddp, to_device(worker.val_rows, index, worker.device, lengths))
             totals = sums if totals is None else totals + sums
     if totals is None:
         raise RuntimeError(f"the validation split has {num_rows} rows, fewer than the {dist.get_world_size(dp_group)} "
@@ -139,7 +144,7 @@ class Worker:
     """Rank 0's W&B run; None on the other ranks."""
     state: dict = field(default_factory=dict)
     """What a checkpoint restores: step, epoch (completed), best_val, wandb_run_id, and what the data position
-    means (global_batch_size, train_rows, seed)."""
+    means (global_batch_size, train_rows, seed, bucket_by_length)."""
 
     @property
     def rank0(self) -> bool:
@@ -162,18 +167,22 @@ def setup(config: dict) -> Worker:
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
+    if cfg.train.compile:
+        compile_layers(model, device)
     train_rows = load_rows(ray.train.get_dataset_shard("train"), task.columns)
     val_rows = load_rows(ray.train.get_dataset_shard("val"), task.columns)
     num_rows = len(next(iter(train_rows.values())))
     plan = Plan.of(cfg, num_rows)
     dp_group = parallel_state.get_data_parallel_group()
     sampler = StepSampler(num_rows, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                          dist.get_rank(dp_group), dist.get_world_size(dp_group), cfg.train.seed)
+                          dist.get_rank(dp_group), dist.get_world_size(dp_group), cfg.train.seed,
+                          row_lengths(task, train_rows) if cfg.train.bucket_by_length else None)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, plan.total_steps)
     worker = Worker(cfg, task, plan, sampler, train_rows, val_rows, device, model, ddp, optimizer, scheduler,
                     peak_flops_per_device(cfg.train.peak_tflops, device))
     worker.state = {"step": 0, "epoch": 0, "best_val": -math.inf, "wandb_run_id": None,
-                    "global_batch_size": cfg.train.global_batch_size, "train_rows": num_rows, "seed": cfg.train.seed}
+                    "global_batch_size": cfg.train.global_batch_size, "train_rows": num_rows, "seed": cfg.train.seed,
+                    "bucket_by_length": cfg.train.bucket_by_length}
     restore(worker, config["resume_from"])
     if worker.rank0:
         from raytron.tracking import start_run
@@ -229,7 +238,7 @@ def micro_batch_groups(worker: Worker):
     """The rest of this epoch's optimizer steps from the data position: lists of `accumulation` micro-batches."""
     epoch, first = worker.state["epoch"], worker.state["step"] - worker.state["epoch"] * worker.plan.steps_per_epoch
     for step_in_epoch in range(first, worker.plan.steps_per_epoch):
-        yield [to_device(worker.train_rows, index, worker.device)
+        yield [to_device(worker.train_rows, index, worker.device, worker.sampler.lengths)
                for index in worker.sampler.micro_batches(epoch, step_in_epoch)]
 
 

@@ -42,8 +42,11 @@ class SentimentTask:
     def loss(self, model, batch):
         return F.cross_entropy(self.logits(model, batch), batch["label"], reduction="sum")
 
+    def lengths(self, batch):
+        return batch["attention_mask"].sum(1)
+
     def measure(self, batch):
-        lengths = batch["attention_mask"].sum(1)
+        lengths = self.lengths(batch)
         return {"items": torch.tensor(len(lengths), device=lengths.device), "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths)}
 

@@ -58,6 +58,9 @@ class ContrastiveTask:
     def loss(self, model, batch):
         return self._pair_loss(model, batch)[0] * len(batch["input_ids"])  # InfoNCE is a mean over rows
 
+    def lengths(self, batch):
+        return torch.maximum(batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1))
+
     def measure(self, batch):
         lengths = torch.cat([batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1)])
         return {"items": torch.tensor(len(batch["input_ids"]), device=lengths.device), "tokens": lengths.sum(),

@@ -73,10 +73,13 @@ class SummarizationTask:
     def loss(self, model, batch):
         return supervised_losses(model, batch["input_ids"], batch["labels"]).sum()
 
-    def measure(self, batch):
+    def lengths(self, batch):
         # real (non-pad) tokens of a row: everything up to its last supervised label (right padding)
         labelled = batch["labels"] != IGNORE_INDEX
-        lengths = (labelled.shape[1] - labelled.flip(1).int().argmax(1)) * labelled.any(1)
+        return (labelled.shape[1] - labelled.flip(1).int().argmax(1)) * labelled.any(1)
+
+    def measure(self, batch):
+        lengths = self.lengths(batch)
         items = (next_token_targets(batch["labels"]) != IGNORE_INDEX).sum()
         return {"items": items, "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}

@@ -1,0 +1,49 @@
+"""`train.compile`: Megatron-Core's transformer layers compiled in place with `torch.compile`.
+
+The fine-tune steps are host-bound (docs/gpu-fast-path.md: ~2,700 kernel launches per decoder step, the GPU
+busy under half of it), so fusing each layer's norms, rotary, activations and residual adds into Inductor
+kernels is where the time is. Each `TransformerLayer` is compiled, not the whole block: with Dynamo's
+inlined module parameters the layers of a model share one graph (compiled once, not once per layer), and
+the block's own contexts stay eager. The loss, DDP and the optimizer stay eager too; `nn.Module.compile`
+keeps the parameter names, so checkpoints and exports do not change. Automatic dynamic shapes make the
+bucketed widths (multiples of 64) share one graph after the first recompile.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import types
+import warnings
+
+import megatron.core.utils
+import torch
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from raytron.errors import RaytronError
+
+log = logging.getLogger("raytron.train")
+
+
+def _warn_outside_compiled_code(*args, **kwargs) -> None:
+    if not torch.compiler.is_compiling():
+        warnings.warn(*args, **kwargs)
+
+
+def compile_layers(model: torch.nn.Module, device: torch.device) -> int:
+    """Compile every TransformerLayer of `model` in place (compiled on first call); returns how many."""
+    if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
+        raise RaytronError("train.compile=true on a CPU needs a C++ compiler for torch.compile's CPU kernels "
+                           "(none on PATH): install g++, or set train.compile=false")
+    layers = [module for module in model.modules() if isinstance(module, TransformerLayer)]
+    if not layers:
+        raise RaytronError(f"train.compile=true: {type(model).__name__} has no Megatron-Core TransformerLayer to "
+                           "compile; set train.compile=false")
+    # Megatron-Core 0.16.1's RowParallelLinear passes tp_group=None on every forward, and the helper that fills
+    # it in calls warnings.warn, which Dynamo cannot trace: every layer would break into pieces. It warns as
+    # before wherever it is not being compiled.
+    megatron.core.utils.warnings = types.SimpleNamespace(warn=_warn_outside_compiled_code)
+    for layer in layers:
+        layer.compile()
+    log.info("torch.compile: %d transformer layers of %s compile on their first step", len(layers), type(model).__name__)
+    return len(layers)
