@@ -1,24 +1,49 @@
-# The GPU run behind the fast-path figures (docs/gpu-fast-path.md). $1: output folder.
-# bench/mfu.py per model, local vs SDPA attention (with the profiler's top kernels), decoder batch sizes,
-# Ray Train's overhead on the step, then the IMDb recipe on the fast path (fine-tune + test evaluation).
-# Run in the foreground of device calls; on 1x H200 the benchmarks take ~4 min, the IMDb recipe ~6 min:
-# `bash bench/gpu_mfu.sh OUT bench` and `bash bench/gpu_mfu.sh OUT imdb` in two back-to-back calls.
+# The GPU runs behind the fast-path figures (docs/gpu-fast-path.md). $1: output folder; $2: the part to run.
+#   bench   bench/mfu.py: decoder 16/32/64 x 1,024 eager vs torch.compile (profile at 16 and 64), encoder
+#           32 x 512 and 32 x 256 (a typical bucketed width) eager vs compiled; ~6 min on 1x H200
+#   imdb    the IMDb recipe (configs/sentiment-gpu.yaml: length-bucketed) fine-tune + 25k test evaluation,
+#           extra overrides in $EXTRA (e.g. EXTRA=train.compile=true); ~5 min
+#   resume  issue 12 on GPU bf16: a 60-step IMDb run with a checkpoint every 20 steps, once uninterrupted and
+#           once with its training worker SIGKILLed after step 45 (Ray Train restarts it from step 40); per-step
+#           losses compared; ~3 min
+# Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
-out=${1:?usage: gpu_mfu.sh OUT_DIR bench|imdb}; part=${2:-bench}
+out=${1:?usage: gpu_mfu.sh OUT_DIR bench|imdb|resume}; part=${2:-bench}
 mkdir -p "$out"
+quiet() { grep -v -i -E "warn|^\s*$"; }
 if [ "$part" = bench ]; then
-  python3 bench/mfu.py --model encoder --batch 32 --seq 512 --attention local sdpa --profile 2>&1 | grep -v -i warn | tee "$out/mfu-encoder.txt"
-  python3 bench/mfu.py --model decoder --batch 16 --seq 1024 --attention local sdpa --profile 2>&1 | grep -v -i warn | tee "$out/mfu-decoder.txt"
-  for batch in 32 64; do
-    python3 bench/mfu.py --model decoder --batch $batch --seq 1024 --attention sdpa 2>&1 | grep -v -i warn | tail -1 | tee -a "$out/mfu-decoder-batch.txt"
-  done
-  python3 bench/train_step.py --model encoder --batch 32 --seq 512 2>&1 | grep -v -i warn | tail -5 | tee "$out/ray-overhead.txt"
-else
+  python3 bench/mfu.py --model decoder --batch 16 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-16.txt"
+  python3 bench/mfu.py --model decoder --batch 32 --seq 1024 --attention sdpa --compile off on 2>&1 | quiet | tee "$out/mfu-decoder-32.txt"
+  python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
+  python3 bench/mfu.py --model encoder --batch 32 --seq 512 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-encoder.txt"
+  python3 bench/mfu.py --model encoder --batch 32 --seq 256 --attention sdpa --compile off on 2>&1 | quiet | tee -a "$out/mfu-encoder.txt"
+elif [ "$part" = imdb ]; then
   runs=/tmp/runs
-  ( time python3 jobs/finetune.py --config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false ) > "$out/imdb-finetune.log" 2>&1
+  ( time python3 jobs/finetune.py --config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false $EXTRA ) > "$out/imdb-finetune.log" 2>&1
   grep -E "raytron|Error|real" "$out/imdb-finetune.log" | tail -14
-  ( time python3 jobs/evaluate.py --config configs/sentiment-gpu.yaml run.output_dir=$runs ) > "$out/imdb-evaluate.log" 2>&1
+  ( time python3 jobs/evaluate.py --config configs/sentiment-gpu.yaml run.output_dir=$runs $EXTRA ) > "$out/imdb-evaluate.log" 2>&1
   grep -E "raytron|Error|real" "$out/imdb-evaluate.log" | tail -4
-  cp $runs/sentiment-gpu/eval/metrics.json "$out/imdb-metrics.json" 2>/dev/null
-  cp $runs/sentiment-gpu/metrics.jsonl "$out/imdb-train-metrics.jsonl" 2>/dev/null
+  cp $runs/sentiment-gpu/eval/metrics.json "$out/imdb-metrics.json"
+  cp $runs/sentiment-gpu/metrics.jsonl "$out/imdb-train-metrics.jsonl"
+elif [ "$part" = resume ]; then
+  runs=/tmp/runs-resume
+  common="--config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false train.max_steps=60 train.epochs=1
+          train.checkpoint_every=20 train.log_every=1 data.train_rows=4000 data.val_rows=500 data.test_rows=100 $EXTRA"
+  python3 jobs/finetune.py $common run.name=whole > "$out/resume-whole.log" 2>&1
+  python3 jobs/finetune.py $common run.name=killed > "$out/resume-killed.log" 2>&1 &
+  job=$!
+  until [ "$(grep -c train/loss $runs/killed/metrics.jsonl 2>/dev/null)" -ge 45 ] || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
+  worker=$(pgrep -f "^ray::RayTrainWorker" | head -1)  # this job's one training worker
+  echo "killing training worker $worker after step $(grep -c train/loss $runs/killed/metrics.jsonl)"; kill -9 "$worker"
+  wait $job
+  python3 - "$runs" <<'PY' | tee "$out/resume-compare.txt"
+import json, sys
+losses = {run: {m["step"]: m["train/loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}/metrics.jsonl"))
+                if "train/loss" in m} for run in ("whole", "killed")}
+print("steps logged:", {run: len(steps) for run, steps in losses.items()})
+for first, last in ((1, 40), (41, 60)):
+    diffs = [abs(losses["whole"][s] - losses["killed"][s]) for s in range(first, last + 1)]
+    print(f"steps {first}-{last}: max |loss difference| {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e}")
+PY
+  grep -E "resumed|restart|Error" "$out/resume-killed.log" | tail -5
 fi

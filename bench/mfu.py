@@ -1,13 +1,14 @@
 """Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
 
-    python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--batch 32] [--seq 512] [--steps 30]
+    python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--batch 32] [--seq 512]
 
 Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
 `raytron.train.flops` on real tokens (here every token is real); MFU against the GPU's bf16 peak.
 The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` summary tokens.
-Prints one row per attention and, with --profile, the five CUDA kernels and the twelve host-side ops that
-took the most time.
+`--compile on` compiles the transformer blocks first (`train.compile`, raytron.train.compile; the compile
+happens in the warm-up steps). Prints one row per attention and compile setting and, with --profile, the five
+CUDA kernels and the twelve host-side ops that took the most time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def run_steps(args: dict) -> dict:
     from raytron.config import load_config
     from raytron.models.pretrained import pin_pretrained
     from raytron.runtime import init_megatron
+    from raytron.train.compile import compile_layers
     from raytron.train.flops import peak_flops_per_device
     from raytron.train.optim import wrap_for_training
     from raytron.train.step import train_step
@@ -47,11 +49,15 @@ def run_steps(args: dict) -> dict:
     recipe = Path(__file__).resolve().parents[1] / TASKS[args["model"]]
     cfg = pin_pretrained(load_config(recipe, [f"train.micro_batch_size={args['batch']}",
                                               f"train.global_batch_size={args['batch']}",
-                                              f"model.attention={args['attention']}", "resources.num_workers=1"]))
+                                              f"model.attention={args['attention']}", "resources.num_workers=1",
+                                              f"train.compile={args.get('compile') == 'on'}"]))
     device = init_megatron()
     bf16 = device.type == "cuda"
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
+    if cfg.train.compile:
+        torch._dynamo.reset()  # a fresh compile per row, not a recompile of the previous row's model
+        compile_layers(model, device)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=args["steps"])
     batch = synthetic_batch(args["model"], args["batch"], args["seq"], args["supervised"], device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -88,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(TASKS), default="encoder")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"])
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
@@ -96,12 +103,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = vars(parser.parse_args())
     print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
-    print(f"{'attention':<10}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
-    for attention in args["attention"]:
-        row = run_steps({**args, "attention": attention})
+    print(f"{'attention':<14}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
+    for attention, compiled in [(a, c) for a in args["attention"] for c in args["compile"]]:
+        row = run_steps({**args, "attention": attention, "compile": compiled})
+        name = attention + ("+compile" if compiled == "on" else "")
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-        print(f"{attention:<10}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
+        print(f"{name:<14}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
               f"{row['tflops']:>9.1f}{mfu:>8}{memory:>9}  ({row['device']})", flush=True)
         if "top_kernels" in row:
             print(row["top_kernels"])
