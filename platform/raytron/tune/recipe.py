@@ -28,17 +28,19 @@ def tuned_path(recipe: str | os.PathLike, tune_section: dict) -> Path:
 
 def write_tuned(path: Path, values: dict, about: dict, sections: tuple[str, ...]) -> Path:
     """Write the tuned file atomically (a temporary file renamed into place): `about` (task, stage, recipe, search,
-    metric, date, commit...), `stages` (each stage's `about`) and `values` (dotted key -> value). This search's stage
-    owns the keys of `sections`; a file already there from another stage of the same recipe (summarization: training,
-    then generation) keeps that stage's values and its entry in `stages`."""
+    metric, date, commit...) and `values` (dotted key -> value). This search's stage owns the keys of `sections`; a
+    file already there from another stage of the same recipe (summarization: training, then generation) keeps that
+    stage's values, and `stages` then holds each stage's `about`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     about = {**about, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     earlier = read_tuned(path, about["task"]) if path.is_file() else {}
     kept = {key: value for key, value in earlier.get("values", {}).items() if key.split(".")[0] not in sections}
-    stages = {stage: summary for stage, summary in (earlier.get("stages") or {}).items() if stage != about["stage"]}
+    summaries = earlier.get("stages") or ({earlier.get("stage"): {k: v for k, v in earlier.items() if k != "values"}}
+                                          if earlier else {})
+    stages = {stage: summary for stage, summary in summaries.items() if stage != about["stage"]} if kept else {}
     if kept:
-        log.info("%s: keeping the %s stage's values %s beside this search's", path, earlier.get("stage"), kept)
-    body = {**about, "stages": {**stages, about["stage"]: about}, "values": {**kept, **values}}
+        log.info("%s: keeping the %s stage's values %s beside this search's", path, ", ".join(stages), kept)
+    body = {**about, **({"stages": {**stages, about["stage"]: about}} if stages else {}), "values": {**kept, **values}}
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
         out.write(HEADER + yaml.safe_dump(body, sort_keys=False))
     os.replace(out.name, path)
