@@ -60,7 +60,7 @@ def test_missing_data_dir_is_named(tmp_path):
 
     with pytest.raises(RaytronError, match=f"data.data_dir={tmp_path}/nope is not a folder"):
         data_root(str(tmp_path / "nope"))
-    assert data_root(str(tmp_path)) == tmp_path.resolve()
+    assert data_root(str(tmp_path)) == str(tmp_path.resolve())
 
 
 def test_missing_config_file():

@@ -52,7 +52,8 @@ class DataConfig(Strict):
     dataset: Literal["imdb"] = "imdb"
     """Corpus name, resolved under the data root (see `raytron.data.sources`)."""
     data_dir: str | None = None
-    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    """Data root, a path or a URI (file://, s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http, gs://);
+    default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
     max_length: int = Field(256, ge=16, le=512)
     """Tokens per review, [CLS] and [SEP] included."""
     head_tokens: int = Field(64, ge=0)
@@ -67,6 +68,10 @@ class DataConfig(Strict):
     """Seed of the row samples."""
     preprocess_actors: int = Field(2, ge=1)
     """Most Ray Data actors tokenizing and scoring reviews at once."""
+    materialize_max_mb: float | None = Field(None, ge=0)
+    """Encoded splits up to this size are materialized once in Ray's object store for training; larger ones are
+    streamed by each worker from the tokenized-split cache (`raytron.data.cache`). Unset: a quarter of the
+    cluster's object store."""
     prepared_dir: str | None = None
     """Parquet shards written by jobs/preprocess.py; when set, jobs read them instead of preprocessing."""
 
@@ -310,7 +315,8 @@ class SummaryDataConfig(Strict):
     dataset: Literal["cnn_dailymail"] = "cnn_dailymail"
     """Corpus name, resolved under the data root (see `raytron.data.sources`)."""
     data_dir: str | None = None
-    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    """Data root, a path or a URI (file://, s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http, gs://);
+    default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
     max_length: int = Field(1024, ge=64, le=8192)
     """Tokens per row (chat prompt + article + summary + EOS); the article is cut to fit."""
     max_summary_tokens: int = Field(128, ge=8)
@@ -323,6 +329,10 @@ class SummaryDataConfig(Strict):
     """Score only the first this many test rows; all when unset. Test is never used for training or selection."""
     preprocess_actors: int = Field(2, ge=1)
     """Most Ray Data actors tokenizing at once."""
+    materialize_max_mb: float | None = Field(None, ge=0)
+    """Encoded splits up to this size are materialized once in Ray's object store for training; larger ones are
+    streamed by each worker from the tokenized-split cache (`raytron.data.cache`). Unset: a quarter of the
+    cluster's object store."""
 
 
 class DecoderConfig(Strict):
@@ -381,7 +391,8 @@ class TopicDataConfig(Strict):
     dataset: Literal["20newsgroups", "reuters21578", "newsapi"] = "20newsgroups"
     """Corpus under the data root; reuters21578 and newsapi carry dates (topics over time)."""
     data_dir: str | None = None
-    """Data root; default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
+    """Data root, a path or a URI (file://, s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http, gs://);
+    default: $RAYTRON_DATA_DIR, else ../shared/data, else the Hugging Face Hub."""
     max_length: int = Field(128, ge=16, le=512)
     """Tokens per document for the encoder (fine-tuning and embedding)."""
     rows: int | None = Field(None, ge=1)
@@ -392,6 +403,10 @@ class TopicDataConfig(Strict):
     """Seed of the sample and the validation hold-out."""
     preprocess_actors: int = Field(2, ge=1)
     """Most Ray Data actors tokenizing document pairs at once (the corpus is cut into 4 blocks per actor)."""
+    materialize_max_mb: float | None = Field(None, ge=0)
+    """Encoded splits up to this size are materialized once in Ray's object store for training; larger ones are
+    streamed by each worker from the tokenized-split cache (`raytron.data.cache`). Unset: a quarter of the
+    cluster's object store."""
 
 
 class TopicEncoderConfig(Strict):

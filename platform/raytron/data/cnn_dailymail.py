@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray.data
+from ray.data.expressions import col
 
 from raytron.config import SummaryDataConfig
 from raytron.data import splits
-from raytron.data.sources import local_file, read_hub
+from raytron.data.cache import cached_splits
+from raytron.data.sources import read_corpus, read_hub, source_identity
 
 SPLIT_SHARES = (("train", 0.75), ("val", 0.125), ("test", 0.125))
 PROMPT = "Summarize this news article in three sentences.\n\n{article}"
@@ -39,20 +41,26 @@ def summary_text(highlights: str) -> str:
     return "\n".join(re.sub(r"\s+\.$", ".", line.strip()) for line in highlights.splitlines() if line.strip())
 
 
+def _clean_batch(batch: pd.DataFrame) -> pd.DataFrame:
+    ids = batch["id"].astype(str)
+    return pd.DataFrame({"id": ids, "article": batch["article"].map(clean_article),
+                         "summary": batch["highlights"].map(summary_text), "split": ids.map(split_of)})
+
+
 def read_splits(data_dir: str | None, limits: dict[str, int | None] | None = None) -> dict[str, ray.data.Dataset]:
-    """Cleaned rows (id, article, summary) per fixed split, from the data root or the Hub; `limits`
-    keeps the first n rows of a split (in file order)."""
+    """Cleaned rows (id, article, summary) per fixed split, read by Ray Data from the data root (else the Hub);
+    `limits` keeps the first n rows of a split (in file order)."""
     limits = limits or {}
-    path = local_file("cnn_dailymail", data_dir)
-    frame = pd.read_json(path, lines=True) if path else read_hub("cnn_dailymail", data_dir)["validation"].to_pandas()
-    frame = pd.DataFrame({
-        "id": frame["id"].astype(str),
-        "article": frame["article"].map(clean_article),
-        "summary": frame["highlights"].map(summary_text),
-    })
-    frame["split"] = frame["id"].map(split_of)
-    return {split: ray.data.from_pandas(frame[frame["split"] == split].drop(columns="split").head(limits.get(split)))
-            for split, _ in SPLIT_SHARES}
+    rows = read_corpus("cnn_dailymail", data_dir)
+    if rows is None:
+        rows = read_hub("cnn_dailymail", data_dir)["validation"]
+        rows.context.execution_options.preserve_order = True
+    cleaned = rows.map_batches(_clean_batch, batch_format="pandas")
+    splits = {}
+    for split, _ in SPLIT_SHARES:
+        ds = cleaned.filter(expr=col("split") == split).drop_columns(["split"])
+        splits[split] = ds.limit(limits[split]) if limits.get(split) else ds
+    return splits
 
 
 def prompt_ids(tokenizer, article_ids: list[int], budget: int) -> list[int]:
@@ -95,11 +103,13 @@ class SummaryEncoder:
                 "summary": batch["summary"].to_numpy(dtype=object)}
 
 
-def load_splits(cfg: SummaryDataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
-    """Encoded splits (materialized: 800 rows) and their row counts."""
-    raw = read_splits(cfg.data_dir, {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows})
-    encoded = {
-        split: ds.map_batches(
+def load_splits(cfg: SummaryDataConfig, tokenizer_dir: str | Path, wanted: tuple[str, ...] = ("train", "val"),
+                ) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """The `wanted` encoded splits and their row counts, from the tokenized-split cache (encoded on a miss)."""
+
+    def encode(missing: tuple[str, ...]) -> dict[str, ray.data.Dataset]:
+        raw = read_splits(cfg.data_dir, {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows})
+        return {split: raw[split].map_batches(
             SummaryEncoder,
             fn_constructor_kwargs=dict(tokenizer_dir=str(tokenizer_dir), max_length=cfg.max_length,
                                        max_summary_tokens=cfg.max_summary_tokens),
@@ -107,7 +117,6 @@ def load_splits(cfg: SummaryDataConfig, tokenizer_dir: str | Path) -> tuple[dict
             batch_size=64,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.preprocess_actors),
             num_cpus=0.5,
-        ).materialize()
-        for split, ds in raw.items()
-    }
-    return encoded, {split: ds.count() for split, ds in encoded.items()}
+        ) for split in missing}
+
+    return cached_splits(cfg, wanted, tokenizer_dir, source_identity(cfg.dataset, cfg.data_dir), __file__, encode)

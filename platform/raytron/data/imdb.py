@@ -19,7 +19,8 @@ from ray.data.expressions import col
 
 from raytron.atomic import replace_dir
 from raytron.config import DataConfig
-from raytron.data.sources import local_file, read_hub
+from raytron.data.cache import cached_splits, open_split, read_manifest, write_split
+from raytron.data.sources import read_corpus, read_hub, source_identity
 from raytron.data.splits import split_of
 from raytron.errors import RaytronError
 
@@ -49,17 +50,17 @@ def _hub_carve(batch: pd.DataFrame) -> pd.DataFrame:
     return batch
 
 
-def read_raw_splits(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
-    """Raw rows (id, text, label 0/1) per split, sampled to the configured sizes."""
-    path = local_file(cfg.dataset, cfg.data_dir)
-    if path is not None:
-        rows = ray.data.read_json(str(path)).materialize()  # read the file once for all three splits
-        splits = {s: rows.filter(expr=col("split") == s) for s in SPLITS}
+def read_raw_splits(cfg: DataConfig, wanted: tuple[str, ...] = SPLITS) -> dict[str, ray.data.Dataset]:
+    """Raw rows (id, text, label 0/1) of the `wanted` splits, sampled to the configured sizes."""
+    rows = read_corpus(cfg.dataset, cfg.data_dir)
+    if rows is not None:
+        rows = rows.materialize()  # read the file once for all three splits
+        splits = {s: rows.filter(expr=col("split") == s) for s in wanted}
     else:
         hub = read_hub(cfg.dataset, cfg.data_dir)
         carved = hub["train"].map_batches(_hub_carve, batch_format="pandas")
         splits = {split: carved.filter(expr=col("split") == split).drop_columns(["split"]) for split, _ in HUB_CARVE}
-        splits["test"] = hub["test"]
+        splits = {split: ds for split, ds in {**splits, "test": hub["test"]}.items() if split in wanted}
     limits = {"train": cfg.train_rows, "val": cfg.val_rows, "test": cfg.test_rows}
     out = {}
     for split, ds in splits.items():
@@ -119,7 +120,7 @@ class ReviewEncoder:
 
 
 def encode_splits(raw: dict[str, ray.data.Dataset], cfg: DataConfig, tokenizer_dir: str | Path) -> dict[str, ray.data.Dataset]:
-    """Tokenized, featurized splits (lazy Ray Datasets, streamed into training or written out)."""
+    """Tokenized, featurized splits (lazy Ray Datasets, written to parquet by the cache or jobs/preprocess.py)."""
     return {
         split: ds.map_batches(
             ReviewEncoder,
@@ -137,22 +138,22 @@ def encode_splits(raw: dict[str, ray.data.Dataset], cfg: DataConfig, tokenizer_d
 
 PREPARED_MANIFEST = "prepared.json"
 _ENCODING_KEYS = ("max_length", "head_tokens")
+TRAINING_SPLITS = ("train", "val")
 
 
 def write_prepared(encoded: dict[str, ray.data.Dataset], cfg: DataConfig, out_dir: Path) -> Path:
-    """Write each split as parquet shards, then a manifest; a folder without it is incomplete."""
+    """Write each split as parquet shards (`raytron.data.cache.write_split`), then a manifest; a folder without
+    it is incomplete."""
     with replace_dir(out_dir) as staging:
-        counts = {}
-        for split, ds in encoded.items():
-            ds.write_parquet(str(staging / split))
-            counts[split] = ray.data.read_parquet(str(staging / split)).count()
+        counts = {split: write_split(ds, staging / split)["rows"] for split, ds in encoded.items()}
         manifest = {**{key: getattr(cfg, key) for key in _ENCODING_KEYS}, "dataset": cfg.dataset, "rows": counts}
         (staging / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return Path(out_dir)
 
 
-def read_prepared(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
-    """The parquet splits under `cfg.prepared_dir`, checked against this config's encoding."""
+def read_prepared(cfg: DataConfig, wanted: tuple[str, ...] = SPLITS) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """The `wanted` parquet splits under `cfg.prepared_dir` that it holds, checked against this config's encoding,
+    and their row counts."""
     root = Path(cfg.prepared_dir)
     manifest_path = root / PREPARED_MANIFEST
     if not manifest_path.is_file():
@@ -163,14 +164,16 @@ def read_prepared(cfg: DataConfig) -> dict[str, ray.data.Dataset]:
         if manifest[key] != getattr(cfg, key):
             raise RaytronError(f"{root} was prepared with {key}={manifest[key]}, but data.{key}="
                                f"{getattr(cfg, key)}: rerun jobs/preprocess.py or match the config")
-    return {split: ray.data.read_parquet(str(root / split)) for split in manifest["rows"]}
+    splits = [split for split in wanted if split in manifest["rows"]]
+    return ({split: open_split(root / split, read_manifest(root / split), cfg.materialize_max_mb, f"{root} {split}")
+             for split in splits}, {split: manifest["rows"][split] for split in splits})
 
 
-def load_splits(cfg: DataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
-    """Encoded splits (from prepared parquet when configured, else streamed from the corpus) and
-    their row counts, taken before encoding so that counting does not run the pipeline."""
+def load_splits(cfg: DataConfig, tokenizer_dir: str | Path,
+                wanted: tuple[str, ...] = TRAINING_SPLITS) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """The `wanted` encoded splits and their row counts: from `data.prepared_dir` when set, else from the
+    tokenized-split cache (`raytron.data.cache`), encoded from the corpus on a miss."""
     if cfg.prepared_dir:
-        splits = read_prepared(cfg)
-        return splits, json.loads((Path(cfg.prepared_dir) / PREPARED_MANIFEST).read_text())["rows"]
-    raw = read_raw_splits(cfg)
-    return encode_splits(raw, cfg, tokenizer_dir), {split: ds.count() for split, ds in raw.items()}
+        return read_prepared(cfg, wanted)
+    return cached_splits(cfg, wanted, tokenizer_dir, source_identity(cfg.dataset, cfg.data_dir), __file__,
+                         lambda missing: encode_splits(read_raw_splits(cfg, missing), cfg, tokenizer_dir))

@@ -23,8 +23,9 @@ from sklearn.datasets._twenty_newsgroups import (
 )
 
 from raytron.config import TopicDataConfig
+from raytron.data.cache import cached_splits
 from raytron.data.newsapi import articles_path, read_articles
-from raytron.data.sources import local_file, read_hub
+from raytron.data.sources import read_corpus, read_hub, source_identity
 from raytron.errors import RaytronError
 
 log = logging.getLogger("raytron.data")
@@ -57,26 +58,35 @@ def _clean_batch(batch: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def read_raw(dataset: str, data_dir: str | None) -> pd.DataFrame:
-    if dataset == "newsapi":  # where jobs/collect_news.py writes them (articles_path decides for both)
-        path = articles_path(data_dir)
-        if not path.is_file():
-            raise RaytronError(f"no NewsAPI articles at {path}: collect some with jobs/collect_news.py (it writes "
-                               "there), or set data.data_dir (or $RAYTRON_DATA_DIR) to the data root that holds "
-                               "newsapi/articles.jsonl")
-        articles = read_articles(path)
-        if not articles:
-            raise RaytronError(f"{path} holds no articles: collect some with jobs/collect_news.py")
-        return pd.DataFrame(articles)
-    path = local_file(dataset, data_dir)
-    if path is not None:
-        return pd.read_json(path, lines=True)
-    return pd.concat([ds.to_pandas() for ds in read_hub(dataset, data_dir).values()], ignore_index=True)
+    """The corpus's raw rows in memory (collected NewsAPI articles are read without Ray: torn lines are skipped)."""
+    if dataset != "newsapi":
+        return read_rows(dataset, data_dir).to_pandas()
+    path = articles_path(data_dir)  # where jobs/collect_news.py writes them (articles_path decides for both)
+    if not path.is_file():
+        raise RaytronError(f"no NewsAPI articles at {path}: collect some with jobs/collect_news.py (it writes "
+                           "there), or set data.data_dir (or $RAYTRON_DATA_DIR) to the data root that holds "
+                           "newsapi/articles.jsonl")
+    articles = read_articles(path)
+    if not articles:
+        raise RaytronError(f"{path} holds no articles: collect some with jobs/collect_news.py")
+    return pd.DataFrame(articles)
+
+
+def read_rows(dataset: str, data_dir: str | None) -> ray.data.Dataset:
+    """The corpus's raw rows as a Ray Dataset: the data root's file through Ray Data's JSON reader, else the
+    Hub's splits (NewsAPI articles through `read_raw`)."""
+    if dataset == "newsapi":
+        return ray.data.from_pandas(read_raw(dataset, data_dir))
+    rows = read_corpus(dataset, data_dir)
+    if rows is not None:
+        return rows
+    first, *rest = read_hub(dataset, data_dir).values()
+    return first.union(*rest) if rest else first
 
 
 def load_documents(cfg: TopicDataConfig) -> pd.DataFrame:
     """Cleaned, deduplicated documents: columns id, text, label (evaluation only), date (NaT if undated)."""
-    raw = read_raw(cfg.dataset, cfg.data_dir)
-    cleaned = ray.data.from_pandas(raw).map_batches(
+    cleaned = read_rows(cfg.dataset, cfg.data_dir).map_batches(
         _clean_batch, fn_kwargs={"dataset": cfg.dataset}, batch_format="pandas", batch_size=1024
     ).to_pandas()
     cleaned["date"] = pd.to_datetime(cleaned["date"])  # an all-NaT column comes back from Arrow as objects
@@ -130,16 +140,24 @@ def blocks(frame: pd.DataFrame, count: int) -> list[pd.DataFrame]:
     return [frame.iloc[rows] for rows in np.array_split(np.arange(len(frame)), min(count, max(1, len(frame))))]
 
 
-def load_splits(cfg: TopicDataConfig, tokenizer_dir: str | Path) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
-    """Documents for the unsupervised encoder fine-tune: a seeded train/val hold-out, tokenized (no labels)."""
-    docs = load_documents(cfg).sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
-    val_rows = max(1, int(len(docs) * cfg.val_share))
-    parts = {"train": docs.iloc[val_rows:], "val": docs.iloc[:val_rows]}
-    splits = {
-        split: ray.data.from_pandas(blocks(frame[["text"]], 4 * cfg.preprocess_actors)).map_batches(
+def load_splits(cfg: TopicDataConfig, tokenizer_dir: str | Path, wanted: tuple[str, ...] = ("train", "val"),
+                ) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """Documents for the unsupervised encoder fine-tune: a seeded train/val hold-out, tokenized (no labels),
+    from the tokenized-split cache (encoded on a miss)."""
+
+    def encode(missing: tuple[str, ...]) -> dict[str, ray.data.Dataset]:
+        docs = load_documents(cfg).sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
+        val_rows = max(1, int(len(docs) * cfg.val_share))
+        parts = {"train": docs.iloc[val_rows:], "val": docs.iloc[:val_rows]}
+        return {split: ray.data.from_pandas(blocks(parts[split][["text"]], 4 * cfg.preprocess_actors)).map_batches(
             SpanPairEncoder, fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "max_length": cfg.max_length},
             batch_format="pandas", batch_size=256,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.preprocess_actors), num_cpus=0.5)
-        for split, frame in parts.items()
-    }
-    return splits, {split: len(frame) for split, frame in parts.items()}
+            for split in missing}
+
+    if cfg.dataset == "newsapi":  # collected news grows: keyed on the articles file as it is now (if any: the
+        path = articles_path(cfg.data_dir)  # encoding of a missing one fails with read_raw's message)
+        source = f"{path} {path.stat().st_size} {path.stat().st_mtime_ns}" if path.is_file() else str(path)
+    else:
+        source = source_identity(cfg.dataset, cfg.data_dir)
+    return cached_splits(cfg, wanted, tokenizer_dir, source, __file__, encode)

@@ -27,6 +27,7 @@ import requests
 
 from raytron.data.sources import SOURCES, data_root
 from raytron.errors import RaytronError
+from raytron.storage import is_uri, shown
 
 log = logging.getLogger("raytron.newsapi")
 DEFAULT_BASE_URL = "https://newsapi.org"
@@ -38,7 +39,11 @@ def articles_path(data_dir: str | None = None) -> Path:
     """Where collected news lives: `<data root>/newsapi/articles.jsonl`, the data root being
     `data_dir` (data.data_dir; it must exist), else $RAYTRON_DATA_DIR, else ../shared/data
     (`sources.data_root`), else `FALLBACK_ROOT` (./data). Absolute, so that messages name it."""
-    return ((data_root(data_dir) or FALLBACK_ROOT).resolve() / SOURCES["newsapi"].local).absolute()
+    root = data_root(data_dir)
+    if root and is_uri(root):
+        raise RaytronError(f"the data root {shown(root)} is a URI, but collected NewsAPI articles live in a local "
+                           "folder: set data.data_dir (or $RAYTRON_DATA_DIR) to a local path for the newsapi corpus")
+    return (Path(root or FALLBACK_ROOT).resolve() / SOURCES["newsapi"].local).absolute()
 
 
 @dataclass(frozen=True)

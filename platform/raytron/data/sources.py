@@ -1,4 +1,4 @@
-"""Where corpora come from: a file under the data root, else the Hugging Face Hub."""
+"""Where corpora come from: a file under the data root (a path or a URI), else the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.data
 
 from raytron.errors import RaytronError
+from raytron.storage import filesystem, is_uri, join, reaching, shown
 
 if TYPE_CHECKING:
     import datasets
@@ -40,31 +42,81 @@ SOURCES = {
 }
 
 
-def data_root(configured: str | None) -> Path | None:
-    """The configured root (which must exist), else $RAYTRON_DATA_DIR, else the first default that exists."""
-    if configured and not Path(configured).expanduser().is_dir():
-        raise RaytronError(f"data.data_dir={configured} is not a folder; give the folder that holds the corpora "
-                           "(e.g. ../shared/data) or leave data.data_dir unset to use $RAYTRON_DATA_DIR")
-    for candidate in (configured, os.environ.get("RAYTRON_DATA_DIR"), *DEFAULT_DATA_DIRS):
-        if candidate and Path(candidate).expanduser().is_dir():
-            return Path(candidate).expanduser().resolve()
+def _folder_exists(location: str, what: str) -> bool:
+    fs, base = filesystem(location, what)
+    with reaching(location, what):
+        return fs.get_file_info(base).type == pafs.FileType.Directory
+
+
+def _pinned(location: str) -> str:
+    return location if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def data_root(configured: str | None) -> str | None:
+    """The data root as an absolute path or a URI (file://, s3://...?endpoint_override=..., gs://, read through
+    pyarrow.fs as `raytron.storage` does): the configured one, which must exist (never silently another), else
+    $RAYTRON_DATA_DIR, else the first default that exists; None when there is none (the Hub is used)."""
+    if configured:
+        if not _folder_exists(configured, "data.data_dir"):
+            raise RaytronError(f"data.data_dir={shown(configured)} is not a folder; give the folder (or URI) that "
+                               "holds the corpora (e.g. ../shared/data or s3://bucket/data?endpoint_override=HOST:PORT"
+                               "&scheme=http) or leave data.data_dir unset to use $RAYTRON_DATA_DIR")
+        return _pinned(configured)
+    for candidate in (os.environ.get("RAYTRON_DATA_DIR"), *DEFAULT_DATA_DIRS):
+        if candidate and _folder_exists(candidate, "$RAYTRON_DATA_DIR"):
+            return _pinned(candidate)
     return None
 
 
-def local_file(name: str, configured_root: str | None) -> Path | None:
-    """The corpus file under the data root, or None when it is not there."""
+def corpus_location(name: str, configured_root: str | None) -> str | None:
+    """The corpus file under the data root (a path or a URI), or None when it is not there."""
     if name not in SOURCES:
         raise RaytronError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
     root = data_root(configured_root)
-    path = root / SOURCES[name].local if root else None
-    return path if path and path.is_file() else None
+    if root is None:
+        return None
+    location = join(root, *SOURCES[name].local.split("/"))
+    fs, path = filesystem(location, f"dataset {name}")
+    with reaching(location, f"dataset {name}"):
+        return location if fs.get_file_info(path).type == pafs.FileType.File else None
+
+
+def local_file(name: str, configured_root: str | None) -> Path | None:
+    """The corpus file when the data root is a local folder, else None."""
+    location = corpus_location(name, configured_root)
+    return Path(location) if location and not is_uri(location) else None
+
+
+def source_identity(name: str, configured_root: str | None) -> str:
+    """What a corpus's cached encodings are keyed on: its file's location, size and modification time, or the
+    Hub dataset it is read from."""
+    location = corpus_location(name, configured_root)
+    if location is None:
+        return f"hub:{hub_location(name, configured_root)}"
+    fs, path = filesystem(location, f"dataset {name}")
+    with reaching(location, f"dataset {name}"):
+        info = fs.get_file_info(path)
+    return f"{shown(location)} {info.size} {info.mtime_ns}"
+
+
+def read_corpus(name: str, configured_root: str | None) -> ray.data.Dataset | None:
+    """The corpus file under the data root read by Ray Data's JSON reader (parallel read tasks, rows in file
+    order), or None when the data root does not hold it."""
+    location = corpus_location(name, configured_root)
+    if location is None:
+        return None
+    fs, path = filesystem(location, f"dataset {name}")
+    log.info("dataset %r: reading %s with Ray Data", name, shown(location))
+    ds = ray.data.read_json(path, filesystem=fs)
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def hub_location(name: str, configured_root: str | None) -> str:
     """Where `datasets.load_dataset` reads the corpus: a copy in the Hub's layout under the data root
     (`<root>/<hub id>/`, e.g. from `hf download <hub id> --repo-type dataset --local-dir ...`), else the Hub id."""
     root = data_root(configured_root)
-    snapshot = root / SOURCES[name].hub if root else None
+    snapshot = Path(root, SOURCES[name].hub) if root and not is_uri(root) else None
     return str(snapshot) if snapshot and snapshot.is_dir() else SOURCES[name].hub
 
 
@@ -77,7 +129,8 @@ def read_hub(name: str, configured_root: str | None) -> dict[str, ray.data.Datas
     """The corpus's Hub splits as Ray Datasets, rows numbered across all splits (ids unique in the corpus);
     offline, a clear error that says what to set."""
     hub = hub_location(name, configured_root)
-    where = f"{data_root(configured_root) or '(no data root found)'}/{SOURCES[name].local}"
+    root = data_root(configured_root)
+    where = join(root, *SOURCES[name].local.split("/")) if root else f"(no data root found)/{SOURCES[name].local}"
     try:
         import datasets
 

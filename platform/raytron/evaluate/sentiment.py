@@ -29,7 +29,7 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
     gpu = use_gpu(cfg)
     # Tokenize exactly as the model was trained, whatever this config says.
     data_cfg = cfg.data.model_copy(update={"max_length": meta["max_length"], "head_tokens": meta["head_tokens"]})
-    test = load_splits(data_cfg, model_dir / "encoder")[0]["test"]
+    test = load_splits(data_cfg, model_dir / "encoder", ("test",))[0]["test"]
     log.info("scoring the test split with %s (GPU=%s)", model_dir, gpu)
     scored = test.map_batches(
         SentimentPredictor,

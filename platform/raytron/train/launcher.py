@@ -27,6 +27,8 @@ from raytron.train.tasks import load_task_splits, make_task
 
 log = logging.getLogger("raytron.launcher")
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+ORDERED_INGEST = ray.train.DataConfig.default_ingest_options()
+ORDERED_INGEST.preserve_order = True  # every rank and every rerun sees a split's rows in one order (the sampler's index)
 
 
 def checkpoints(fs: pafs.FileSystem, path: str) -> list[str]:
@@ -65,17 +67,14 @@ def resume_point(cfg: JobConfig, fs: pafs.FileSystem, path: str, num_train_rows:
 
 
 def prepare_datasets(cfg: JobConfig) -> tuple[dict[str, ray.data.Dataset], int]:
-    """The task's train and val splits, encoded and materialized once, and the number of training rows."""
+    """The task's train and val splits, encoded once (or read from the tokenized-split cache), and the number of
+    training rows."""
     splits, rows = load_task_splits(cfg)
     columns = list(make_task(cfg).columns)
-    # Encoded once, before the workers start (Ray Train's advice for data that fits the object store:
-    # our largest, 25k IMDb reviews x 512 tokens, is ~200 MB); every worker reads all of it and takes
-    # its slices of each seeded global batch (raytron.train.sampler), so nothing is split here.
-    datasets = {
-        "train": splits["train"].select_columns(columns).materialize(),
-        "val": splits["val"].select_columns(columns).materialize(),
-    }
-    return datasets, rows["train"]
+    # The data layer materialized each split in the object store, or left it to stream from its parquet cache
+    # when large (raytron.data.cache, logged); either way every worker reads all of it, in one order (ORDERED_INGEST),
+    # and takes its slices of each seeded global batch (raytron.train.sampler), so nothing is split here.
+    return {split: splits[split].select_columns(columns) for split in ("train", "val")}, rows["train"]
 
 
 def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] | None = None,
@@ -119,7 +118,7 @@ def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] |
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ORDERED_INGEST),
     )
     try:
         result = trainer.fit()
