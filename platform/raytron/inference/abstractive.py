@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from raytron.data.cnn_dailymail import clean_article, prompt_ids
-from raytron.inference.generate import GenerationConfig, generate
+from raytron.inference.generate import GenerationConfig, Stopped, generate
 from raytron.models.llama.model import decoder_from_hf
 from raytron.runtime import init_megatron
 
@@ -29,7 +30,10 @@ class AbstractiveSummarizer:
         self.max_length = max_length
         self.batch_size = batch_size
 
-    def summarize(self, articles: list[str], generation: GenerationConfig | None = None) -> list[str]:
+    def summarize(self, articles: list[str], generation: GenerationConfig | None = None,
+                  abandoned: Callable[[int], bool] | None = None) -> list[str | None]:
+        """One summary per article; with `abandoned` (article index -> nobody waits for it any more), a
+        sub-batch stops generating between steps once all of its articles are abandoned, and theirs are None."""
         generation = generation or self.generation
         budget = self.max_length - generation.max_new_tokens
         prompts = [prompt_ids(self.tokenizer, self.tokenizer(clean_article(a), add_special_tokens=False)["input_ids"],
@@ -38,10 +42,15 @@ class AbstractiveSummarizer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # similar lengths batch together: less padding
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        outputs: list[str] = [""] * len(prompts)
+        outputs: list[str | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             rows = order[start: start + self.batch_size]
-            for row, ids in zip(rows, generate(self.model, [prompts[r] for r in rows], generation, eos, pad), strict=True):
+            stop = None if abandoned is None else (lambda rows=rows: all(abandoned(r) for r in rows))
+            try:
+                continuations = generate(self.model, [prompts[r] for r in rows], generation, eos, pad, stop)
+            except Stopped:
+                continue
+            for row, ids in zip(rows, continuations, strict=True):
                 outputs[row] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return outputs
 

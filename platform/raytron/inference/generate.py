@@ -5,15 +5,27 @@ pad slots. The KV cache is Megatron-Core's own `StaticInferenceContext` (keys/va
 layer, `swap_key_value_dict` reorders beams); `kv_cache=False` recomputes the whole sequence each
 step (the reference the cache is tested against). Beam search follows Hugging Face's
 `generate(num_beams=K, early_stopping=True)`: 2K candidates a step, length penalty on finished
-hypotheses, a prompt ends once K hypotheses have ended.
+hypotheses, a prompt ends once K hypotheses have ended. `stop`, when given, is asked before each step
+(e.g. "is anyone still waiting for this?"); once it says True, `generate` raises `Stopped`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from raytron.config import GenerationConfig
+
+
+class Stopped(Exception):
+    """`generate`'s `stop` said True before the continuations were done; nothing is returned."""
+
+
+def _check(stop: Callable[[], bool] | None, step: int) -> None:
+    if stop is not None and stop():
+        raise Stopped(f"generation stopped at step {step}")
 
 
 class _Decoder:
@@ -69,13 +81,15 @@ def _nucleus(logits: torch.Tensor, config: GenerationConfig, generator: torch.Ge
 
 
 @torch.no_grad()
-def _greedy_or_sample(model, prompts, config: GenerationConfig, eos_id: int, pad_id: int) -> list[list[int]]:
+def _greedy_or_sample(model, prompts, config: GenerationConfig, eos_id: int, pad_id: int, stop) -> list[list[int]]:
     decoder = _Decoder(model, prompts, pad_id, config.max_new_tokens, config.kv_cache)
     generator = torch.Generator().manual_seed(config.seed)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=decoder.tokens.device)
     outputs: list[list[int]] = [[] for _ in prompts]
+    _check(stop, 0)
     logits = decoder.first()
     for step in range(config.max_new_tokens):
+        _check(stop, step)
         next_ids = logits.argmax(-1) if config.strategy == "greedy" else _nucleus(logits, config, generator)
         for row, token in enumerate(next_ids.tolist()):
             if not done[row]:
@@ -90,7 +104,7 @@ def _greedy_or_sample(model, prompts, config: GenerationConfig, eos_id: int, pad
 
 
 @torch.no_grad()
-def _beam_search(model, prompts, config: GenerationConfig, eos_id: int, pad_id: int) -> list[list[int]]:
+def _beam_search(model, prompts, config: GenerationConfig, eos_id: int, pad_id: int, stop) -> list[list[int]]:
     beams = config.num_beams
     decoder = _Decoder(model, [p for p in prompts for _ in range(beams)], pad_id, config.max_new_tokens, config.kv_cache)
     device = decoder.tokens.device
@@ -98,8 +112,10 @@ def _beam_search(model, prompts, config: GenerationConfig, eos_id: int, pad_id: 
     scores[:, 0] = 0.0  # all beams start equal: expand only the first
     history = torch.empty(len(prompts) * beams, 0, dtype=torch.long, device=device)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in prompts]
+    _check(stop, 0)
     logits = decoder.first()
     for step in range(config.max_new_tokens):
+        _check(stop, step)
         vocab = logits.shape[-1]
         candidates = (scores.view(-1, 1) + torch.log_softmax(logits, dim=-1)).view(len(prompts), beams * vocab)
         top_scores, top_index = candidates.topk(2 * beams, dim=-1)
@@ -139,10 +155,11 @@ def _beam_search(model, prompts, config: GenerationConfig, eos_id: int, pad_id: 
     return outputs
 
 
-def generate(model, prompts: list[list[int]], config: GenerationConfig, eos_id: int, pad_id: int) -> list[list[int]]:
-    """Continuations (prompt and EOS excluded) of each prompt, in order."""
+def generate(model, prompts: list[list[int]], config: GenerationConfig, eos_id: int, pad_id: int,
+             stop: Callable[[], bool] | None = None) -> list[list[int]]:
+    """Continuations (prompt and EOS excluded) of each prompt, in order; raises `Stopped` once `stop()` is True."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if config.strategy == "beam":
-        return _beam_search(model, prompts, config, eos_id, pad_id)
-    return _greedy_or_sample(model, prompts, config, eos_id, pad_id)
+        return _beam_search(model, prompts, config, eos_id, pad_id, stop)
+    return _greedy_or_sample(model, prompts, config, eos_id, pad_id, stop)

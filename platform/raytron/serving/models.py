@@ -5,13 +5,15 @@ Batch size and wait come from each deployment's `user_config` (`reconfigure`), s
 file tunes them without code changes; a replica accepts `max_ongoing_requests` at once (the config
 sets it at least to `max_batch_size`: Serve's default of 5 would cap every batch at 5). A request
 cancelled while it waits for a batch (its client went away, or its deadline passed) is left out of
-the batch (Serve's batcher drops cancelled requests before running one).
+the batch (Serve's batcher drops cancelled requests before running one); an abstractive batch already
+generating stops between decoding steps once every request of it is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import numpy as np
 import pandas as pd
@@ -145,24 +147,28 @@ class Summarizer(Batched):
             decoder, self.version, self.meta = resolve_pretrained(pretrained), "pretrained", {}
             self.decoder = {"name": pretrained, "version": "pretrained", "source": "pretrained, zero-shot "
                             "(summarization_fallback: pretrained; the store has no summarization model)"}
-        self.name = name
+        self.name, self.stopped = name, 0  # stopped: abstractive summaries whose generation stopped, all clients gone
         self.extractive_model, self.extractive = extractive_summarizer(store, extractive, extractive_version,
                                                                        encoder, fallback)
         self.generation = GenerationConfig.model_validate(generation or {})
         self.abstractive = AbstractiveSummarizer(decoder, self.generation, max_length=max_length)
 
-    def work(self, requests: list[tuple[str, str, int]]) -> list[str]:
+    def work(self, requests: list[tuple[str, str, int, threading.Event]]) -> list[str | None]:
+        """Summaries of a batch; abstractive generation stops between steps once every request of a
+        generating sub-batch is gone (its event set), and those get None (nobody reads them)."""
         from raytron.evaluate.rouge import lead3
 
-        out: list[str] = [""] * len(requests)
+        out: list[str | None] = [""] * len(requests)
         groups: dict[tuple[str, int], list[int]] = {}
-        for index, (_, technique, max_tokens) in enumerate(requests):
+        for index, (_, technique, max_tokens, _) in enumerate(requests):
             groups.setdefault((technique, max_tokens), []).append(index)
         for (technique, max_tokens), rows in groups.items():
             texts = [requests[i][0] for i in rows]
             if technique == "abstractive":
                 generation = self.generation.model_copy(update={"max_new_tokens": max_tokens})
-                results = self.abstractive.summarize(texts, generation)
+                results = self.abstractive.summarize(texts, generation,
+                                                     abandoned=lambda i, rows=rows: requests[rows[i]][3].is_set())
+                self.stopped += sum(r is None for r in results)
             elif technique == "extractive":
                 results = self.extractive.summarize(texts)
             else:
@@ -172,21 +178,26 @@ class Summarizer(Batched):
         return out
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def batched(self, requests: list[tuple[str, str, int]]) -> list[str]:
+    async def batched(self, requests: list[tuple[str, str, int, threading.Event]]) -> list[str | None]:
         return await self.run_batch(self.work, requests)
 
     def model_used(self, technique: str) -> dict | None:
         return {"abstractive": self.decoder, "extractive": self.extractive_model}.get(technique)
 
     async def summarize(self, text: str, technique: str, max_tokens: int) -> dict:
-        summary = await self.batched((text, technique, max_tokens))
+        gone = threading.Event()  # set when this request is cancelled (its client left, its deadline passed)
+        try:
+            summary = await self.batched((text, technique, max_tokens, gone))
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         return {"summary": summary, "technique": technique, "model": self.model_used(technique)}
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "decoder": self.decoder,
                 "extractive": self.extractive_model, "metrics": self.meta.get("metrics", {}),
                 "commit": self.meta.get("commit"), "generation": self.generation.model_dump(),
-                "batching": self.batch_info()}
+                "batching": {**self.batch_info(), "stopped": self.stopped}}
 
 
 def extractive_summarizer(store: str, name: str, version: str | None, encoder: str, fallback: str):
