@@ -1,7 +1,8 @@
 """The Serve application, deployed as the README says (`serve run serve/raytron.yaml`, a subprocess with
 its own Ray instance) from a real model store: every endpoint against the models run in-process, the
-bearer token, one error shape, batching under concurrency, deadlines and dropped work, a replica killed
-under load, the GPU config, and the page in Chromium."""
+bearer token, one error shape, batching under concurrency, deadlines and dropped work (also a summary
+generating for a client that left), schemathesis over its OpenAPI, an ingress replica and a model replica
+killed under load, the GPU config, and the page in Chromium."""
 
 import copy
 import json
@@ -126,6 +127,7 @@ def test_configs_have_one_structure_and_batches_can_fill():
             assert options[name]["max_ongoing_requests"] >= size > 5, name
         # requests reach the classifier and the embedder through the ingress and TopicModel
         assert options["Api"]["max_ongoing_requests"] >= max(batch.values())
+        assert options["Api"]["num_replicas"] >= 2  # one dying leaves one to route to
         assert options["TopicModel"]["max_ongoing_requests"] >= batch["Embedder"]
     assert laptop.keys() == gpu.keys() and _options(laptop).keys() == _options(gpu).keys()
     assert set(_app(laptop)["args"]) - {"auth"} == set(_app(gpu)["args"])
@@ -158,6 +160,9 @@ def test_healthz_names_a_deployment_that_is_down():
     assert code == 503 and "Embedder (UNHEALTHY, 0 running: 3 batches failed)" in body["error"] and "Api" not in body["error"]
     code, body = health({"Api": up, "Summarizer": {"status": "UPDATING", "running": 0, "message": ""}})
     assert code == 503 and "Summarizer" in body["error"]
+    # one of two replicas died: Serve says UNHEALTHY while it replaces it, but the other one serves
+    assert health({"Api": {"status": "UNHEALTHY", "running": 1, "message": "replica crashed"}}) == (
+        200, {"status": "degraded", "deployments": {"Api": "UNHEALTHY"}})
     assert health({})[0] == 503
 
 
@@ -283,6 +288,8 @@ class ServeRun:
 
 
 BATCH_WAIT_S = 1.0
+PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "raytron.serving.proxy:middlewares"}
+"""What serve/README.md exports before `serve run`: Serve's proxy retries a request whose ingress replica died."""
 
 
 def laptop_config_for_test(store: str) -> dict:
@@ -308,7 +315,7 @@ def laptop_config_for_test(store: str) -> dict:
 @pytest.fixture(scope="module")
 def served(store):
     """The application as `serve run` deploys it; yields (url, a session sending the bearer token)."""
-    run = ServeRun(laptop_config_for_test(store), {"RAYTRON_API_TOKEN": TOKEN}).start()
+    run = ServeRun(laptop_config_for_test(store), {"RAYTRON_API_TOKEN": TOKEN, **PROXY_ENV}).start()
     try:
         run.wait_healthy()
         session = requests.Session()
@@ -870,6 +877,115 @@ def _replica_pids(run: ServeRun, deployment: str) -> list[int]:
     return [pid for pid in run.leftovers() if title in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+
+def test_proxy_middleware_sends_a_lost_request_once_more_then_503():
+    """raytron.serving.proxy in-process, around a stand-in for Serve's proxy that reads the body and then answers
+    nothing (what the proxy does when the replica holding the request died): the request goes through once more
+    with the same body; a second silence is a 503 `{error, detail}` with Retry-After; an answered request and a
+    request whose client hung up are not sent again."""
+    import asyncio
+
+    from raytron.serving.proxy import RETRY_AFTER_S, RetryLostRequests
+
+    def stand_in(answers: list[bool]):
+        bodies: list[bytes] = []
+
+        async def proxy(scope, receive, send):
+            body, message = b"", {"more_body": True}
+            while message.get("more_body"):
+                message = await receive()
+                body += message.get("body", b"")
+            bodies.append(body)
+            if answers.pop(0):
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"{}"})
+        return proxy, bodies
+
+    def call(proxy, messages: list[dict]) -> list[dict]:
+        sent, queue = [], list(messages)
+
+        async def receive():
+            return queue.pop(0) if queue else await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/sentiment", "headers": []}
+        asyncio.run(RetryLostRequests(proxy)(scope, receive, send))
+        return sent
+
+    body = [{"type": "http.request", "body": b'{"texts": ', "more_body": True},
+            {"type": "http.request", "body": b'"fine"}', "more_body": False}]
+    proxy, bodies = stand_in([False, True])
+    assert [m.get("status") for m in call(proxy, body)] == [200, None] and bodies == [b'{"texts": "fine"}'] * 2
+    proxy, bodies = stand_in([False, False])
+    start, answer = call(proxy, body)
+    assert len(bodies) == 2 and start["status"] == 503 and (b"retry-after", str(RETRY_AFTER_S).encode()) in start["headers"]
+    assert set(json.loads(answer["body"])) == {"error", "detail"} and "retry after" in json.loads(answer["body"])["error"]
+    proxy, bodies = stand_in([True])
+    assert call(proxy, body)[0]["status"] == 200 and len(bodies) == 1
+    proxy, bodies = stand_in([False, True])
+    assert call(proxy, [{"type": "http.disconnect"}]) == [] and len(bodies) == 1
+
+
+def test_ingress_replica_killed_under_load(served):
+    """SIGKILL one of the two ingress (Api) replicas while 8 clients send requests. Serve's proxy, with
+    raytron.serving.proxy's middleware, sends a request the dead replica held once more (to the surviving one):
+    every answer is 200, or a 503 `{error, detail}` with Retry-After, never a bare 500 and never a hang (each
+    client waits at most 60 s); requests sent after the kill are answered 200; /healthz stays 200 until Serve
+    has replaced the replica."""
+    url, client, run = served
+    replicas = _replica_pids(run, "Api")
+    assert len(replicas) == 2, replicas
+    outcomes: list[tuple[float, float, int, str | None, str]] = []  # sent, answered, status, Retry-After, body
+    stop = time.time() + 600
+
+    def client_loop(i: int) -> None:
+        session = requests.Session()
+        session.headers.update(client.headers)
+        while time.time() < stop:
+            sent = time.time()
+            response = session.post(f"{url}/v1/sentiment", json={"texts": f"{REVIEWS[i % 4]} ({i})"}, timeout=60)
+            outcomes.append((sent, time.time(), response.status_code, response.headers.get("Retry-After"), response.text))
+
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client_loop, i) for i in range(8)]
+        try:
+            time.sleep(5)
+            os.kill(replicas[0], signal.SIGKILL)
+            killed = time.time()
+            time.sleep(15)
+        finally:
+            stop = 0
+        for future in clients:
+            future.result()  # a hang would raise requests' ReadTimeout here
+    held = [o for o in outcomes if o[0] < killed < o[1]]
+    after = [o for o in outcomes if o[0] > killed + 0.5]
+    retried = sum(path.read_text(errors="replace").count("sending it once more")
+                  for path in run.temp.rglob("proxy_*.log"))
+    statuses = [o[2] for o in outcomes]
+    print(f"ingress replica killed under load: {len(outcomes)} requests from 8 clients, {statuses.count(200)} answered "
+          f"200, {statuses.count(503)} 503 + Retry-After, others {len(statuses) - statuses.count(200) - statuses.count(503)}; "
+          f"{len(held)} in flight at the kill, {retried} sent once more by the proxy; {len(after)} sent after it")
+    assert held and after and retried >= 1, (len(held), len(after), retried)
+    assert [o for o in after if o[2] != 200] == []
+    for _, _, status, retry_after, body in outcomes:
+        assert status in (200, 503), (status, body)
+        if status == 503:
+            assert retry_after is not None and set(json.loads(body)) == {"error", "detail"}, body
+    # /healthz stays 200 while one Api replica serves ("degraded" while Serve replaces the other), then
+    # Serve's replacement makes two again
+    deadline = time.time() + 300
+    while True:
+        response = requests.get(f"{url}/healthz", timeout=30)
+        assert response.status_code == 200, response.text
+        if response.json()["status"] == "ok" and len(_replica_pids(run, "Api")) == 2:
+            break
+        assert time.time() < deadline, f"the dead ingress replica was not replaced within 300 s: {response.text}"
+        time.sleep(1)
+    print(f"ingress replaced {time.time() - killed:.0f} s after the kill; /healthz 200 throughout")
+
+
 def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run, tmp_path):
     """SIGKILL the SentimentClassifier's replica while clients send requests: every request is answered 200,
     or 503 with a Retry-After the client waits out before it sends again (never 500); /healthz turns 503
@@ -898,17 +1014,19 @@ def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run
     health: list[tuple[float, int]] = []
     with ThreadPoolExecutor(8) as pool:
         clients = [pool.submit(client_loop, i) for i in range(8)]
-        time.sleep(3)
-        os.kill(replica, signal.SIGKILL)
-        killed, deadline = time.time(), time.time() + 300
-        while time.time() < deadline and not (503 in dict(health).values() and health[-1][1] == 200):
-            response = requests.get(f"{url}/healthz", timeout=30)
-            health.append((time.time() - killed, response.status_code))
-            if response.status_code == 503:
-                assert "SentimentClassifier" in response.json()["error"], response.text
-            time.sleep(0.2)
-        time.sleep(3)  # load on the new replica
-        stop = 0
+        try:
+            time.sleep(3)
+            os.kill(replica, signal.SIGKILL)
+            killed, deadline = time.time(), time.time() + 300
+            while time.time() < deadline and not (503 in dict(health).values() and health[-1][1] == 200):
+                response = requests.get(f"{url}/healthz", timeout=30)
+                health.append((time.time() - killed, response.status_code))
+                if response.status_code == 503:
+                    assert "SentimentClassifier" in response.json()["error"], response.text
+                time.sleep(0.2)
+            time.sleep(3)  # load on the new replica
+        finally:
+            stop = 0  # the clients end (also when an assertion above failed)
         for future in clients:
             future.result()
     down = [at for at, status in health if status == 503]

@@ -266,15 +266,16 @@ def create_api() -> FastAPI:
 
 def health(deployments: dict[str, dict]) -> tuple[int, dict]:
     """/healthz from Serve's view of each deployment ({name: {"status", "running", "message"}}):
-    503 naming every deployment without a running replica or marked unhealthy / failed."""
-    down = {name: d for name, d in deployments.items()
-            if d["running"] == 0 or d["status"] in ("UNHEALTHY", "DEPLOY_FAILED")}
+    503 naming every deployment without a running replica or whose deployment failed. A deployment that
+    Serve marks UNHEALTHY while it replaces a dead replica but that still has a running one serves: 200,
+    `"status": "degraded"`."""
+    down = {name: d for name, d in deployments.items() if d["running"] == 0 or d["status"] == "DEPLOY_FAILED"}
     summary = {name: d["status"] for name, d in deployments.items()}
     if not deployments or down:
         names = ", ".join(f"{name} ({d['status']}, {d['running']} running{': ' + d['message'] if d['message'] else ''})"
                           for name, d in sorted(down.items())) or "no deployments found"
         return 503, {"error": f"down: {names}", "detail": summary}
-    return 200, {"status": "ok", "deployments": summary}
+    return 200, {"status": "degraded" if "UNHEALTHY" in summary.values() else "ok", "deployments": summary}
 
 
 api = create_api()
