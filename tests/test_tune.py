@@ -1,4 +1,4 @@
-"""jobs/tune.py on a tiny IMDb search (3 trials of 1-2 steps, Optuna TPE + ASHA on a local Ray cluster), interrupted
+"""jobs/tune.py on a tiny IMDb search (2 trials of 1-2 steps, Optuna TPE + ASHA on a local Ray cluster), interrupted
 and resumed; the fine-tune applying its tuned recipe; the tune: section's checks; the topics search's objective on
 real BERTopic fits."""
 
@@ -22,10 +22,12 @@ from tests.conftest import REPO, tiny_overrides
 
 RECIPE = "configs/sentiment.yaml"
 pytestmark = pytest.mark.slow
-BASELINE_LR = 3.0e-4  # tiny_overrides' hand-set lr: the first trial. The others sample lr in [1, 2]: Adam's first step
-# moves every weight by about lr, so their validation loss after 1 step is far above the hand-set trial's, and ASHA
-# stops the second at the first rung when it remembers the first trial. After a resume it does not (see
-# .dev/notes/tune.md); then the seeded TPE's third trial (lr 1.64, loss above the second's at lr 1.46) is the one.
+BASELINE_LR = 3.0e-4  # tiny_overrides' hand-set lr: the first trial. The second samples lr in [1, 2]: Adam's first step
+# moves every weight by about lr, so its validation loss after 1 step is far above the hand-set trial's, and ASHA stops
+# it at the first rung only if it remembers the first trial, which finished before the search was interrupted: the
+# resumed search's ASHA must have restored its rungs (alone at a rung, a trial is never stopped). Two trials, not
+# three: a Train trial stopped by ASHA can leave its workers' placement group behind when several Ray clusters run on
+# one machine (.dev/notes/tune2.md), and a third trial would then wait for CPUs forever on this 2-CPU cluster.
 
 
 def tiny(root, **extra):
@@ -34,9 +36,16 @@ def tiny(root, **extra):
 
 
 def search_args(root):
-    return [*tiny(root, **{"train.lr": BASELINE_LR}), "tune.num_samples=3", "tune.metric=val/loss",
+    return [*tiny(root, **{"train.lr": BASELINE_LR}), "tune.num_samples=2", "tune.metric=val/loss",
             "tune.max_concurrent_trials=1", f"tune.tuned_dir={root / 'tuned'}",
             "tune.space={train.lr: {loguniform: [1.0, 2.0]}}"]
+
+
+def story(output: str) -> str:
+    """What a job said, without Ray's progress bars: raytron's log lines, errors and the last lines."""
+    lines = output.splitlines()
+    kept = [line for line in lines if "raytron." in line or "rror" in line or "Traceback" in line]
+    return "\n".join(kept[-80:] + lines[-15:])
 
 
 def command(job, args):
@@ -89,6 +98,8 @@ def search(cluster, tmp_path_factory):
     trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
     before = (trial_dir / "metrics.jsonl").read_text()
     second = run("tune", search_args(root))
+    (root / "first.log").write_text(first)
+    (root / "second.log").write_text(second.stdout + second.stderr)
     print(f"search: {time.time() - started:.0f} s")
     return root, code, first, finished, before, second
 
@@ -96,9 +107,9 @@ def search(cluster, tmp_path_factory):
 def test_interrupted_search_resumes_without_rerunning_finished_trials(search):
     root, code, first, finished, before, second = search
     output = second.stdout + second.stderr
-    assert code == 130 and "rerun the same command to resume" in first, first[-3000:]
-    assert second.returncode == 0, output[-5000:]
-    assert "resuming search" in output
+    assert code == 130 and "rerun the same command to resume" in first, story(first)
+    assert second.returncode == 0, story(output)
+    assert "resuming search" in output and "ASHA: rungs of 1 earlier trial(s) restored" in output
     assert f"trial {finished} started" not in output  # the finished trial is not run again
     trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
     assert (trial_dir / "metrics.jsonl").read_text() == before
@@ -107,9 +118,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(search):
 def test_search_stops_a_trial_early_and_writes_the_tuned_recipe(search):
     root, *_, second = search
     rows = json.loads((root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials.json").read_text())
-    assert len(rows) == 3 and all(row["done"] for row in rows)
+    assert len(rows) == 2 and all(row["done"] for row in rows)
     stopped = [row for row in rows if row["stopped_early"]]
-    assert stopped and all(row["reports"] == 1 for row in stopped)  # ASHA stopped them at the first rung (of 2)
+    # the trial after the resume, stopped at the first rung (of 2) against the finished one's restored rung
+    assert [row["values"]["train.lr"] > 1 and row["reports"] == 1 for row in stopped] == [True], rows
     assert [row["values"]["train.lr"] for row in rows if row["baseline"]] == [BASELINE_LR]
     best = min(rows, key=lambda row: row["val/loss"])
     tuned = yaml.safe_load((root / "tuned" / "sentiment.yaml").read_text())
@@ -128,7 +140,7 @@ def test_finetune_applies_the_tuned_recipe(search):
     args = [a for a in tiny(root, **{"run.name": "applied", "train.epochs": 1}) if not a.startswith("train.lr=")]
     job = run("finetune", [*args, f"tune.tuned_dir={root / 'tuned'}"])
     output = job.stdout + job.stderr
-    assert job.returncode == 0, output[-5000:]
+    assert job.returncode == 0, story(output)
     assert f"applying tuned recipe {tuned_file}" in output and f"train.lr={lr}" in output
     meta = read_meta(root / "applied" / "model")
     assert meta["tuned"]["file"] == str(tuned_file) and meta["tuned"]["values"] == {"train.lr": lr}
@@ -238,7 +250,7 @@ def test_generation_stage_searches_decoding_by_validation_rouge_beside_the_train
          f"tune.space={space}", f"tune.tuned_dir={tuned_dir}", "wandb.mode=disabled"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     output = job.stdout + job.stderr
-    assert job.returncode == 0, output[-5000:]
+    assert job.returncode == 0, story(output)
     assert "summaries of 2 validation articles (never test)" in output
     rows = json.loads((run_dir / "tune" / "summarization-demo-generation-tune" / "trials.json").read_text())
     assert len(rows) == 2 and all(row["done"] and row["val/rougeLsum"] is not None for row in rows), rows

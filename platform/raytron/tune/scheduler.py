@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
+
+log = logging.getLogger("raytron.tune")
 
 
 class ResumableASHA(ASHAScheduler):
@@ -20,6 +23,8 @@ class ResumableASHA(ASHAScheduler):
     def _load(self) -> None:
         if not self._loaded and Path(self.state_file).is_file():
             self.restore(self.state_file)
+            recorded = {trial for bracket in self._brackets for _, results in bracket._rungs for trial in results}
+            log.info("ASHA: rungs of %d earlier trial(s) restored from %s", len(recorded), self.state_file)
         self._loaded = True
 
     def _save(self) -> None:

@@ -182,6 +182,7 @@ def run_search(cfg: JobConfig, recipe: str, trials: Trials) -> Outcome:
         log.info("tune.resume=false: deleting the earlier search %s", folder)
         shutil.rmtree(folder)
         (root / f"{name}.json").unlink(missing_ok=True)
+        (root / f"{name}-asha.pkl").unlink(missing_ok=True)
     check_same_search(root / f"{name}.json", search_key(cfg, recipe))
     gpu = use_gpu(cfg)
     job, concurrent = size_trials(cfg, gpu and trials.gpu, trials.workers, trials.cpus)
@@ -197,7 +198,8 @@ def run_search(cfg: JobConfig, recipe: str, trials: Trials) -> Outcome:
     function = tune.with_resources(
         tune.with_parameters(trials.function, job=job.model_dump(), metric=metric, **trials.prepare(cfg)),
         {"cpu": TRAIN_DRIVER_CPU} if trials.drives_train else own)
-    asha_state = folder / "asha-state.pkl"
+    asha_state = root / f"{name}-asha.pkl"  # not in the search folder: Tune's sync of that folder would put back the
+    # copy it downloaded when the search resumed, over the rungs the resumed search writes
     scheduler = ResumableASHA(asha_state, time_attr="training_iteration", max_t=max_rungs(cfg),
                               grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
     if tune.Tuner.can_restore(str(folder)):
