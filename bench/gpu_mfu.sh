@@ -1,22 +1,23 @@
 # The GPU runs behind the fast-path figures (docs/gpu-fast-path.md). $1: output folder; $2: the part to run.
-#   bench   bench/mfu.py: decoder 16/32/64 x 1,024 eager vs torch.compile (profile at 16 and 64), encoder
-#           32 x 512 and 32 x 256 (a typical bucketed width) eager vs compiled; ~6 min on 1x H200
+#   bench   bench/mfu.py: encoder 32 x 512 and 32 x 256 (a typical bucketed width), decoder 16/32/64 x 1,024,
+#           each eager vs torch.compile (profiles at encoder 512, decoder 16 and 64); over 9 min on 1x H200
+#           (2026-11-29: the decoder rows took ~7 min): give it a call of its own, after the staging calls
 #   imdb    the IMDb recipe (configs/sentiment-gpu.yaml: length-bucketed) fine-tune + 25k test evaluation,
 #           extra overrides in $EXTRA (e.g. EXTRA=train.compile=true); ~5 min
 #   resume  issue 12 on GPU bf16: a 60-step IMDb run with a checkpoint every 20 steps, once uninterrupted and
 #           once with its training worker SIGKILLed after step 45 (Ray Train restarts it from step 40); per-step
-#           losses compared; ~3 min
+#           losses compared; ~7 min (every step reports: ~2 s a step)
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
 out=${1:?usage: gpu_mfu.sh OUT_DIR bench|imdb|resume}; part=${2:-bench}
 mkdir -p "$out"
 quiet() { grep -v -i -E "warn|^\s*$"; }
 if [ "$part" = bench ]; then
+  python3 bench/mfu.py --model encoder --batch 32 --seq 512 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-encoder.txt"
+  python3 bench/mfu.py --model encoder --batch 32 --seq 256 --attention sdpa --compile off on 2>&1 | quiet | tee -a "$out/mfu-encoder.txt"
   python3 bench/mfu.py --model decoder --batch 16 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-16.txt"
   python3 bench/mfu.py --model decoder --batch 32 --seq 1024 --attention sdpa --compile off on 2>&1 | quiet | tee "$out/mfu-decoder-32.txt"
   python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
-  python3 bench/mfu.py --model encoder --batch 32 --seq 512 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-encoder.txt"
-  python3 bench/mfu.py --model encoder --batch 32 --seq 256 --attention sdpa --compile off on 2>&1 | quiet | tee -a "$out/mfu-encoder.txt"
 elif [ "$part" = imdb ]; then
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false $EXTRA ) > "$out/imdb-finetune.log" 2>&1
@@ -32,9 +33,10 @@ elif [ "$part" = resume ]; then
   python3 jobs/finetune.py $common run.name=whole > "$out/resume-whole.log" 2>&1
   python3 jobs/finetune.py $common run.name=killed > "$out/resume-killed.log" 2>&1 &
   job=$!
-  until [ "$(grep -c train/loss $runs/killed/metrics.jsonl 2>/dev/null)" -ge 45 ] || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
+  steps() { cat $runs/killed/metrics.jsonl 2>/dev/null | grep -c train/loss; }
+  until [ "$(steps)" -ge 45 ] || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
   worker=$(pgrep -f "^ray::RayTrainWorker" | head -1)  # this job's one training worker
-  echo "killing training worker $worker after step $(grep -c train/loss $runs/killed/metrics.jsonl)"; kill -9 "$worker"
+  echo "killing training worker $worker after step $(steps)"; kill -9 "$worker"
   wait $job
   python3 - "$runs" <<'PY' | tee "$out/resume-compare.txt"
 import json, sys

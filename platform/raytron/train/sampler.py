@@ -16,6 +16,7 @@ row rounded up to `PAD_MULTIPLE` tokens instead of the recipe's full length (row
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ def to_device(rows: Rows, index: np.ndarray, device: torch.device, lengths: np.n
     return batch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepSampler:
     """The row indices of this data-parallel rank's micro-batches for any step of any epoch."""
 
@@ -77,7 +78,14 @@ class StepSampler:
     def steps_per_epoch(self) -> int:
         return self.num_rows // self.global_batch
 
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (samplers live as long as the run): once per epoch, not per step
     def epoch_order(self, epoch: int) -> np.ndarray:
+        """The epoch's row order (read-only), global batch after global batch."""
+        order = self._order(epoch)
+        order.flags.writeable = False
+        return order
+
+    def _order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.num_rows)  # 25k rows: ~0.3 ms
         if self.lengths is None:
