@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python jobs/topics.py --config configs/topics.yaml
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/data.py
 
 lint: setup
 	$(BIN)/python -m ruff check platform jobs tests bench
