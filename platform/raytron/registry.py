@@ -90,7 +90,7 @@ def publish(folder: str | Path, root: str, name: str) -> str:
         version = _claim(fs, model)
         _upload(folder, manifest, fs, f"{model}/{version}")
         staged = f"{model}/.{version}.manifest.json.{uuid.uuid4().hex}"
-        with fs.open_output_stream(staged) as sink:
+        with fs.open_output_stream(staged, compression=None) as sink:
             sink.write(json.dumps({**manifest, "name": name, "version": version,
                                    "published": datetime.now(timezone.utc).isoformat()}, indent=1).encode())
         fs.move(staged, f"{model}/{version}.manifest.json")  # the commit: now readers see the version
@@ -170,7 +170,7 @@ def _upload(folder: Path, manifest: dict, fs: pafs.FileSystem, target: str) -> N
     for parent in sorted({f"{target}/{path}".rsplit("/", 1)[0] for path in manifest["files"]}):
         fs.create_dir(parent, recursive=True)
     for path, entry in manifest["files"].items():
-        with open(folder / path, "rb") as source, fs.open_output_stream(f"{target}/{path}") as sink:
+        with open(folder / path, "rb") as source, fs.open_output_stream(f"{target}/{path}", compression=None) as sink:
             if copy_stream(source, sink) != (entry["sha256"], entry["size"]):
                 raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
                                    "the folder is final")
@@ -186,7 +186,7 @@ def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Pat
                     continue
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        with fs.open_input_stream(f"{model}/{version}/{path}") as source, open(partial, "wb") as sink:
+        with fs.open_input_stream(f"{model}/{version}/{path}", compression=None) as source, open(partial, "wb") as sink:
             copied = copy_stream(source, sink)
         if copied != (entry["sha256"], entry["size"]):
             partial.unlink()

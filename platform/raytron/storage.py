@@ -119,7 +119,7 @@ def pull(location: str, local: Path, only: tuple[str, ...] = ("",), skip: tuple[
             target = local / path
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
-            with fs.open_input_stream(f"{base}/{path}") as source, open(partial, "wb") as sink:
+            with fs.open_input_stream(f"{base}/{path}", compression=None) as source, open(partial, "wb") as sink:
                 copy_stream(source, sink)
             os.replace(partial, target)
     return local
@@ -151,7 +151,7 @@ def push(local: Path, location: str, last: str | None = None, only: tuple[str, .
         for path in files:
             relative = path.relative_to(local).as_posix()
             fs.create_dir(f"{base}/{relative}".rsplit("/", 1)[0], recursive=True)
-            with open(path, "rb") as source, fs.open_output_stream(f"{base}/{relative}") as sink:
+            with open(path, "rb") as source, fs.open_output_stream(f"{base}/{relative}", compression=None) as sink:
                 copy_stream(source, sink)
 
 

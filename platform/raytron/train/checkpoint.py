@@ -88,7 +88,7 @@ def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: P
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as source:
+    with fs.open_input_stream(path, compression=None) as source:
         return source.read()
 
 
@@ -123,7 +123,7 @@ def verify(fs: pafs.FileSystem, path: str, shown_as: str) -> dict:
 
 
 def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
-    with fs.open_input_stream(path) as source:
+    with fs.open_input_stream(path, compression=None) as source:
         return copy_stream(source)[0]
 
 
