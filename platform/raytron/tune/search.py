@@ -70,7 +70,7 @@ class Outcome:
     baseline: dict | None = None
 
 
-def size_trials(cfg: JobConfig, gpu: bool, workers: int, cpus: float) -> tuple[JobConfig, int]:
+def size_trials(cfg: JobConfig, gpu: bool, workers: int, cpus: float, drives_train: bool = False) -> tuple[JobConfig, int]:
     """Each trial's config (its resources) and how many trials run at once: a trial's `workers` get whole GPUs, or
     1/tune.trials_per_gpu of one each when a trial is a single worker; on CPU `cpus` each."""
     job = cfg.model_copy(deep=True)
@@ -85,8 +85,10 @@ def size_trials(cfg: JobConfig, gpu: bool, workers: int, cpus: float) -> tuple[J
         job.resources.gpus_per_worker = share
         fits = math.floor(available.get("GPU", 0) / (workers * share) + 1e-9)
         unit = f"{workers} x {share:g} GPU"
-    else:
-        fits = math.floor(available.get("CPU", 0) / (workers * cpus) + 1e-9)
+    else:  # Train trials: one CPU stays free for their Ray Data tasks (a 1-CPU read each; without it two 0.5-CPU
+        # trials on a 2-CPU cluster waited on their reads forever: make demo's tune, 2026-11-29), and their drivers
+        reserve, driver = (1, TRAIN_DRIVER_CPU) if drives_train else (0, 0)
+        fits = math.floor((available.get("CPU", 0) - reserve) / (workers * cpus + driver) + 1e-9)
         unit = f"{workers} x {cpus:g} CPU"
     if fits < 1:
         raise RaytronError(f"a trial needs {unit}, more than the Ray cluster has ({available}): lower "
@@ -185,7 +187,7 @@ def run_search(cfg: JobConfig, recipe: str, trials: Trials) -> Outcome:
         (root / f"{name}-asha.pkl").unlink(missing_ok=True)
     check_same_search(root / f"{name}.json", search_key(cfg, recipe))
     gpu = use_gpu(cfg)
-    job, concurrent = size_trials(cfg, gpu and trials.gpu, trials.workers, trials.cpus)
+    job, concurrent = size_trials(cfg, gpu and trials.gpu, trials.workers, trials.cpus, trials.drives_train)
     job.resources.use_gpu = gpu  # topics: the embeddings all trials share are still computed on the GPU
     job.run.output_dir, job.run.store, job.wandb.group = str(folder / "trials"), None, name  # W&B: a run per trial
     point = baseline(cfg) if cfg.tune.baseline_first else {}
