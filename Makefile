@@ -59,8 +59,7 @@ test: setup chromium
 	$(BIN)/python tests/run_modules.py --jobs $(TEST_JOBS) --timeout 2400 $(SLOW_TESTS) tests/test_*.py
 
 bench: setup
-	$(BIN)/python bench/cpu_demo.py
-	$(BIN)/python jobs/topics.py --config configs/topics.yaml
+	$(BIN)/python bench/cpu_demo.py --runs runs  # the demo's models under runs/, where serve_load.py looks
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/data.py
