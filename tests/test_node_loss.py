@@ -85,14 +85,11 @@ def fine_tune(output: str, name: str, store: str, **extra) -> dict:
     return {"cfg": cfg, "losses": {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}}
 
 
-# TP=2, 6 steps: each node holds shards the other does not, the case a rank-0-only checkpoint loses. DP=2 was
-# here too (a second pair of two-node fine-tunes, ~9 CI minutes); a DP=2 worker killed mid-epoch and resumed bit
-# for bit is tests/test_finetune.py's (one node), the DP slices of a resumed epoch tests/test_sampler.py's.
-LAYOUT = {"parallel.tensor": 2, "train.global_batch_size": 8, "train.epochs": 1}
-
-
-def test_worker_lost_mid_epoch_resumes_exactly(nodes, s3_server):
-    layout = LAYOUT
+@pytest.mark.parametrize("layout", [
+    {"train.global_batch_size": 16, "train.epochs": 2},  # DP=2: 3 steps an epoch, killed in epoch 2
+    {"parallel.tensor": 2, "train.global_batch_size": 8, "train.epochs": 1},  # TP=2: 6 steps
+], ids=["dp2", "tp2"])
+def test_worker_lost_mid_epoch_resumes_exactly(nodes, s3_server, layout):
     output, store = s3_server.store_uri(), s3_server.store_uri()
     whole = fine_tune(output, "whole", store, **layout)
     killed: list[int] = []
