@@ -49,7 +49,10 @@ def raw(store: str, name: str) -> list[str]:
     """Every object or file under a model's prefix in the store, as the filesystem lists it."""
     fs, base = filesystem(store)
     prefix = f"{base}/{name}"
-    infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    except FileNotFoundError:  # a folder renamed away mid-listing by a concurrent publish (local filesystem)
+        return []
     return sorted(i.path[len(prefix) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
