@@ -1,6 +1,7 @@
 """The NewsAPI collector against a local server speaking NewsAPI's format: paging, 429, limits, dedup, resume."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -199,3 +200,15 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path):
     assert code == 0 and "done: 400 new articles from 4 pages" in out, err[-2000:]
     assert fake.pages_served()[:2] == [1, 2] and fake.pages_served()[-4:] == [2, 3, 4, 5]  # resumed at page 2
     assert len(read_articles(stored)) == 499
+
+
+def test_ctrl_c_inside_a_page_store_waits_for_the_store_to_end():
+    from raytron.data.newsapi import interrupts_held
+
+    stored = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came between the articles and the state file
+            time.sleep(0.1)
+            stored.append("state")
+    assert stored == ["state"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

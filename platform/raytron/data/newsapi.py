@@ -17,8 +17,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -178,6 +181,23 @@ def drop_torn_tail(path: Path) -> None:
         os.fsync(file.fileno())
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a page's articles, the counts and the
+    state file change together or not at all (off the main thread, where Python delivers no signals, a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 class CollectInterrupted(KeyboardInterrupt):
     """Ctrl-C during `collect`: what this run had stored by then (whole pages; the state file names the
     next page, so rerunning the same query resumes)."""
@@ -212,21 +232,22 @@ def collect(client: NewsAPIClient, query: NewsQuery, out: Path, max_pages: int =
                     continue
                 seen.add(article["url"])
                 fresh.append({**article, "query": asdict(query)})
-            if fresh:
-                with open(out, "a") as sink:
-                    sink.write("".join(json.dumps(a) + "\n" for a in fresh))
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                counts["new"] += len(fresh)
-            counts["pages"] += 1
-            # the plan limit answers no totalResults: keep the last one seen
-            total = body.get("totalResults", 0) if body is not None else progress.get("total", 0)
-            progress = {"next_page": page + 1, "done": body is None or not articles or page * query.page_size >= total,
-                        "total": total, "limited": body is None}
-            state[query.key()] = progress
-            partial = state_path.with_name(state_path.name + ".partial")
-            partial.write_text(json.dumps(state, indent=1))
-            partial.rename(state_path)
+            with interrupts_held():  # the page is stored whole, with its counts and state, or not at all
+                if fresh:
+                    with open(out, "a") as sink:
+                        sink.write("".join(json.dumps(a) + "\n" for a in fresh))
+                        sink.flush()
+                        os.fsync(sink.fileno())
+                    counts["new"] += len(fresh)
+                counts["pages"] += 1
+                # the plan limit answers no totalResults: keep the last one seen
+                total = body.get("totalResults", 0) if body is not None else progress.get("total", 0)
+                progress = {"next_page": page + 1, "done": body is None or not articles or page * query.page_size >= total,
+                            "total": total, "limited": body is None}
+                state[query.key()] = progress
+                partial = state_path.with_name(state_path.name + ".partial")
+                partial.write_text(json.dumps(state, indent=1))
+                partial.rename(state_path)
             log.info("page %d: %d articles, %d new (%d of %d results fetched so far)%s", page, len(articles),
                      len(fresh), min(page * query.page_size, total), total,
                      "; plan limit reached" if body is None else "")
