@@ -44,7 +44,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raytron.errors import RaytronError
-from raytron.storage import cache_dir, copy_stream, filesystem, reaching, shown
+from raytron.storage import cache_dir, download, filesystem, reaching, read_remote, shown, upload, write_remote
 from raytron.store import META
 
 log = logging.getLogger("raytron.registry")
@@ -90,7 +90,7 @@ def publish(folder: str | Path, root: str, name: str) -> str:
         version = _claim(fs, model)
         _upload(folder, manifest, fs, f"{model}/{version}")
         staged = f"{model}/.{version}.manifest.json.{uuid.uuid4().hex}"
-        with fs.open_output_stream(staged, compression=None) as sink:
+        with write_remote(fs, staged) as sink:
             sink.write(json.dumps({**manifest, "name": name, "version": version,
                                    "published": datetime.now(timezone.utc).isoformat()}, indent=1).encode())
         fs.move(staged, f"{model}/{version}.manifest.json")  # the commit: now readers see the version
@@ -133,7 +133,7 @@ def _versions(fs: pafs.FileSystem, model: str) -> list[str]:
 
 
 def _read_manifest(fs: pafs.FileSystem, model: str, version: str) -> dict:
-    with fs.open_input_stream(f"{model}/{version}.manifest.json") as source:
+    with read_remote(fs, f"{model}/{version}.manifest.json") as source:
         return json.loads(source.read())
 
 
@@ -154,7 +154,7 @@ def _claim(fs: pafs.FileSystem, model: str) -> str:
         entries = fs.get_file_info(pafs.FileSelector(model))
         version = f"v{max((int(m.group(1)) for e in entries if (m := TAKEN.match(e.base_name))), default=0) + 1:04d}"
         claim = f"{version}.claim.{publisher}"
-        fs.open_output_stream(f"{model}/{claim}").close()
+        write_remote(fs, f"{model}/{claim}").close()
         claims = [e.base_name for e in fs.get_file_info(pafs.FileSelector(model))
                   if e.base_name.startswith(f"{version}.claim.")]
         if claims == [claim]:
@@ -170,27 +170,20 @@ def _upload(folder: Path, manifest: dict, fs: pafs.FileSystem, target: str) -> N
     for parent in sorted({f"{target}/{path}".rsplit("/", 1)[0] for path in manifest["files"]}):
         fs.create_dir(parent, recursive=True)
     for path, entry in manifest["files"].items():
-        with open(folder / path, "rb") as source, fs.open_output_stream(f"{target}/{path}", compression=None) as sink:
-            if copy_stream(source, sink) != (entry["sha256"], entry["size"]):
-                raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
+        if upload(fs, folder / path, f"{target}/{path}") != (entry["sha256"], entry["size"]):
+            raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
                                    "the folder is final")
 
 
 def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Path:
     """`local` made to hold the remote version's files as its manifest lists them (damaged ones fetched again)."""
     for path, entry in _read_manifest(fs, model, version)["files"].items():
-        target = local / path
+        target, expected = local / path, (entry["sha256"], entry["size"])
         if target.is_file() and target.stat().st_size == entry["size"]:
             with open(target, "rb") as source:
                 if hashlib.file_digest(source, "sha256").hexdigest() == entry["sha256"]:
                     continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        with fs.open_input_stream(f"{model}/{version}/{path}", compression=None) as source, open(partial, "wb") as sink:
-            copied = copy_stream(source, sink)
-        if copied != (entry["sha256"], entry["size"]):
-            partial.unlink()
+        if download(fs, f"{model}/{version}/{path}", target, expected) != expected:
             raise RaytronError(f"{model}/{version}/{path} does not match the version's manifest (sha256, size): the "
                                "stored copy is damaged; publish the model again")
-        os.replace(partial, target)
     return local

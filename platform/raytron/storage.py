@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +102,36 @@ def copy_stream(source, sink=None) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def read_remote(fs: pafs.FileSystem, path: str):
+    """A store file opened for reading as it is stored (pyarrow would otherwise decompress a name ending in .gz)."""
+    return fs.open_input_stream(path, compression=None)
+
+
+def write_remote(fs: pafs.FileSystem, path: str):
+    """A store file opened for writing the bytes given (pyarrow would otherwise compress a name ending in .gz)."""
+    return fs.open_output_stream(path, compression=None)
+
+
+def upload(fs: pafs.FileSystem, local: Path, remote: str) -> tuple[str, int]:
+    """Copy a local file to the store; the sha256 and size of what was copied."""
+    with open(local, "rb") as source, write_remote(fs, remote) as sink:
+        return copy_stream(source, sink)
+
+
+def download(fs: pafs.FileSystem, remote: str, local: Path, expected: tuple[str, int] | None = None) -> tuple[str, int]:
+    """Copy a store file over `local` whole (through a partial file), only if its sha256 and size are `expected`
+    (when given); the sha256 and size of what was read, for the caller to compare."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f".{local.name}.{uuid.uuid4().hex}.partial")
+    with read_remote(fs, remote) as source, open(partial, "wb") as sink:
+        copied = copy_stream(source, sink)
+    if expected is None or copied == expected:
+        os.replace(partial, local)
+    else:
+        partial.unlink()
+    return copied
+
+
 def _remote_files(fs: pafs.FileSystem, base: str, only: tuple[str, ...], skip: tuple[str, ...]) -> list[str]:
     """Paths (relative to `base`) of the files under it that start with one of `only` and none of `skip`."""
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -116,12 +147,7 @@ def pull(location: str, local: Path, only: tuple[str, ...] = ("",), skip: tuple[
     fs, base = filesystem(location)
     with reaching(location):
         for path in _remote_files(fs, base, only, skip):
-            target = local / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            with fs.open_input_stream(f"{base}/{path}", compression=None) as source, open(partial, "wb") as sink:
-                copy_stream(source, sink)
-            os.replace(partial, target)
+            download(fs, f"{base}/{path}", local / path)
     return local
 
 
@@ -151,8 +177,7 @@ def push(local: Path, location: str, last: str | None = None, only: tuple[str, .
         for path in files:
             relative = path.relative_to(local).as_posix()
             fs.create_dir(f"{base}/{relative}".rsplit("/", 1)[0], recursive=True)
-            with open(path, "rb") as source, fs.open_output_stream(f"{base}/{relative}", compression=None) as sink:
-                copy_stream(source, sink)
+            upload(fs, path, f"{base}/{relative}")
 
 
 def delete(location: str) -> None:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
 
 from raytron.errors import RaytronError
-from raytron.storage import copy_stream, reaching, shown
+from raytron.storage import copy_stream, reaching, read_remote, shown
 
 log = logging.getLogger("raytron.checkpoint")
 TRAINER_STATE = "trainer_state.json"
@@ -88,7 +88,7 @@ def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: P
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path, compression=None) as source:
+    with read_remote(fs, path) as source:
         return source.read()
 
 
@@ -123,7 +123,7 @@ def verify(fs: pafs.FileSystem, path: str, shown_as: str) -> dict:
 
 
 def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
-    with fs.open_input_stream(path, compression=None) as source:
+    with read_remote(fs, path) as source:
         return copy_stream(source)[0]
 
 
