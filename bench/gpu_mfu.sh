@@ -4,9 +4,9 @@
 #           (2026-11-29: the decoder rows took ~7 min): give it a call of its own, after the staging calls
 #   imdb    the IMDb recipe (configs/sentiment-gpu.yaml: length-bucketed) fine-tune + 25k test evaluation,
 #           extra overrides in $EXTRA (e.g. EXTRA=train.compile=true); ~5 min
-#   resume  issue 12 on GPU bf16: a 60-step IMDb run with a checkpoint every 20 steps, once uninterrupted and
-#           once with its training worker SIGKILLed after step 45 (Ray Train restarts it from step 40); per-step
-#           losses compared; ~7 min (every step reports: ~2 s a step)
+#   resume  issue 12 on GPU bf16, train.deterministic=true: a 40-step IMDb run with a checkpoint every 10 steps,
+#           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
+#           Train restarts it from step 20); per-step losses compared; ~6 min (every step reports: ~2 s a step)
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
 out=${1:?usage: gpu_mfu.sh OUT_DIR bench|imdb|resume}; part=${2:-bench}
@@ -28,24 +28,28 @@ elif [ "$part" = imdb ]; then
   cp $runs/sentiment-gpu/metrics.jsonl "$out/imdb-train-metrics.jsonl"
 elif [ "$part" = resume ]; then
   runs=/tmp/runs-resume
-  common="--config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false train.max_steps=60 train.epochs=1
-          train.checkpoint_every=20 train.log_every=1 data.train_rows=4000 data.val_rows=500 data.test_rows=100 $EXTRA"
+  common="--config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false train.max_steps=40 train.epochs=1
+          train.checkpoint_every=10 train.log_every=1 train.deterministic=true data.train_rows=4000 data.val_rows=500
+          data.test_rows=100 $EXTRA"
   python3 jobs/finetune.py $common run.name=whole > "$out/resume-whole.log" 2>&1
+  python3 jobs/finetune.py $common run.name=again > "$out/resume-again.log" 2>&1
   python3 jobs/finetune.py $common run.name=killed > "$out/resume-killed.log" 2>&1 &
   job=$!
   steps() { cat $runs/killed/metrics.jsonl 2>/dev/null | grep -c train/loss; }
-  until [ "$(steps)" -ge 45 ] || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
+  until [ "$(steps)" -ge 25 ] || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
   worker=$(pgrep -f "^ray::RayTrainWorker" | head -1)  # this job's one training worker
   echo "killing training worker $worker after step $(steps)"; kill -9 "$worker"
   wait $job
   python3 - "$runs" <<'PY' | tee "$out/resume-compare.txt"
 import json, sys
 losses = {run: {m["step"]: m["train/loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}/metrics.jsonl"))
-                if "train/loss" in m} for run in ("whole", "killed")}
+                if "train/loss" in m} for run in ("whole", "again", "killed")}
 print("steps logged:", {run: len(steps) for run, steps in losses.items()})
-for first, last in ((1, 40), (41, 60)):
-    diffs = [abs(losses["whole"][s] - losses["killed"][s]) for s in range(first, last + 1)]
-    print(f"steps {first}-{last}: max |loss difference| {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e}")
+for other in ("again", "killed"):
+    for first, last in ((1, 20), (21, 40)):
+        diffs = [abs(losses["whole"][s] - losses[other][s]) for s in range(first, last + 1)]
+        print(f"whole vs {other}, steps {first}-{last}: max |loss difference| {max(diffs):.2e}, "
+              f"mean {sum(diffs) / len(diffs):.2e}, bit-equal steps {diffs.count(0.0)} of {len(diffs)}")
 PY
   grep -E "resumed|restart|Error" "$out/resume-killed.log" | tail -5
 fi

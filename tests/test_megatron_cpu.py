@@ -293,3 +293,18 @@ def test_inert_when_a_gpu_is_present():
 
 if __name__ == "__main__":  # the runner (dist_checkpointing needs this guard in a script)
     _runner(Path(sys.argv[1]), sys.argv[2:])
+
+
+def test_deterministic_kernels_switch_every_source_of_gpu_nondeterminism():
+    """train.deterministic's switch, in a fresh process: deterministic algorithms on, SDPA on its math backend only,
+    cuDNN without autotuning, cuBLAS's fixed workspace (a value set by the user is kept)."""
+    probe = ("import json, os, torch; from raytron.runtime import use_deterministic_kernels; use_deterministic_kernels(); "
+             "b = torch.backends; print(json.dumps([torch.are_deterministic_algorithms_enabled(), b.cuda.flash_sdp_enabled(), "
+             "b.cuda.mem_efficient_sdp_enabled(), b.cuda.cudnn_sdp_enabled(), b.cuda.math_sdp_enabled(), "
+             "b.cudnn.deterministic, b.cudnn.benchmark, os.environ['CUBLAS_WORKSPACE_CONFIG']]))")
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(done.stdout) == [True, False, False, False, True, True, False, ":4096:8"]
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**env, "CUBLAS_WORKSPACE_CONFIG": ":16:8"})
+    assert json.loads(done.stdout)[-1] == ":16:8"

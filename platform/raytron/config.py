@@ -126,6 +126,10 @@ class TrainConfig(Strict):
     host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (GPU only)."""
+    deterministic: bool = False
+    """Bit-reproducible GPU steps (raytron.runtime.use_deterministic_kernels): deterministic kernels only (an op
+    without one fails, naming itself), attention on SDPA's math backend, cuBLAS's fixed workspace. Slower; for
+    checking an exact resume or chasing a divergence. CPU steps are reproducible without it."""
     log_every: int = Field(10, ge=1)
     """Log and report metrics every this many steps."""
     seed: int = 1234

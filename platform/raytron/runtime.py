@@ -23,6 +23,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def use_deterministic_kernels() -> None:
+    """Make this process's GPU steps bit-reproducible (PyTorch's reproducibility notes,
+    https://pytorch.org/docs/stable/notes/randomness.html): deterministic algorithms only, cuBLAS's fixed
+    workspace (read when cuBLAS starts: call this before the first matmul), no cuDNN autotuning, and SDPA on its
+    math backend (the flash, memory-efficient and cuDNN backwards add up gradients in a varying order)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    for backend in ("flash", "mem_efficient", "cudnn"):
+        getattr(torch.backends.cuda, f"enable_{backend}_sdp")(False)
+
+
 def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> torch.device:
     """Initialize Megatron-Core's TP/PP/DP groups and RNG; return this rank's device.
 

@@ -28,7 +28,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.config import JobConfig
-from raytron.runtime import init_megatron
+from raytron.runtime import init_megatron, use_deterministic_kernels
 from raytron.storage import filesystem, join, push
 from raytron.store import META
 from raytron.train import checkpoint
@@ -163,6 +163,8 @@ def setup(config: dict) -> Worker:
 
     cfg: JobConfig = TASK_CONFIGS[config["job"]["task"]].model_validate(config["job"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     device = init_megatron(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     task = make_task(cfg)
