@@ -2,13 +2,16 @@
 
 Every technique summarizes the same held-out test rows; ROUGE-1/2/Lsum with bootstrap 95% CIs.
 The extractive scorer is fitted on the training rows only. Models run in Ray Data actor pools
-(one GPU each when the cluster has GPUs). Outputs go to `<run>/eval/` (atomically) and to W&B.
+(one GPU each when the cluster has GPUs), all techniques at once (each pool is one actor: run one after
+another they would leave the cluster's other CPUs or GPUs idle). Outputs go to `<run>/eval/`
+(atomically) and to W&B.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -70,28 +73,36 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
                              max_sentence_tokens=cfg.extractive.max_sentence_tokens)
     scorer_dir = cfg.run_dir / "extractive"
     log.info("fitting the extractive sentence scorer on %d training rows (oracle labels)", len(train))
-    fit = ray.get(_fit_extractive.options(num_gpus=1 if gpu else 0).remote(
-        encoder, list(train["article"]), list(train["summary"]), str(scorer_dir), cfg.extractive.model_dump()))
-    log.info("scorer fitted on %d sentences (%.1f%% oracle-selected)", fit["sentences"], 100 * fit["oracle_share"])
+    fitting = _fit_extractive.options(num_gpus=1 if gpu else 0).remote(
+        encoder, list(train["article"]), list(train["summary"]), str(scorer_dir), cfg.extractive.model_dump())
+    fit = {}
+
+    def trained_extractive() -> list[str]:
+        fit.update(ray.get(fitting))
+        log.info("scorer fitted on %d sentences (%.1f%% oracle-selected)", fit["sentences"], 100 * fit["oracle_share"])
+        return _predict(test, ExtractiveSummarizer, {**extractive_kwargs, "scorer_dir": str(scorer_dir)}, gpu)
 
     decoder_kwargs = dict(generation=cfg.generation.model_dump(), max_length=cfg.data.max_length,
                           batch_size=16 if gpu else 4)
+    pretrained = str(resolve_pretrained(cfg.model.pretrained))
     techniques = {"lead-3": lambda: [lead3(a) for a in test["article"]],
                   "centroid (unsupervised)": lambda: _predict(test, ExtractiveSummarizer, extractive_kwargs, gpu),
-                  "extractive (oracle-trained scorer)": lambda: _predict(
-                      test, ExtractiveSummarizer, {**extractive_kwargs, "scorer_dir": str(scorer_dir)}, gpu),
-                  "zero-shot decoder": lambda: _predict(
-                      test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(resolve_pretrained(
-                          cfg.model.pretrained))}, gpu)}
+                  "extractive (oracle-trained scorer)": trained_extractive,
+                  "zero-shot decoder": lambda: _predict(test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": pretrained}, gpu)}
     if (model_dir / "decoder").is_dir():
         techniques["fine-tuned decoder"] = lambda: _predict(
             test, AbstractiveSummarizer, {**decoder_kwargs, "decoder_dir": str(model_dir / "decoder")}, gpu)
     else:
         log.warning("no fine-tuned decoder at %s (run jobs/finetune.py first): leaving it out of the table", model_dir)
-    predictions, scores, table = {}, {}, {}
-    for name, run in techniques.items():
-        log.info("summarizing %d test rows: %s (%s)", len(test), name, cfg.generation.strategy if "decoder" in name else "")
-        predictions[name] = run()
+    scores, table = {}, {}
+    with ThreadPoolExecutor(len(techniques)) as pool:
+        running = {}
+        for name, run in techniques.items():
+            log.info("summarizing %d test rows: %s%s", len(test), name,
+                     f" ({cfg.generation.strategy})" if "decoder" in name else "")
+            running[name] = pool.submit(run)
+        predictions = {name: future.result() for name, future in running.items()}
+    for name in techniques:
         scores[name] = rouge_scores(predictions[name], list(test["summary"]))
         table[name] = bootstrap(scores[name])
         log.info("%s: %s", name, ", ".join(f"{m} {table[name][m]['mean']:.2f}" for m in METRICS))
