@@ -35,7 +35,7 @@ def evaluate(cfg: SentimentConfig, model_dir: Path | None = None) -> dict:
         SentimentPredictor,
         fn_constructor_kwargs={"model_dir": str(model_dir)},
         batch_size=256 if gpu else 32,
-        compute=ray.data.ActorPoolStrategy(size=1),
+        compute=ray.data.ActorPoolStrategy(size=cfg.resources.num_workers),  # the recipe's workers score too
         num_gpus=1 if gpu else 0,
         num_cpus=0.5,
     )
