@@ -291,10 +291,6 @@ def test_inert_when_a_gpu_is_present():
     subprocess.run([sys.executable, "-c", probe], check=True)
 
 
-if __name__ == "__main__":  # the runner (dist_checkpointing needs this guard in a script)
-    _runner(Path(sys.argv[1]), sys.argv[2:])
-
-
 def test_deterministic_kernels_switch_every_source_of_gpu_nondeterminism():
     """train.deterministic's switch, in a fresh process: deterministic algorithms on, SDPA on its math backend only,
     cuDNN without autotuning, cuBLAS's fixed workspace (a value set by the user is kept)."""
@@ -308,3 +304,7 @@ def test_deterministic_kernels_switch_every_source_of_gpu_nondeterminism():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={**env, "CUBLAS_WORKSPACE_CONFIG": ":16:8"})
     assert json.loads(done.stdout)[-1] == ":16:8"
+
+
+if __name__ == "__main__":  # the runner (dist_checkpointing needs this guard in a script)
+    _runner(Path(sys.argv[1]), sys.argv[2:])

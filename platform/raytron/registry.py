@@ -172,7 +172,7 @@ def _upload(folder: Path, manifest: dict, fs: pafs.FileSystem, target: str) -> N
     for path, entry in manifest["files"].items():
         if upload(fs, folder / path, f"{target}/{path}") != (entry["sha256"], entry["size"]):
             raise RaytronError(f"{folder / path} changed while it was being published: publish again once "
-                                   "the folder is final")
+                               "the folder is final")
 
 
 def _download(fs: pafs.FileSystem, model: str, version: str, local: Path) -> Path:

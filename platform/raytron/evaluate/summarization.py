@@ -75,10 +75,9 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
     log.info("fitting the extractive sentence scorer on %d training rows (oracle labels)", len(train))
     fitting = _fit_extractive.options(num_gpus=1 if gpu else 0).remote(
         encoder, list(train["article"]), list(train["summary"]), str(scorer_dir), cfg.extractive.model_dump())
-    fit = {}
 
     def trained_extractive() -> list[str]:
-        fit.update(ray.get(fitting))
+        fit = ray.get(fitting)
         log.info("scorer fitted on %d sentences (%.1f%% oracle-selected)", fit["sentences"], 100 * fit["oracle_share"])
         return _predict(test, ExtractiveSummarizer, {**extractive_kwargs, "scorer_dir": str(scorer_dir)}, gpu)
 
@@ -102,6 +101,7 @@ def evaluate(cfg: SummarizationConfig, model_dir: Path | None = None) -> dict:
                      f" ({cfg.generation.strategy})" if "decoder" in name else "")
             running[name] = pool.submit(run)
         predictions = {name: future.result() for name, future in running.items()}
+    fit = ray.get(fitting)  # done by now: the trained extractive technique waited for it
     for name in techniques:
         scores[name] = rouge_scores(predictions[name], list(test["summary"]))
         table[name] = bootstrap(scores[name])
