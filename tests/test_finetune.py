@@ -52,6 +52,17 @@ def test_model_folder_written(trained):
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B recorded the run offline
 
 
+def test_rerunning_a_finished_run_ends_with_its_model(trained, capsys):
+    """The job command rerun on a finished run (as after `make demo`): nothing to train, exit 0, one line."""
+    from raytron.jobs.finetune import main
+
+    cfg, run_dir, _ = trained
+    overrides = tiny_overrides(run_dir.parent, **{"train.epochs": 3, "run.name": "dp2"})
+    assert main(["--config", str(RECIPE), *overrides]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"already finished (run.resume=false trains again); best model in "
+                                                    f"{run_dir / 'model'}")
+
+
 def test_evaluation_writes_every_output(trained):
     from raytron.data.imdb import ReviewEncoder, clean_text
     from raytron.inference.classifier import SentimentPredictor
@@ -156,3 +167,4 @@ def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):
     finetune(cfg)
     steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert steps == list(range(1, 16))  # 3 steps x 5 epochs, each once: epoch 3 redone from the epoch-2 checkpoint
+
