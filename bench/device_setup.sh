@@ -14,5 +14,7 @@ if [ -f $S/imdb_50k.jsonl.xz ] && [ ! -f $DATA/imdb/imdb_50k.jsonl.gz ]; then
 fi
 export PYTHONPATH=$PWD/platform:$SITE RAYTRON_DATA_DIR=$DATA WANDB_MODE=offline PYTHONUNBUFFERED=1
 export PATH=$SITE/bin:$PATH
+# NVLink multicast stays off on the multi-GPU kinds (/work/.library/device/KINDS.md); Ray's workers inherit these
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 set +e

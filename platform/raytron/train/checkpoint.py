@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 from raytron.errors import RaytronError
 from raytron.storage import copy_stream, reaching, read_remote, shown
@@ -68,6 +69,13 @@ def _file_digest(path: Path) -> dict:
         return {"sha256": hashlib.file_digest(source, "sha256").hexdigest(), "size": path.stat().st_size}
 
 
+# The distributed optimizer's state as one shard per rank's buffers: saved and loaded without communication, resumable
+# on another DP size (Megatron-Core 0.16's default, 'fully_sharded_model_space', is deprecated and fails to save:
+# "ShardedTensor.flattened_range is not supported"; 'fully_reshardable' gathers through CUDA tensors only). The plain
+# optimizer ignores it; its checkpoints reshard across TP and DP.
+OPTIMIZER_LAYOUT = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
 def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: Path) -> None:
     """This rank's part of a checkpoint into `folder`, its own node-local staging folder. `model` is the bare
     Megatron module (no DDP/Float16Module wrapper, whose keys differ)."""
@@ -75,7 +83,8 @@ def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: P
     shutil.rmtree(folder, ignore_errors=True)  # a crashed earlier save may have left files behind
     folder.mkdir(parents=True)
     model_sd = model.sharded_state_dict()
-    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd)}, str(folder))
+    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=OPTIMIZER_LAYOUT)},
+                           str(folder))
     torch.save(rng_states(), folder / rng_name(rank))
     if rank == 0:
         trainer = {**state, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
@@ -133,15 +142,23 @@ def load(folder: Path, model, optimizer, scheduler) -> dict:
     try:
         state = json.loads((folder / TRAINER_STATE).read_text())
         model_sd = model.sharded_state_dict()
+        for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+            if isinstance(part, DistributedOptimizer) and not part.optimizer.state:
+                # Without TE/Apex its state_dict needs Adam's states to exist; the dummies are overwritten by the load
+                part._init_optimizer_states_with_dummy_values()
         loaded = dist_checkpointing.load(
-            {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}, str(folder)
+            {"model": model_sd,
+             "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_LAYOUT)},
+            str(folder),
         )
     except Exception as error:  # noqa: BLE001 - any read failure means the same to the user
+        first_line = (str(error).splitlines() or ["no message"])[0]
         raise RaytronError(
-            f"checkpoint {folder} could not be read ({type(error).__name__}: {str(error).splitlines()[0]}). {ADVICE}"
+            f"checkpoint {folder} could not be read ({type(error).__name__}: {first_line}). {ADVICE}"
         ) from None  # Ray reports a chained worker error by its cause: keep ours on top
     model.load_state_dict(loaded["model"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():  # the distributed optimizer copies into fp32 main params that are views of leaves
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = folder / rng_name(dist.get_rank())
     if state["world_size"] == dist.get_world_size():

@@ -270,8 +270,9 @@ def new_window() -> dict:
 
 
 def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
-    """Report the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last report (the grad
-    norm when the optimizer gave one: a missing norm is left out, not logged as 0)."""
+    """Report the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last report, and on a GPU the
+    peak memory this rank allocated so far (the grad norm when the optimizer gave one: a missing norm is left out,
+    not logged as 0)."""
     elapsed = time.perf_counter() - window["start"]
     step = worker.state["step"]
     flops_per_device = float(window["flops"]) / elapsed / dist.get_world_size()  # steps' FLOPs are global
@@ -283,14 +284,17 @@ def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
         "train/step_time_ms": 1000 * elapsed / window["steps"],
         "train/tflops_per_device": flops_per_device / 1e12,
         **({} if worker.peak_flops is None else {"train/mfu": flops_per_device / worker.peak_flops}),
+        **({} if worker.device.type != "cuda" else
+           {"train/peak_memory_gib": torch.cuda.max_memory_allocated(worker.device) / 2**30}),
         "step": step,
         "epoch": step / worker.plan.steps_per_epoch,
     }
     if worker.rank0:
-        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step %.1f TFLOP/s%s",
+        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step %.1f TFLOP/s%s%s",
                  worker.state["epoch"] + 1, step, worker.plan.total_steps, metrics["train/loss"], metrics["train/lr"],
                  metrics["train/tokens_per_s"], metrics["train/step_time_ms"], metrics["train/tflops_per_device"],
-                 f" MFU {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else "")
+                 f" MFU {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else "",
+                 f" peak {metrics['train/peak_memory_gib']:.2f} GiB" if "train/peak_memory_gib" in metrics else "")
         record_metrics(worker.wandb_run, worker.cfg.run_dir, metrics)
     ray.train.report(metrics)
 
