@@ -150,6 +150,10 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
     with pytest.raises(RaytronError, match=r"trained with global_batch_size=8, but this run has global_batch_size=16"):
         finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "whole", **overrides, "train.epochs": 5,
                                                                  "train.global_batch_size": 16})))
+    # and so is one that would make the rows other tokens (found resuming a 256-token demo run at 384)
+    with pytest.raises(RaytronError, match=r"trained with data.max_length=64, but this run has data.max_length=96"):
+        finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "whole", **overrides, "train.epochs": 5,
+                                                                 "data.max_length": 96})))
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):

@@ -39,6 +39,19 @@ ADVICE = ("Delete that checkpoint folder to resume from the previous one (rerun 
           "run.resume=false.")
 
 
+TOKEN_SETTINGS = ("max_length", "head_tokens", "max_summary_tokens")
+"""The `data.*` settings that decide a row's tokens (those the task's data section has)."""
+
+
+def run_identity(cfg, num_train_rows: int) -> dict:
+    """What a resumed run must share with its checkpoint: what the data position means (batch size, rows, seed,
+    bucketing) and what the rows' tokens are (the pretrained model, the encoding settings)."""
+    data = cfg.data.model_dump()
+    return {"global_batch_size": cfg.train.global_batch_size, "train_rows": num_train_rows, "seed": cfg.train.seed,
+            "bucket_by_length": cfg.train.bucket_by_length, "model.pretrained": cfg.model.pretrained,
+            **{f"data.{key}": data[key] for key in TOKEN_SETTINGS if key in data}}
+
+
 def manifest_name(rank: int) -> str:
     return f"manifest-rank{rank:05d}.json"
 

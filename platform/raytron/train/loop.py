@@ -143,8 +143,8 @@ class Worker:
     wandb_run: object | None = None
     """Rank 0's W&B run; None on the other ranks."""
     state: dict = field(default_factory=dict)
-    """What a checkpoint restores: step, epoch (completed), best_val, wandb_run_id, and what the data position
-    means (global_batch_size, train_rows, seed, bucket_by_length)."""
+    """What a checkpoint restores: step, epoch (completed), best_val, wandb_run_id, and what a resume must keep
+    (`checkpoint.run_identity`: the data position's meaning, the tokens' encoding)."""
 
     @property
     def rank0(self) -> bool:
@@ -183,8 +183,7 @@ def setup(config: dict) -> Worker:
     worker = Worker(cfg, task, plan, sampler, train_rows, val_rows, device, model, ddp, optimizer, scheduler,
                     peak_flops_per_device(cfg.train.peak_tflops, device))
     worker.state = {"step": 0, "epoch": 0, "best_val": -math.inf, "wandb_run_id": None,
-                    "global_batch_size": cfg.train.global_batch_size, "train_rows": num_rows, "seed": cfg.train.seed,
-                    "bucket_by_length": cfg.train.bucket_by_length}
+                    **checkpoint.run_identity(cfg, num_rows)}
     restore(worker, config["resume_from"])
     if worker.rank0:
         from raytron.tracking import start_run
