@@ -154,6 +154,11 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
     with pytest.raises(RaytronError, match=r"trained with data.max_length=64, but this run has data.max_length=96"):
         finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "whole", **overrides, "train.epochs": 5,
                                                                  "data.max_length": 96})))
+    # and one whose optimizer state would not fit (a plain optimizer's checkpoint into the distributed one)
+    with pytest.raises(RaytronError, match=r"trained with train.distributed_optimizer=False, but this run has "
+                                           r"train.distributed_optimizer=True"):
+        finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "whole", **overrides, "train.epochs": 5,
+                                                                 "train.distributed_optimizer": True})))
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):

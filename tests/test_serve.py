@@ -947,16 +947,17 @@ def test_proxy_middleware_sends_a_lost_request_once_more_then_503():
     assert call(proxy, [{"type": "http.disconnect"}]) == [] and len(bodies) == 1
 
 
-def test_ingress_replica_killed_under_load(served):
-    """SIGKILL one of the two ingress (Api) replicas while 8 clients send requests. Serve's proxy, with
-    raytron.serving.proxy's middleware, sends a request the dead replica held once more (to the surviving one):
-    every answer is 200, or a 503 `{error, detail}` with Retry-After, never a bare 500 and never a hang (each
-    client waits at most 60 s); requests sent after the kill are answered 200; /healthz stays 200 until Serve
-    has replaced the replica."""
-    url, client, run = served
+def _proxy_retries(run) -> int:
+    return sum(path.read_text(errors="replace").count("sending it once more") for path in run.temp.rglob("proxy_*.log"))
+
+
+def _kill_an_api_replica_under_load(url: str, client, run) -> tuple[list, float]:
+    """8 clients send sentiment requests; after 5 s one of the two Api replicas is SIGKILLed; 15 s later the
+    clients stop. Returns every request's (sent, answered, status, Retry-After, body) and the kill's time, after
+    Serve has replaced the replica (/healthz 200 throughout, "ok" once two Api replicas run again)."""
     replicas = _replica_pids(run, "Api")
     assert len(replicas) == 2, replicas
-    outcomes: list[tuple[float, float, int, str | None, str]] = []  # sent, answered, status, Retry-After, body
+    outcomes: list[tuple[float, float, int, str | None, str]] = []
     stop = time.time() + 600
 
     def client_loop(i: int) -> None:
@@ -978,22 +979,6 @@ def test_ingress_replica_killed_under_load(served):
             stop = 0
         for future in clients:
             future.result()  # a hang would raise requests' ReadTimeout here
-    held = [o for o in outcomes if o[0] < killed < o[1]]
-    after = [o for o in outcomes if o[0] > killed + 0.5]
-    retried = sum(path.read_text(errors="replace").count("sending it once more")
-                  for path in run.temp.rglob("proxy_*.log"))
-    statuses = [o[2] for o in outcomes]
-    print(f"ingress replica killed under load: {len(outcomes)} requests from 8 clients, {statuses.count(200)} answered "
-          f"200, {statuses.count(503)} 503 + Retry-After, others {len(statuses) - statuses.count(200) - statuses.count(503)}; "
-          f"{len(held)} in flight at the kill, {retried} sent once more by the proxy; {len(after)} sent after it")
-    assert held and after and retried >= 1, (len(held), len(after), retried)
-    assert [o for o in after if o[2] != 200] == []
-    for _, _, status, retry_after, body in outcomes:
-        assert status in (200, 503), (status, body)
-        if status == 503:
-            assert retry_after is not None and set(json.loads(body)) == {"error", "detail"}, body
-    # /healthz stays 200 while one Api replica serves ("degraded" while Serve replaces the other), then
-    # Serve's replacement makes two again
     deadline = time.time() + 300
     while True:
         response = requests.get(f"{url}/healthz", timeout=30)
@@ -1003,6 +988,38 @@ def test_ingress_replica_killed_under_load(served):
         assert time.time() < deadline, f"the dead ingress replica was not replaced within 300 s: {response.text}"
         time.sleep(1)
     print(f"ingress replaced {time.time() - killed:.0f} s after the kill; /healthz 200 throughout")
+    return outcomes, killed
+
+
+def test_ingress_replica_killed_under_load(served):
+    """SIGKILL one of the two ingress (Api) replicas while 8 clients send requests. Serve's proxy, with
+    raytron.serving.proxy's middleware, sends a request the dead replica held once more (to the surviving one):
+    every answer is 200, or a 503 `{error, detail}` with Retry-After, never a bare 500 and never a hang (each
+    client waits at most 60 s); requests sent after the kill are answered 200; /healthz stays 200 until Serve
+    has replaced the replica. A kill that found the replica between requests (nothing for the middleware to
+    send again: seen once in CI at load 20) proves nothing about the middleware, so the kill is repeated, at most
+    three times, until one did."""
+    url, client, run = served
+    for attempt in range(1, 4):
+        retried_before = _proxy_retries(run)
+        outcomes, killed = _kill_an_api_replica_under_load(url, client, run)
+        held = [o for o in outcomes if o[0] < killed < o[1]]
+        after = [o for o in outcomes if o[0] > killed + 0.5]
+        retried = _proxy_retries(run) - retried_before
+        statuses = [o[2] for o in outcomes]
+        print(f"kill {attempt}: {len(outcomes)} requests from 8 clients, {statuses.count(200)} answered 200, "
+              f"{statuses.count(503)} 503 + Retry-After, others "
+              f"{len(statuses) - statuses.count(200) - statuses.count(503)}; {len(held)} in flight at the kill, "
+              f"{retried} sent once more by the proxy; {len(after)} sent after it")
+        assert held and after, (len(held), len(after))
+        assert [o for o in after if o[2] != 200] == []
+        for _, _, status, retry_after, body in outcomes:
+            assert status in (200, 503), (status, body)
+            if status == 503:
+                assert retry_after is not None and set(json.loads(body)) == {"error", "detail"}, body
+        if retried >= 1:
+            break
+    assert retried >= 1, "three kills of an Api replica under load never caught one holding a request"
 
 
 def test_replica_killed_under_load_fails_no_request(served, store, sentiment_run, tmp_path):

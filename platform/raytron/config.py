@@ -125,7 +125,9 @@ class TrainConfig(Strict):
     """torch.compile each Megatron-Core transformer layer (raytron.train.compile): fewer, fused kernels for
     host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
     distributed_optimizer: bool = False
-    """Shard optimizer state over data-parallel ranks (GPU only)."""
+    """Megatron's distributed optimizer: the fp32 main parameters and Adam moments sharded over the data-parallel
+    ranks (12 bytes a parameter / DP per GPU instead of 12: SmolLM2 at DP=2 -0.75 GiB, docs/gpu-multi.md). Its
+    checkpoints resume on another DP size, not on another TP or PP size, and not with this switched."""
     deterministic: bool = False
     """Bit-reproducible GPU steps (raytron.runtime.use_deterministic_kernels): deterministic kernels only (an op
     without one fails, naming itself), attention on SDPA's math backend, cuBLAS's fixed workspace. Slower; for

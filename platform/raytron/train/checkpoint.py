@@ -45,11 +45,15 @@ TOKEN_SETTINGS = ("max_length", "head_tokens", "max_summary_tokens")
 
 def run_identity(cfg, num_train_rows: int) -> dict:
     """What a resumed run must share with its checkpoint: what the data position means (batch size, rows, seed,
-    bucketing) and what the rows' tokens are (the pretrained model, the encoding settings)."""
+    bucketing), what the rows' tokens are (the pretrained model, the encoding settings) and the optimizer state's
+    layout (a distributed optimizer's shards reshard across DP only, so its TP x PP stays)."""
     data = cfg.data.model_dump()
+    layout = {"train.distributed_optimizer": cfg.train.distributed_optimizer}
+    if cfg.train.distributed_optimizer:
+        layout |= {"parallel.tensor": cfg.parallel.tensor, "parallel.pipeline": cfg.parallel.pipeline}
     return {"global_batch_size": cfg.train.global_batch_size, "train_rows": num_train_rows, "seed": cfg.train.seed,
             "bucket_by_length": cfg.train.bucket_by_length, "model.pretrained": cfg.model.pretrained,
-            **{f"data.{key}": data[key] for key in TOKEN_SETTINGS if key in data}}
+            **{f"data.{key}": data[key] for key in TOKEN_SETTINGS if key in data}, **layout}
 
 
 def manifest_name(rank: int) -> str:

@@ -38,9 +38,10 @@ def checkpoints(fs: pafs.FileSystem, path: str) -> list[str]:
 
 
 def check_resumable(state: dict, cfg: JobConfig, num_train_rows: int, where: str) -> None:
-    """Refuse a resume whose data position would mean other batches, or whose rows would be other tokens (the LR
-    schedule may change: it is logged). A setting the checkpoint predates is not compared, except bucketing (off)."""
-    state = {"bucket_by_length": False, **state}
+    """Refuse a resume whose data position would mean other batches, whose rows would be other tokens, or whose
+    optimizer state cannot be read into this layout (the LR schedule may change: it is logged). A setting the
+    checkpoint predates is not compared, except those that were off before they existed."""
+    state = {"bucket_by_length": False, "train.distributed_optimizer": False, **state}
     changed = {k: (state[k], v) for k, v in checkpoint.run_identity(cfg, num_train_rows).items()
                if k in state and state[k] != v}
     if changed:
@@ -48,10 +49,11 @@ def check_resumable(state: dict, cfg: JobConfig, num_train_rows: int, where: str
         raise RaytronError(
             f"the checkpoint {shown(where)} at step {state['step']} was trained with {was}, but this run has "
             f"{', '.join(f'{k}={b}' for k, (_, b) in changed.items())}: its step count and data position would "
-            "not mean the same batches of the same tokens. Rerun with the checkpoint's settings "
-            "(train.global_batch_size, the data rows, train.seed, train.bucket_by_length, model.pretrained, "
-            "data.max_length and the other data.* token settings), or start over with run.resume=false or a new "
-            "run.name.")
+            "not mean the same batches of the same tokens, or its optimizer state would not fit this layout. Rerun "
+            "with the checkpoint's settings (train.global_batch_size, the data rows, train.seed, "
+            "train.bucket_by_length, model.pretrained, data.max_length and the other data.* token settings, "
+            "train.distributed_optimizer and, with it, parallel.tensor/pipeline), or start over with "
+            "run.resume=false or a new run.name.")
 
 
 def resume_point(cfg: JobConfig, fs: pafs.FileSystem, path: str, num_train_rows: int) -> str | None:
