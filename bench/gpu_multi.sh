@@ -9,6 +9,8 @@
 # Each multi-GPU command is what `raytron k8s render finetune` puts in a RayJob's entrypoint for a worker group of
 # 2 GPU pods (resources.num_workers=2 resources.use_gpu=true), run on one 2-GPU machine. After the staging calls of
 # docs/gpu.md; detach it (setsid nohup) and copy $1 out from back-to-back calls: a call ends at 10 minutes.
+# The TP=2 kill is `pkill -9` of the job and `ray stop --force`: it stops every Ray process on the host (a dedicated
+# benchmark machine only).
 source bench/device_setup.sh
 out=${1:?usage: gpu_multi.sh OUT_DIR encoder|decoder}; part=${2:-encoder}
 runs=/tmp/runs-multi

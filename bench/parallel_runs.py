@@ -1,10 +1,11 @@
 """Compare fine-tune runs of one recipe on different GPU layouts (DP, TP) from their per-window metrics files.
 
-`python bench/parallel_runs.py REFERENCE.metrics.jsonl RUN.metrics.jsonl ... [--plot curves.png]` prints, per run:
-median ms/step, real tokens/s, TFLOP/s and MFU per GPU over the logged windows (the first one, with compilation and
-warm-up, left out), scaling efficiency against the reference (tokens/s over GPUs x the reference's tokens/s per
-GPU), peak GPU memory, the last validation metrics, and the largest loss difference from the reference at the
-steps both logged (the later record of a step wins: a resumed run logs its redone steps again). The plot draws
+`python bench/parallel_runs.py REFERENCE.metrics.jsonl RUN.metrics.jsonl ... --gpus 1 2 ... [--plot curves.png]`
+prints, per run: median ms/step, real tokens/s, TFLOP/s and MFU per GPU over the logged windows (the first one,
+with compilation and warm-up, left out; `--timed-after RUN=STEP` keeps a resumed run's own windows only), scaling
+efficiency against the reference (tokens/s over GPUs x the reference's tokens/s per GPU), rank 0's peak GPU memory
+(only rank 0 writes the file), the last validation metrics, and the largest loss difference from the reference at
+the steps both logged (the later record of a step wins: a resumed run logs its redone steps again). The plot draws
 every run's loss curve over the reference's. Used for issue 15's figures (docs/gpu-multi.md).
 """
 
@@ -43,18 +44,22 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="metrics.jsonl files, the reference (1 GPU) first")
     parser.add_argument("--gpus", nargs="+", type=int, required=True, help="GPUs of each run, in the same order")
     parser.add_argument("--plot", type=Path, help="write the loss curves to this PNG")
+    parser.add_argument("--timed-after", nargs="*", default=[], metavar="RUN=STEP",
+                        help="time RUN only on windows after STEP (a resumed run's file starts with the restored "
+                             "windows of the run it resumed)")
     args = parser.parse_args()
     if len(args.gpus) != len(args.runs):
         parser.error(f"--gpus takes one count per run ({len(args.runs)}), got {len(args.gpus)}")
     runs = {path.name.removesuffix(".metrics.jsonl"): (read_run(path), gpus)
             for path, gpus in zip(args.runs, args.gpus, strict=True)}
+    timed_after = {name: int(step) for name, step in (item.split("=") for item in args.timed_after)}
     (reference, _), reference_gpus = next(iter(runs.values()))
     base = summary(reference, reference_gpus)
     print("| run | GPUs | ms/step | tokens/s | TFLOP/s per GPU | MFU | scaling efficiency | peak memory per GPU "
           "| last validation | max abs loss difference from the reference (steps compared) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, ((windows, validation), gpus) in runs.items():
-        row = summary(windows, gpus)
+        row = summary({step: w for step, w in windows.items() if step > timed_after.get(name, 0)}, gpus)
         efficiency = row["tokens_per_s"] / gpus / (base["tokens_per_s"] / base["gpus"])
         common = sorted(set(windows) & set(reference))
         difference = max(abs(windows[s]["train/loss"] - reference[s]["train/loss"]) for s in common)

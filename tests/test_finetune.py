@@ -161,6 +161,32 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
                                                                  "train.distributed_optimizer": True})))
 
 
+def test_resume_check_compares_what_the_checkpoint_recorded(tmp_path):
+    """(No Ray.) The same settings resume, on another machine too (the pretrained model is named by its files'
+    content, not by the folder it was pinned to); a checkpoint that predates the recorded settings is not refused
+    for them; a TP change under the distributed optimizer, whose shards reshard across DP only, is."""
+    from raytron.runtime import absolute_paths
+    from raytron.train.checkpoint import run_identity
+    from raytron.train.launcher import check_resumable
+
+    cfg = absolute_paths(load_config(RECIPE, tiny_overrides(tmp_path)))
+    saved = {"step": 4, **run_identity(cfg, 48)}
+    assert saved["model.pretrained"].startswith("sha256:") and saved["data.max_length"] == 64
+    elsewhere = tmp_path / "another-machine"
+    shutil.copytree(cfg.model.pretrained, elsewhere)
+    check_resumable(saved, cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": str(elsewhere)})}),
+                    48, "checkpoint")
+    before_this_session = {k: v for k, v in saved.items()
+                           if k in ("step", "global_batch_size", "train_rows", "seed", "bucket_by_length")}
+    check_resumable(before_this_session, cfg, 48, "checkpoint")
+    with pytest.raises(RaytronError, match=r"train_rows=48, but this run has train_rows=40"):
+        check_resumable(before_this_session, cfg, 40, "checkpoint")
+
+    sharded = absolute_paths(load_config(RECIPE, tiny_overrides(tmp_path, **{"train.distributed_optimizer": True})))
+    with pytest.raises(RaytronError, match=r"trained with parallel.tensor=2, but this run has parallel.tensor=1"):
+        check_resumable({"step": 4, **run_identity(sharded, 48), "parallel.tensor": 2}, sharded, 48, "checkpoint")
+
+
 def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):
     """A damaged shard names the checkpoint; deleting it, as the message advises, resumes from the one before."""
     _, run_dir, _ = trained

@@ -106,22 +106,27 @@ def scenario(skip: frozenset[str], workdir: Path, stage: list[str], distributed_
     assert result.grad_norm is not None and result.grad_norm > train.clip_grad, result
     unchanged = [name for name, param in model.named_parameters() if torch.equal(param, before[name])]
     assert not unchanged, f"the optimizer step left {unchanged} unchanged"
+    tokens = torch.randint(0, HF_LLAMA["vocab_size"], (2, 9))  # a second step: Adam's step count is 2, not a default
+    assert torch.isfinite(train_step(ddp, optimizer, scheduler, NextToken,
+                                     [dict(input_ids=tokens[:, :-1], labels=tokens[:, 1:])]).loss)
 
     stage.append("checkpoint save")
     path = workdir / "checkpoint"
-    checkpoint.save(path, model, optimizer, scheduler, {"step": 1}, workdir / "metrics.jsonl")
-    assert checkpoint.verify(pafs.LocalFileSystem(), str(path), str(path))["step"] == 1
+    checkpoint.save(path, model, optimizer, scheduler, {"step": 2}, workdir / "metrics.jsonl")
+    assert checkpoint.verify(pafs.LocalFileSystem(), str(path), str(path))["step"] == 2
     stage.append("checkpoint load")
     fresh, _, fresh_optimizer, fresh_scheduler = build()
-    assert checkpoint.load(path, fresh, fresh_optimizer, fresh_scheduler)["step"] == 1
+    assert checkpoint.load(path, fresh, fresh_optimizer, fresh_scheduler)["step"] == 2
     for (name, saved), loaded in zip(model.named_parameters(), fresh.parameters(), strict=True):
         assert torch.equal(saved, loaded), f"{name} differs after loading"
-    saved_moments, loaded_moments = (
-        [s["exp_avg"] for s in opt.chained_optimizers[0].optimizer.state.values()]
+    saved_states, loaded_states = (
+        [(s["step"], s["exp_avg"], s["exp_avg_sq"]) for s in opt.chained_optimizers[0].optimizer.state.values()]
         for opt in (optimizer, fresh_optimizer)
     )
-    assert len(saved_moments) == len(loaded_moments) > 0
-    assert all(map(torch.equal, saved_moments, loaded_moments)), "Adam moments differ after loading"
+    assert len(saved_states) == len(loaded_states) > 0 and int(saved_states[0][0]) == 2
+    for saved, loaded in zip(saved_states, loaded_states, strict=True):
+        assert all(map(torch.equal, map(torch.as_tensor, saved), map(torch.as_tensor, loaded))), \
+            "Adam's step count or moments differ after loading"
 
     stage.append("log")
     assert not [w for w in warnings if "RNG" in w], warnings

@@ -205,11 +205,21 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path):
 def test_ctrl_c_inside_a_page_store_waits_for_the_store_to_end():
     from raytron.data.newsapi import interrupts_held
 
-    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN where a shell started us in the background
-    stored = []
-    with pytest.raises(KeyboardInterrupt):
+    # Ctrl-C as in a terminal (a shell that starts the tests in the background gives them SIG_IGN, which the block
+    # keeps: tested below)
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stored = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came between the articles and the state file
+                time.sleep(0.1)
+                stored.append("state")
+        assert stored == ["state"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came between the articles and the state file
+            os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
-            stored.append("state")
-    assert stored == ["state"] and signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # ignored before, during and after
+    finally:
+        signal.signal(signal.SIGINT, launched_with)

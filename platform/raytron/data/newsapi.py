@@ -184,8 +184,9 @@ def drop_torn_tail(path: Path) -> None:
 @contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a page's articles, the counts and the
-    state file change together or not at all (off the main thread, where Python delivers no signals, a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
+    state file change together or not at all (a no-op off the main thread, where Python delivers no signals, and
+    where SIGINT is ignored, as in a job started in the background)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     held = []

@@ -6,7 +6,8 @@ no rank needs a disk another node sees. What one checkpoint holds:
 
     __<rank>_*.distcp, .metadata, common.pt, metadata.json   model + optimizer (dist_checkpointing)
     rng-rank<r>.pt            rank r's RNG states: python, numpy, torch, CUDA, Megatron's RNG tracker
-    trainer_state.json        step, epoch, best validation, W&B run id, data position, the LR schedule
+    trainer_state.json        step, epoch, best validation, W&B run id, the LR schedule, what a resume must keep
+                              (run_identity: the data position, the rows and their tokens, the optimizer layout)
     metrics.jsonl             the run's metrics up to this step (restored with it: no step logged twice)
     manifest-rank<r>.json     sha256 and size of every file rank r wrote, written last by that rank
 
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
+from raytron.config import JobConfig
 from raytron.errors import RaytronError
 from raytron.storage import copy_stream, reaching, read_remote, shown
 
@@ -39,21 +41,35 @@ ADVICE = ("Delete that checkpoint folder to resume from the previous one (rerun 
           "run.resume=false.")
 
 
-TOKEN_SETTINGS = ("max_length", "head_tokens", "max_summary_tokens")
-"""The `data.*` settings that decide a row's tokens (those the task's data section has)."""
+DATA_SETTINGS = ("dataset", "seed", "max_length", "head_tokens", "max_summary_tokens")
+"""The `data.*` settings that decide which rows a run has and what their tokens are (those its task's data section
+has)."""
+PRETRAINED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                    "special_tokens_map.json")
+"""What names a pretrained model by content: its architecture and its tokenizer."""
 
 
-def run_identity(cfg, num_train_rows: int) -> dict:
+def pretrained_digest(folder: str) -> str:
+    """The pretrained model by content (`model.pretrained` is pinned to a folder that differs between machines)."""
+    digest = hashlib.sha256()
+    for name in PRETRAINED_FILES:
+        if (path := Path(folder) / name).is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def run_identity(cfg: JobConfig, num_train_rows: int) -> dict:
     """What a resumed run must share with its checkpoint: what the data position means (batch size, rows, seed,
-    bucketing), what the rows' tokens are (the pretrained model, the encoding settings) and the optimizer state's
-    layout (a distributed optimizer's shards reshard across DP only, so its TP x PP stays)."""
+    bucketing), which rows there are and what their tokens are (the data settings, the pretrained model's config
+    and tokenizer), and the optimizer state's layout (a distributed optimizer's shards reshard across DP only, so
+    its TP x PP stays)."""
     data = cfg.data.model_dump()
     layout = {"train.distributed_optimizer": cfg.train.distributed_optimizer}
     if cfg.train.distributed_optimizer:
         layout |= {"parallel.tensor": cfg.parallel.tensor, "parallel.pipeline": cfg.parallel.pipeline}
     return {"global_batch_size": cfg.train.global_batch_size, "train_rows": num_train_rows, "seed": cfg.train.seed,
-            "bucket_by_length": cfg.train.bucket_by_length, "model.pretrained": cfg.model.pretrained,
-            **{f"data.{key}": data[key] for key in TOKEN_SETTINGS if key in data}, **layout}
+            "bucket_by_length": cfg.train.bucket_by_length, "model.pretrained": pretrained_digest(cfg.model.pretrained),
+            **{f"data.{key}": data[key] for key in DATA_SETTINGS if key in data}, **layout}
 
 
 def manifest_name(rank: int) -> str:
@@ -153,15 +169,20 @@ def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
         return copy_stream(source)[0]
 
 
+def distributed_parts(optimizer) -> list[DistributedOptimizer]:
+    return [part for part in getattr(optimizer, "chained_optimizers", [optimizer]) if isinstance(part, DistributedOptimizer)]
+
+
 def load(folder: Path, model, optimizer, scheduler) -> dict:
     """Restore model, optimizer, scheduler and this rank's RNG states from a local copy of a checkpoint; return
     the trainer state (step, epoch, data position, W&B run id, ...) with the checkpoint's `metrics.jsonl` text."""
     try:
         state = json.loads((folder / TRAINER_STATE).read_text())
         model_sd = model.sharded_state_dict()
-        for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-            if isinstance(part, DistributedOptimizer) and not part.optimizer.state:
-                # Without TE/Apex its state_dict needs Adam's states to exist; the dummies are overwritten by the load
+        for part in distributed_parts(optimizer):
+            if not part.optimizer.state:
+                # Megatron-Core 0.16's state_dict (without TE/Apex) needs Adam's states to exist; the load overwrites
+                # these dummies (the same method Megatron calls before loading its FSDP layout), except Adam's step
                 part._init_optimizer_states_with_dummy_values()
         loaded = dist_checkpointing.load(
             {"model": model_sd,
@@ -176,6 +197,11 @@ def load(folder: Path, model, optimizer, scheduler) -> dict:
     model.load_state_dict(loaded["model"])
     with torch.no_grad():  # the distributed optimizer copies into fp32 main params that are views of leaves
         optimizer.load_state_dict(loaded["optimizer"])
+    for part in distributed_parts(optimizer):
+        # ... whose torch Adam keeps the dummies' step count (1): Adam steps once per training step (bf16/fp32 skip
+        # none), so its bias correction resumes at the trainer's step (tests/test_megatron_cpu.py)
+        for adam_state in part.optimizer.state.values():
+            adam_state["step"] = torch.tensor(float(state["step"]))
     scheduler.load_state_dict(state["scheduler"])
     rng = folder / rng_name(dist.get_rank())
     if state["world_size"] == dist.get_world_size():

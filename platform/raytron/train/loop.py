@@ -144,7 +144,7 @@ class Worker:
     """Rank 0's W&B run; None on the other ranks."""
     state: dict = field(default_factory=dict)
     """What a checkpoint restores: step, epoch (completed), best_val, wandb_run_id, and what a resume must keep
-    (`checkpoint.run_identity`: the data position's meaning, the tokens' encoding)."""
+    (`checkpoint.run_identity`: the data position, the rows and their tokens, the optimizer layout)."""
 
     @property
     def rank0(self) -> bool:
