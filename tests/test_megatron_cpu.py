@@ -220,8 +220,8 @@ def test_cpu_build_train_checkpoint_with_the_shim(outcomes):
 
 def test_distributed_optimizer_checkpoint_round_trip(outcomes):
     """Megatron-Core 0.16's default layout for the distributed optimizer fails to save; ours saves and loads the
-    same parameters and Adam moments (found on 2 GPUs: `train.distributed_optimizer=true` died at its first
-    checkpoint)."""
+    same parameters, Adam step count and moments (found on 2 GPUs: `train.distributed_optimizer=true` died at its
+    first checkpoint)."""
     assert outcomes[DISTRIBUTED_OPTIMIZER]["ok"], outcomes[DISTRIBUTED_OPTIMIZER]
 
 

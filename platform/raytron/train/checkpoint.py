@@ -116,8 +116,8 @@ def save(folder: Path, model, optimizer, scheduler, state: dict, metrics_file: P
     shutil.rmtree(folder, ignore_errors=True)  # a crashed earlier save may have left files behind
     folder.mkdir(parents=True)
     model_sd = model.sharded_state_dict()
-    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=OPTIMIZER_LAYOUT)},
-                           str(folder))
+    optimizer_sd = optimizer.sharded_state_dict(model_sd, metadata=OPTIMIZER_LAYOUT)
+    dist_checkpointing.save({"model": model_sd, "optimizer": optimizer_sd}, str(folder))
     torch.save(rng_states(), folder / rng_name(rank))
     if rank == 0:
         trainer = {**state, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
@@ -170,7 +170,8 @@ def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
 
 
 def distributed_parts(optimizer) -> list[DistributedOptimizer]:
-    return [part for part in getattr(optimizer, "chained_optimizers", [optimizer]) if isinstance(part, DistributedOptimizer)]
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [part for part in parts if isinstance(part, DistributedOptimizer)]
 
 
 def load(folder: Path, model, optimizer, scheduler) -> dict:
