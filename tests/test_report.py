@@ -165,12 +165,15 @@ def test_missing_runs_are_listed_with_their_commands(tmp_path):
 
 
 def test_demo_steps_are_jobs_with_valid_recipes():
-    """Each step of `make demo` (jobs/demo.py) is a job script here, and its recipe with its overrides validates."""
+    """Each step of `make demo` (jobs/demo.py) is a job script here, and its recipe with its overrides validates.
+    The demo's runs are not the recipes' own: the README's publish commands (the recipes as they are) would otherwise
+    try to resume the demo's smaller runs and be refused (data.max_length 256 vs 384)."""
     from raytron.jobs.demo import STEPS
 
     for _, command in STEPS:
         assert (REPO / command[0]).is_file(), command
         if "--config" in command:
             at = command.index("--config")
-            load_config(REPO / command[at + 1], command[at + 2:])
+            demo, recipe = load_config(REPO / command[at + 1], command[at + 2:]), load_config(REPO / command[at + 1])
+            assert demo.run.name != recipe.run.name, command
     assert [command[0] for _, command in STEPS][-1] == "jobs/report.py"

@@ -470,7 +470,7 @@ def test_topics_job_writes_model_table_and_plots(ray_cluster, tmp_path):
                                                          "topics.topic_counts=[4]", "topics.main_topics=4",
                                                          "topics.min_cluster_size=5", "topics.lda_passes=1"])
     result = run(cfg)
-    out = tmp_path / "topics-demo"
+    out = tmp_path / "topics"
     table = pd.read_csv(out / "topics" / "comparison.csv")
     assert set(table["model"]) == {"BERTopic (pretrained)", "LDA (gensim)"}
     assert {"topic_map", "barchart", "hierarchy"} <= set(result["plots"])

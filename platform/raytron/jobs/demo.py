@@ -29,9 +29,12 @@ def steps(runs: str = RUNS) -> list[tuple[str, list[str]]]:
     # values, which must lie in the search space). Its tuned recipe goes to <runs>/tuned, not configs/tuned: a
     # two-trial search must not change the checkout's recipes (the fine-tune applies configs/tuned by default).
     # Within the issue's 12 minutes on a 2-core laptop (a fresh cache: 14 min 47 s with the recipes as they are):
-    # one epoch of sentiment, 256-token summarization rows, 600 topic documents embedded on both cores.
-    sentiment = ["--config", "configs/sentiment.yaml", *moved, "train.epochs=1", "data.test_rows=300"]
-    summarization = ["--config", "configs/summarization.yaml", *moved, "data.max_length=256"]
+    # one epoch of sentiment, 256-token summarization rows, 600 topic documents embedded on both cores. The runs are
+    # named <task>-demo: the recipes' own runs (the README's publish commands) must not resume these smaller ones.
+    sentiment = ["--config", "configs/sentiment.yaml", *moved, "run.name=sentiment-demo", "train.epochs=1",
+                 "data.test_rows=300"]
+    summarization = ["--config", "configs/summarization.yaml", *moved, "run.name=summarization-demo",
+                     "data.max_length=256"]
     return [
         ("sentiment: fine-tune MiniLM on 512 IMDb reviews, one epoch (2 Ray Train workers)",
          ["jobs/finetune.py", *sentiment]),
@@ -40,7 +43,8 @@ def steps(runs: str = RUNS) -> list[tuple[str, list[str]]]:
         ("summarization: ROUGE of Lead-3, extractive, zero-shot and fine-tuned on 8 test articles",
          ["jobs/evaluate.py", *summarization]),
         ("topics: BERTopic vs LDA on 600 20 Newsgroups posts",
-         ["jobs/topics.py", "--config", "configs/topics.yaml", *moved, "data.rows=600", "resources.cpus_per_worker=2"]),
+         ["jobs/topics.py", "--config", "configs/topics.yaml", *moved, "run.name=topics-demo", "data.rows=600",
+          "resources.cpus_per_worker=2"]),
         ("tune: a two-trial Ray Tune search of the sentiment fine-tune",
          ["jobs/tune.py", "--config", "configs/sentiment.yaml", *moved, *tune_slice]),
         ("report: one HTML page of the runs", ["jobs/report.py", "--runs", runs, "--tuned", f"{runs}/tuned"]),
