@@ -7,9 +7,12 @@
 #   resume  issue 12 on GPU bf16, train.deterministic=true: a 40-step IMDb run with a checkpoint every 10 steps,
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
 #           Train restarts it from step 20); per-step losses compared; ~6 min (every step reports: ~2 s a step)
+#   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 (eager and compiled, profiled) and 128 x 1,024
+#           compiled, then the summarization recipe's fine-tune in the real Ray Train loop at micro-batch 64,
+#           compiled (MFU from its own log windows: train/mfu in metrics.jsonl); ~7 min
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
-out=${1:?usage: gpu_mfu.sh OUT_DIR bench|imdb|resume}; part=${2:-bench}
+out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|imdb|resume}; part=${2:-bench}
 mkdir -p "$out"
 quiet() { grep -v -i -E "warn|^\s*$"; }
 if [ "$part" = bench ]; then
@@ -18,6 +21,15 @@ if [ "$part" = bench ]; then
   python3 bench/mfu.py --model decoder --batch 16 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-16.txt"
   python3 bench/mfu.py --model decoder --batch 32 --seq 1024 --attention sdpa --compile off on 2>&1 | quiet | tee "$out/mfu-decoder-32.txt"
   python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
+elif [ "$part" = loop ]; then
+  python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
+  python3 bench/mfu.py --model decoder --batch 128 --seq 1024 --attention sdpa --compile on 2>&1 | quiet | tee "$out/mfu-decoder-128.txt"
+  runs=/tmp/runs
+  ( time python3 jobs/finetune.py --config configs/summarization-gpu.yaml run.output_dir=$runs run.name=mfu-loop \
+      run.resume=false train.micro_batch_size=64 train.global_batch_size=64 train.compile=true train.epochs=8 \
+      train.log_every=3 $EXTRA ) > "$out/loop-finetune.log" 2>&1
+  grep -E "raytron.train: epoch|Error|real" "$out/loop-finetune.log" | tail -30
+  cp $runs/mfu-loop/metrics.jsonl "$out/loop-metrics.jsonl"
 elif [ "$part" = imdb ]; then
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false $EXTRA ) > "$out/imdb-finetune.log" 2>&1
