@@ -8,8 +8,8 @@
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
 #           Train restarts it from step 20); per-step losses compared; ~6 min (every step reports: ~2 s a step)
 #   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 (eager and compiled, profiled) and 128 x 1,024
-#           compiled, then the summarization recipe's fine-tune in the real Ray Train loop at micro-batch 64,
-#           compiled (MFU from its own log windows: train/mfu in metrics.jsonl); ~7 min
+#           compiled (2.5 min), then the summarization recipe's fine-tune in the real Ray Train loop at batch 128,
+#           compiled (MFU from its own log windows: train/mfu in metrics.jsonl; 4 min 9 s); ~7 min in all
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
 out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|imdb|resume}; part=${2:-bench}
@@ -26,8 +26,8 @@ elif [ "$part" = loop ]; then
   python3 bench/mfu.py --model decoder --batch 128 --seq 1024 --attention sdpa --compile on 2>&1 | quiet | tee "$out/mfu-decoder-128.txt"
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/summarization-gpu.yaml run.output_dir=$runs run.name=mfu-loop \
-      run.resume=false train.micro_batch_size=64 train.global_batch_size=64 train.compile=true train.epochs=8 \
-      train.log_every=3 $EXTRA ) > "$out/loop-finetune.log" 2>&1
+      run.resume=false train.micro_batch_size=128 train.global_batch_size=128 train.compile=true train.epochs=10 \
+      train.log_every=2 $EXTRA ) > "$out/loop-finetune.log" 2>&1
   grep -E "raytron.train: epoch|Error|real" "$out/loop-finetune.log" | tail -30
   cp $runs/mfu-loop/metrics.jsonl "$out/loop-metrics.jsonl"
 elif [ "$part" = imdb ]; then
