@@ -14,7 +14,7 @@
 source bench/device_setup.sh
 out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|imdb|resume}; part=${2:-bench}
 mkdir -p "$out"
-quiet() { grep -v -i -E "warn|^\s*$"; }
+quiet() { tr "\r" "\n" | grep -v -i -E "warn|GGUF|Loading weights|Writing model shards|^\s*$"; }
 if [ "$part" = bench ]; then
   python3 bench/mfu.py --model encoder --batch 32 --seq 512 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-encoder.txt"
   python3 bench/mfu.py --model encoder --batch 32 --seq 256 --attention sdpa --compile off on 2>&1 | quiet | tee -a "$out/mfu-encoder.txt"

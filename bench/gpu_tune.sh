@@ -7,9 +7,11 @@
 #   sentiment-final: fine-tune with the tuned recipe ($1/tuned/sentiment-gpu.yaml, applied by default) and
 #              evaluate on the 25k test reviews; the hand-set figures are README's (93.12% / 93.09%).
 #   topics:    the 20NG search of configs/topics-gpu.yaml (UMAP/HDBSCAN by NPMI x diversity x coverage on held-out
-#              documents, a Tune trial per CPU: 5 min 56 s on 16 cores, 2026-11-29; stopped with Ctrl-C at 9 min).
+#              documents, a Tune trial per CPU; stops itself with Ctrl-C at 9 min: when it prints "interrupted", run
+#              the same call again, back to back, and the search resumes; 2026-11-29 on 16 cores: the trials took
+#              5 min in a resumed call, longer on a fresh machine).
 #   topics-final: jobs/topics.py with the tuned recipe ($1/tuned/topics-gpu.yaml; NPMI/diversity over 10-50 x 3
-#              seeds on all documents, ~4.5 min), in a call of its own.
+#              seeds on all documents, ~4.5 min), in a call of its own, as run.name=topics-tuned.
 #              Needs 20newsgroups/20news_bydate.jsonl.gz under $RAYTRON_DATA_DIR on the device (staged with it).
 # Usage, after the staging calls of docs/gpu.md: `bash bench/gpu_tune.sh OUT sentiment` (repeat), then
 # `bash bench/gpu_tune.sh OUT sentiment-final`, `bash bench/gpu_tune.sh OUT topics`, `bash bench/gpu_tune.sh OUT topics-final` (each in the foreground).
@@ -37,7 +39,7 @@ case "$part" in
     grep -E "raytron.tune|^done|^interrupted|Error|real" "$out/topics-tune.log" | grep -v started | tail -30
     cp $runs/topics-gpu/tune/topics-gpu-tune/trials.json "$out/topics-trials.json" 2>/dev/null ;;
   topics-final)
-    ( time python3 jobs/topics.py --config configs/topics-gpu.yaml run.output_dir=$runs tune.tuned_dir=$out/tuned \
-      ) > "$out/topics-tuned.log" 2>&1
+    ( time python3 jobs/topics.py --config configs/topics-gpu.yaml run.output_dir=$runs run.name=topics-tuned \
+        tune.tuned_dir=$out/tuned ) > "$out/topics-tuned.log" 2>&1
     grep -E "applying tuned|raytron|Error|real|\|" "$out/topics-tuned.log" | tail -30 ;;
 esac

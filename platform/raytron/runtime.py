@@ -39,7 +39,8 @@ def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     """Initialize Megatron-Core's TP/PP/DP groups and RNG; return this rank's device.
 
     The one entry point to Megatron-Core in a process: without a GPU it first installs the CPU shim
-    (`raytron.megatron_cpu`); without Apex or TE, sync-free multi-tensor ops (`raytron.megatron_multi_tensor`). Inside Ray Train the default process group already exists (nccl on
+    (`raytron.megatron_cpu`); without Apex or TE, sync-free grad-clipping ops
+    (`raytron.megatron_multi_tensor`). Inside Ray Train the default process group already exists (nccl on
     GPU, gloo on CPU); outside it (a Serve replica, a Ray Data actor, a script) a one-process gloo
     group is created.
     """
