@@ -1,6 +1,7 @@
 """`ray job submit` against a head node the test starts: the README's cluster path, end to end."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -28,13 +29,25 @@ def head_node():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def readme_runtime_env() -> dict:
+    """The `--runtime-env-json` of the README's `ray job submit` command."""
+    found = re.search(r"ray job submit .*?--runtime-env-json '([^']+)'", (REPO / "README.md").read_text(), re.S)
+    assert found, "README.md has no `ray job submit ... --runtime-env-json '...'` command"
+    return json.loads(found.group(1))
+
+
+def test_readme_submit_excludes_what_raytron_submit_excludes():
+    """What a checkout may hold besides the code (runs, W&B folders, a model store of published models: hundreds
+    of MB, over the job server's 100 MiB upload limit) stays out of the README's upload as out of `raytron submit`'s."""
+    from raytron.submit import EXCLUDES
+
+    assert readme_runtime_env()["excludes"] == EXCLUDES
+
+
 def test_job_submit_runs_finetune(head_node, tmp_path):
     env, ray_bin, address = head_node
-    runtime_env = {
-        "excludes": [".venv", ".git", ".dev", "runs"],
-        # the submitted copy of the code, not an installed one
-        "env_vars": {"PYTHONPATH": "platform", "RAYTRON_DATA_DIR": env["RAYTRON_DATA_DIR"], "WANDB_MODE": "offline"},
-    }
+    runtime_env = readme_runtime_env()  # the README's: its excludes, the submitted copy of the code on PYTHONPATH
+    runtime_env["env_vars"] |= {"RAYTRON_DATA_DIR": env["RAYTRON_DATA_DIR"], "WANDB_MODE": "offline"}
     command = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "jobs/finetune.py", "--config", "configs/sentiment.yaml",
