@@ -51,7 +51,8 @@ report: setup
 	$(BIN)/python jobs/report.py
 
 # One pytest process (and one local Ray cluster) per test module, TEST_JOBS at a time, slowest first (their
-# times in a quiet clean-clone CI run, 2026-11-29, 49 min 46 s in all: 984 s for test_serve down to 59 s for test_cli; tests/run_modules.py says why).
+# times in a quiet clean-clone CI run, 2026-11-29 22:46 UTC, 39 min 30 s in all: 704 s for test_serve down to 82 s for test_cli;
+# tests/run_modules.py says why).
 TEST_JOBS ?= 2
 SLOW_TESTS := tests/test_serve.py tests/test_node_loss.py tests/test_finetune.py tests/test_tune.py tests/test_report.py \
 	tests/test_summarization.py tests/test_topics.py tests/test_data_cache.py tests/test_tensor_parallel.py \
