@@ -32,7 +32,7 @@ def scale(chunk_size, noop_flag, tensor_lists, factor: float) -> None:
     if sources is targets:  # clipping: [grads, grads]; no second copy of every gradient
         torch._foreach_mul_(targets, factor)
     else:
-        torch._foreach_copy_(targets, torch._foreach_mul(sources, factor) if factor != 1.0 else sources)
+        torch._foreach_copy_(targets, torch._foreach_mul(sources, factor))
 
 
 def install() -> list[str]:
