@@ -128,6 +128,13 @@ def scenario(skip: frozenset[str], workdir: Path, stage: list[str], distributed_
         assert all(map(torch.equal, map(torch.as_tensor, saved), map(torch.as_tensor, loaded))), \
             "Adam's step count or moments differ after loading"
 
+    stage.append("Megatron's own optimizer.step()")  # what tests/test_optimizer_step.py compares ours with
+    model, ddp, optimizer, _ = build()
+    NextToken.loss(ddp, dict(input_ids=tokens[:, :-1], labels=tokens[:, 1:])).backward()
+    ddp.finish_grad_sync()
+    success, grad_norm, _ = optimizer.step()
+    assert success and grad_norm > train.clip_grad, grad_norm
+
     stage.append("log")
     assert not [w for w in warnings if "RNG" in w], warnings
 

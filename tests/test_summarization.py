@@ -26,16 +26,26 @@ def test_loss_covers_only_labelled_positions(smollm2):
     _, _, model, _, _ = smollm2
     ids = torch.randint(100, 5000, (2, 12))
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[:, 7:10] = ids[:, 7:10]  # the "summary": positions 7-9, predicted from positions 6-8
-    losses = supervised_losses(model, ids, labels)
-    assert len(losses) == 6
+    labels[0, 7:10] = ids[0, 7:10]  # the "summaries": row 0 positions 7-9, predicted from positions 6-8,
+    labels[1, 4:6] = ids[1, 4:6]  # row 1 positions 4-5, from positions 3-4
+    losses, supervised = supervised_losses(model, ids, labels, width=4)
+    assert losses.shape == supervised.shape == (2, 4) and supervised.sum(1).tolist() == [3, 2]
+    assert losses[~supervised].eq(0).all()
     with torch.no_grad():
-        logits = model(ids, torch.arange(12).expand(2, 12), None)[:, 6:9].float()
+        logits = model(ids, torch.arange(12).expand(2, 12), None).float()
         # Megatron's own loss over the full vocabulary at every position (what training computed before)
         full = model(ids, torch.arange(12).expand(2, 12), None, labels=next_token_targets(labels).clamp(min=0))
-    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 7:10].reshape(-1), reduction="none")
-    assert torch.allclose(losses, expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(losses, full[:, 6:9].reshape(-1).float(), rtol=1e-6, atol=1e-6)
+    predicting = [(0, 6), (0, 7), (0, 8), (1, 3), (1, 4)]
+    expected = torch.stack([F.cross_entropy(logits[row, position], ids[row, position + 1]) for row, position in predicting])
+    assert torch.allclose(losses[supervised], expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(losses[supervised], torch.stack([full[r, p] for r, p in predicting]).float(), rtol=1e-6, atol=1e-6)
+    # a span at the end of the row: positions past it clamp to the last one, which predicts nothing
+    labels[1] = IGNORE_INDEX
+    labels[1, 10:12] = ids[1, 10:12]
+    losses, supervised = supervised_losses(model, ids, labels, width=4)
+    assert supervised[1].tolist() == [True, True, False, False]
+    expected = F.cross_entropy(logits[1, 9:11], ids[1, 10:12], reduction="none")
+    assert torch.allclose(losses[1, :2], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

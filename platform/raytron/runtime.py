@@ -39,18 +39,16 @@ def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     """Initialize Megatron-Core's TP/PP/DP groups and RNG; return this rank's device.
 
     The one entry point to Megatron-Core in a process: without a GPU it first installs the CPU shim
-    (`raytron.megatron_cpu`); without Apex or TE, sync-free grad-clipping ops
-    (`raytron.megatron_multi_tensor`). Inside Ray Train the default process group already exists (nccl on
+    (`raytron.megatron_cpu`). Inside Ray Train the default process group already exists (nccl on
     GPU, gloo on CPU); outside it (a Serve replica, a Ray Data actor, a script) a one-process gloo
     group is created.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from raytron import megatron_cpu, megatron_multi_tensor
+    from raytron import megatron_cpu
 
     on_cpu = megatron_cpu.enable()
-    megatron_multi_tensor.install()
     if not dist.is_initialized():
         # A fresh port, not MASTER_PORT: a reused Ray worker process may carry a stale one.
         dist.init_process_group(

@@ -268,7 +268,7 @@ def new_window() -> dict:
     return {"start": time.perf_counter(), "steps": 0, "loss": 0.0, "tokens": 0.0, "flops": 0.0}
 
 
-def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
+def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> None:
     """Report the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last report, and on a GPU the
     peak memory this rank allocated so far (the grad norm when the optimizer gave one: a missing norm is left out,
     not logged as 0)."""
@@ -278,7 +278,7 @@ def log_window(worker: Worker, window: dict, grad_norm: float | None) -> None:
     metrics = {
         "train/loss": float(window["loss"]) / window["steps"],
         "train/lr": worker.optimizer.param_groups[0]["lr"],
-        **({} if grad_norm is None else {"train/grad_norm": grad_norm}),
+        **({} if grad_norm is None else {"train/grad_norm": float(grad_norm)}),
         "train/tokens_per_s": float(window["tokens"]) / elapsed,
         "train/step_time_ms": 1000 * elapsed / window["steps"],
         "train/tflops_per_device": flops_per_device / 1e12,

@@ -52,12 +52,14 @@ def padded_width(lengths: np.ndarray, full_width: int) -> int:
 
 
 def to_device(rows: Rows, index: np.ndarray, device: torch.device, lengths: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """The rows at `index` as device tensors; with `lengths` (bucketing), token columns cut to `padded_width`."""
+    """The rows at `index` as device tensors; with `lengths` (bucketing), token columns cut to `padded_width`.
+    To a GPU through pinned memory, asynchronously: a copy from pageable memory waits for the GPU's queue to drain."""
     batch = {}
     for column, values in rows.items():
         if lengths is not None and values.ndim == 2:
             values = values[:, :padded_width(lengths[index], values.shape[1])]
-        batch[column] = torch.from_numpy(values[index]).to(device)
+        host = torch.from_numpy(values[index])
+        batch[column] = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
     return batch
 
 

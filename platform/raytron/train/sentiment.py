@@ -47,7 +47,8 @@ class SentimentTask:
 
     def measure(self, batch):
         lengths = self.lengths(batch)
-        return {"items": torch.tensor(len(lengths), device=lengths.device), "tokens": lengths.sum(),
+        # torch.full, not torch.tensor: a host value copied to a GPU is a sync, a fill is a kernel
+        return {"items": torch.full((), len(lengths), device=lengths.device), "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):
@@ -55,7 +56,7 @@ class SentimentTask:
         return torch.stack([
             F.cross_entropy(logits, batch["label"], reduction="sum").double(),
             (logits.argmax(-1) == batch["label"]).sum().double(),
-            torch.tensor(float(len(logits)), dtype=torch.float64, device=logits.device),
+            torch.full((), len(logits), dtype=torch.float64, device=logits.device),
         ])
 
     def validation_metrics(self, sums):

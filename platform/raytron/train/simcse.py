@@ -63,7 +63,7 @@ class ContrastiveTask:
 
     def measure(self, batch):
         lengths = torch.cat([batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1)])
-        return {"items": torch.tensor(len(batch["input_ids"]), device=lengths.device), "tokens": lengths.sum(),
+        return {"items": torch.full((), len(batch["input_ids"]), device=lengths.device), "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):
@@ -72,7 +72,7 @@ class ContrastiveTask:
         loss, top1 = self._pair_loss(model, batch)
         rows = float(len(batch["input_ids"]))
         return torch.stack([loss.double() * rows, top1.double() * rows,
-                            torch.tensor(rows, dtype=torch.float64, device=loss.device)])
+                            torch.full((), rows, dtype=torch.float64, device=loss.device)])
 
     def validation_metrics(self, sums):
         loss = (sums[0] / sums[2]).item()

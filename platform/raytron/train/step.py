@@ -6,7 +6,7 @@ The loss of a step is the mean over every loss item (token or row) of the global
 `calculate_per_token_loss` defines it, not a mean of micro-batch means: the items of all micro-batches
 are counted first and summed over the data-parallel ranks, and each micro-batch's summed loss is scaled
 by DP / that count before backward (Megatron DDP then averages over DP). Nothing is read back to the
-host: the step's loss, tokens and FLOPs stay device tensors until the caller logs them.
+host: the step's loss, tokens, FLOPs and gradient norm stay device tensors until the caller logs them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from raytron.train.optimizer_step import optimizer_step
+
 
 @dataclass
 class StepResult:
@@ -27,13 +29,13 @@ class StepResult:
     """Real tokens of the global batch (all data-parallel ranks)."""
     flops: torch.Tensor
     """Model training FLOPs of the global batch (see `raytron.train.flops`)."""
-    grad_norm: float | None
-    """Global gradient norm before clipping; None when the optimizer does not report one."""
+    grad_norm: torch.Tensor | None
+    """Global gradient norm before clipping (a device scalar); None when the step was skipped."""
 
 
 def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> StepResult:
     """Accumulate `task.loss` gradients over `micro_batches`, sync them across data-parallel ranks once,
-    clip, step the optimizer and advance the schedule by one."""
+    clip, step the optimizer (`raytron.train.optimizer_step`) and advance the schedule by one."""
     dp_group = parallel_state.get_data_parallel_group()
     counts = torch.stack([torch.stack([m["items"], m["tokens"], m["flops"]]).double()
                           for m in map(task.measure, micro_batches)]).sum(0)
@@ -50,7 +52,7 @@ def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> St
             (loss * scale.to(loss.dtype)).backward()
         loss_sum += loss.detach().double()
     ddp.finish_grad_sync()
-    _, grad_norm, _ = optimizer.step()
+    grad_norm = optimizer_step(optimizer)
     scheduler.step(increment=1)
     dist.all_reduce(loss_sum, group=dp_group)
-    return StepResult(loss_sum / items, tokens, flops, None if grad_norm is None else float(grad_norm))
+    return StepResult(loss_sum / items, tokens, flops, grad_norm)

@@ -38,23 +38,39 @@ def _chunk_losses(output_layer, weight, hidden: torch.Tensor, targets: torch.Ten
     return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), targets.unsqueeze(1)).squeeze(1)
 
 
-def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token losses (vocab-parallel cross entropy) at the supervised positions only, in row-major order.
-
-    The decoder runs on every position, but the output layer and the loss only where a summary token is
-    predicted (~128 of 1,024), in chunks recomputed in backward: logits never exist for the prompt, and
-    never all at once."""
-    gpt = unwrap_model(model)  # the GPTModel inside DDP / Float16Module (their forward only passes through)
+def summary_span(labels: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's `width` positions from the first one that predicts a summary token, and their next-token
+    targets (IGNORE_INDEX past the summary). A row's supervised positions are one span (prompt, summary + EOS,
+    right padding: `cnn_dailymail.SummaryEncoder`) of at most max_summary_tokens + 1, so `width` that long
+    covers it: fixed shapes, where selecting the supervised positions by a mask reads their count back to the
+    host (a sync that drains the GPU's queue every micro-batch)."""
     targets = next_token_targets(labels)
+    first = (targets != IGNORE_INDEX).int().argmax(1)  # 0 for a row without a summary: all its targets ignored
+    offsets = torch.arange(min(width, labels.shape[1]), device=labels.device)
+    positions = (first[:, None] + offsets).clamp(max=labels.shape[1] - 1)  # the last position predicts nothing
+    return positions, targets.gather(1, positions)
+
+
+def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, width: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token losses (vocab-parallel cross entropy) over each row's summary span (`summary_span`), 0 where
+    nothing is supervised, and the mask of the supervised ones; both [rows, width].
+
+    The decoder runs on every position, but the output layer and the loss only on the span (~128 of 1,024),
+    in chunks recomputed in backward: logits never exist for the prompt, and never all at once."""
+    gpt = unwrap_model(model)  # the GPTModel inside DDP / Float16Module (their forward only passes through)
+    positions, targets = summary_span(labels, width)
     supervised = targets != IGNORE_INDEX
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    all_positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     # attention_mask=None: the causal mask; right padding sits after every supervised token
-    hidden = decoder_hidden_states(gpt, input_ids.long(), positions).transpose(0, 1)[supervised]
+    hidden = decoder_hidden_states(gpt, input_ids.long(), all_positions).transpose(0, 1)
+    span = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1)
     weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
-    return torch.cat([
+    losses = torch.cat([
         checkpoint(_chunk_losses, gpt.output_layer, weight, h, t, use_reentrant=False)
-        for h, t in zip(hidden.split(LOGIT_CHUNK), targets[supervised].split(LOGIT_CHUNK), strict=True)
-    ])
+        for h, t in zip(span.split(LOGIT_CHUNK), targets.clamp(min=0).flatten().split(LOGIT_CHUNK), strict=True)
+    ]).view_as(targets)
+    return torch.where(supervised, losses, 0.0), supervised
 
 
 class SummarizationTask:
@@ -70,8 +86,13 @@ class SummarizationTask:
         model, self.tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
         return model.to(device), self.tconfig
 
+    @property
+    def span(self) -> int:
+        """Positions per row that can predict a summary token (`summary_span`): the summary and its EOS."""
+        return self.cfg.data.max_summary_tokens + 1
+
     def loss(self, model, batch):
-        return supervised_losses(model, batch["input_ids"], batch["labels"]).sum()
+        return supervised_losses(model, batch["input_ids"], batch["labels"], self.span)[0].sum()
 
     def lengths(self, batch):
         # real (non-pad) tokens of a row: everything up to its last supervised label (right padding)
@@ -80,13 +101,13 @@ class SummarizationTask:
 
     def measure(self, batch):
         lengths = self.lengths(batch)
-        items = (next_token_targets(batch["labels"]) != IGNORE_INDEX).sum()
+        items = (summary_span(batch["labels"], self.span)[1] != IGNORE_INDEX).sum()
         return {"items": items, "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}
 
     def validation_sums(self, model, batch):
-        losses = supervised_losses(model, batch["input_ids"], batch["labels"])
-        return torch.stack([losses.sum().double(), torch.tensor(len(losses), dtype=torch.float64, device=losses.device)])
+        losses, supervised = supervised_losses(model, batch["input_ids"], batch["labels"], self.span)
+        return torch.stack([losses.sum().double(), supervised.sum().double()])
 
     def validation_metrics(self, sums):
         loss = (sums[0] / sums[1]).item()
