@@ -7,12 +7,14 @@
 #   resume  issue 12 on GPU bf16, train.deterministic=true: a 40-step IMDb run with a checkpoint every 10 steps,
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
 #           Train restarts it from step 20); per-step losses compared; ~6 min (every step reports: ~2 s a step)
-#   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 (eager and compiled, profiled) and 128 x 1,024
-#           compiled (2.5 min), then the summarization recipe's fine-tune in the real Ray Train loop at batch 128,
+#   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 compiled (profiled: its host syncs), 128 and 192 x
+#           1,024 compiled, then the summarization recipe's fine-tune in the real Ray Train loop at batch 128,
 #           compiled (MFU from its own log windows: train/mfu in metrics.jsonl; 4 min 9 s); ~7 min in all
+#   serve   bench/serve_load.py on serve/raytron-gpu.yaml (classifier batch 128 vs 1, 128 in flight), with the
+#           models of the imdb part and of gpu_tune.sh's topics-final (same warm machine: run those first)
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
-out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|imdb|resume}; part=${2:-bench}
+out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|serve|imdb|resume}; part=${2:-bench}
 mkdir -p "$out"
 quiet() { tr "\r" "\n" | grep -v -i -E "warn|GGUF|Loading weights|Writing model shards|^\s*$"; }
 if [ "$part" = bench ]; then
@@ -22,14 +24,20 @@ if [ "$part" = bench ]; then
   python3 bench/mfu.py --model decoder --batch 32 --seq 1024 --attention sdpa --compile off on 2>&1 | quiet | tee "$out/mfu-decoder-32.txt"
   python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
 elif [ "$part" = loop ]; then
-  python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
-  python3 bench/mfu.py --model decoder --batch 128 --seq 1024 --attention sdpa --compile on 2>&1 | quiet | tee "$out/mfu-decoder-128.txt"
+  python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
+  for rows in 128 192; do
+    python3 bench/mfu.py --model decoder --batch $rows --seq 1024 --attention sdpa --compile on 2>&1 | quiet | tee "$out/mfu-decoder-$rows.txt"
+  done
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/summarization-gpu.yaml run.output_dir=$runs run.name=mfu-loop \
       run.resume=false train.micro_batch_size=128 train.global_batch_size=128 train.compile=true train.epochs=10 \
       train.log_every=2 $EXTRA ) > "$out/loop-finetune.log" 2>&1
   grep -E "raytron.train: epoch|Error|real" "$out/loop-finetune.log" | tail -30
   cp $runs/mfu-loop/metrics.jsonl "$out/loop-metrics.jsonl"
+elif [ "$part" = serve ]; then
+  python3 bench/serve_load.py --config serve/raytron-gpu.yaml --sentiment-model /tmp/runs/sentiment-gpu/model \
+    --topic-model /tmp/runs/topics-tuned/topic_model --max-batch 128 --concurrency 128 --requests 2000 2>&1 | quiet \
+    | tee "$out/serve-gpu.txt"
 elif [ "$part" = imdb ]; then
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/sentiment-gpu.yaml run.output_dir=$runs run.resume=false $EXTRA ) > "$out/imdb-finetune.log" 2>&1

@@ -2,6 +2,9 @@
 classifier batched vs unbatched, and Serve's overhead over calling the model in-process.
 
     python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
+    python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
+
+A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
 
 Bounded: a fixed number of requests per measurement. Prints a table (with the machine's load average
 before and after: other work on the machine shows in the figures); writes nothing else.
@@ -9,6 +12,7 @@ before and after: other work on the machine shows in the figures); writes nothin
 
 import argparse
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -23,9 +27,14 @@ ARTICLE = ("NASA delayed the launch of its new lunar rocket on Monday after engi
            "The agency said the next attempt could come within two weeks. Officials said the crew was safe.")
 
 
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {os.environ['RAYTRON_API_TOKEN']}"}
+
+
 def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict:
     """Fire `requests_total` POSTs with `concurrency` in flight; latency percentiles and throughput."""
     session = requests.Session()
+    session.headers.update(auth())
 
     def one(_):
         start = time.perf_counter()
@@ -67,6 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sentiment-model", default=str(REPO / "runs" / "sentiment-demo" / "model"))
     parser.add_argument("--topic-model", default=str(REPO / "runs" / "topics-demo" / "topic_model"))
+    parser.add_argument("--config", default=str(REPO / "serve" / "raytron.yaml"), help="the Serve config to deploy")
+    parser.add_argument("--max-batch", type=int, default=32, help="the classifier's batch, measured against 1")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
@@ -81,31 +92,32 @@ def main() -> None:
     store = tempfile.mkdtemp(prefix="raytron-bench-store-")
     publish(args.sentiment_model, store, "sentiment")
     publish(args.topic_model, store, "topics")
+    os.environ.setdefault("RAYTRON_API_TOKEN", secrets.token_hex(16))  # the replicas inherit it
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")  # its own instance, never a cluster found here
     load_before = os.getloadavg()
     rows = []
-    for batch in (32, 1):
+    for batch in (args.max_batch, 1):
         classifier = {"user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01},
                       "autoscaling_config": None}  # one replica: compare batching alone
         # the bench store has no summarization model (it measures Lead-3 and extractive): allow the
         # pretrained decoder explicitly, as the app requires
-        application, _ = from_config_file(REPO / "serve" / "raytron.yaml", {"SentimentClassifier": classifier},
+        application, _ = from_config_file(args.config, {"SentimentClassifier": classifier},
                                           store=store, summarization_fallback="pretrained")
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
         sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
-        largest = requests.get(f"{base}/v1/models", timeout=60).json()["sentiment"]["batching"]["largest_batch"]
+        largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
         rows.append((f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency,
                      sentiment))
-        if batch == 32:
+        if batch == args.max_batch:
             rows.append(("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
                                                                    args.requests // 4, 1)))
             rows.append(("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                                   args.requests, args.concurrency)))
             rows.append(("POST /v1/summarize lead-3", args.concurrency, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests, args.concurrency)))
-            extractive = requests.get(f"{base}/v1/models", timeout=60).json()["summarization"]["extractive"]
+            extractive = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["summarization"]["extractive"]
             rows.append((f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
         serve.delete("raytron")
