@@ -255,8 +255,7 @@ def train_epoch(worker: Worker) -> None:
             window[key] = window[key] + getattr(result, key)
         window["steps"] += 1
         if state["step"] % cfg.train.log_every == 0 or state["step"] == plan.total_steps:
-            log_window(worker, window, result.grad_norm)
-            window = new_window()
+            window = new_window(start=log_window(worker, window, result.grad_norm))
         if state["step"] >= plan.total_steps:
             break
         epoch_end = state["step"] == (state["epoch"] + 1) * plan.steps_per_epoch
@@ -264,22 +263,32 @@ def train_epoch(worker: Worker) -> None:
             save_checkpoint(worker, {"step": state["step"]})
 
 
-def new_window() -> dict:
-    return {"start": time.perf_counter(), "steps": 0, "loss": 0.0, "tokens": 0.0, "flops": 0.0}
+def new_window(start: float | None = None) -> dict:
+    return {"start": time.perf_counter() if start is None else start, "steps": 0, "loss": 0.0, "tokens": 0.0,
+            "flops": 0.0}
 
 
-def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> None:
-    """Report the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last report, and on a GPU the
-    peak memory this rank allocated so far (the grad norm when the optimizer gave one: a missing norm is left out,
-    not logged as 0)."""
-    elapsed = time.perf_counter() - window["start"]
+def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> float:
+    """Log the mean loss, LR, throughput, TFLOP/s and MFU of the steps since the last log (to the log, W&B and
+    metrics.jsonl), and on a GPU the peak memory this rank allocated so far (the grad norm when the optimizer gave
+    one: a missing norm is left out, not logged as 0). Returns when the window ended: the next one starts there,
+    so the time spent logging counts against the steps after it.
+
+    The step queues its GPU work without waiting for it: the window's totals are read first (which waits for the
+    GPU to finish its steps), then the clock. Not reported to Ray Train: a report is a barrier over all workers
+    through a Ray actor (seconds per window on an H200); Train gets the epoch-end and checkpoint reports."""
+    totals = torch.stack([torch.as_tensor(window[key], dtype=torch.float64)
+                          for key in ("loss", "tokens", "flops")]).tolist()
+    loss, tokens, flops = totals
+    end = time.perf_counter()
+    elapsed = end - window["start"]
     step = worker.state["step"]
-    flops_per_device = float(window["flops"]) / elapsed / dist.get_world_size()  # steps' FLOPs are global
+    flops_per_device = flops / elapsed / dist.get_world_size()  # steps' FLOPs are global
     metrics = {
-        "train/loss": float(window["loss"]) / window["steps"],
+        "train/loss": loss / window["steps"],
         "train/lr": worker.optimizer.param_groups[0]["lr"],
         **({} if grad_norm is None else {"train/grad_norm": float(grad_norm)}),
-        "train/tokens_per_s": float(window["tokens"]) / elapsed,
+        "train/tokens_per_s": tokens / elapsed,
         "train/step_time_ms": 1000 * elapsed / window["steps"],
         "train/tflops_per_device": flops_per_device / 1e12,
         **({} if worker.peak_flops is None else {"train/mfu": flops_per_device / worker.peak_flops}),
@@ -295,7 +304,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
                  f" MFU {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else "",
                  f" peak {metrics['train/peak_memory_gib']:.2f} GiB" if "train/peak_memory_gib" in metrics else "")
         record_metrics(worker.wandb_run, worker.cfg.run_dir, metrics)
-    ray.train.report(metrics)
+    return end
 
 
 def end_epoch(worker: Worker) -> None:

@@ -10,8 +10,8 @@ from raytron.config import TASK_CONFIGS
 
 class EpochReport(TuneReportCallback):
     """Ray Tune's report callback for Ray Train, forwarding only the epoch-end reports (those that carry the
-    validation `metric`). The loop also reports every `train.log_every` steps (loss, throughput) without it; Tune
-    refuses results that lack the searched metric, so those stay in Train, W&B and metrics.jsonl. Tune then counts
+    validation `metric`). The loop also reports its mid-epoch checkpoints (`train.checkpoint_every`) without it;
+    Tune refuses results that lack the searched metric, so those stay in Train. Tune then counts
     one `training_iteration` per epoch: ASHA's rungs are epochs."""
 
     def __init__(self, metric: str):
