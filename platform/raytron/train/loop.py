@@ -275,8 +275,10 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
     so the time spent logging counts against the steps after it.
 
     The step queues its GPU work without waiting for it: the window's totals are read first (which waits for the
-    GPU to finish its steps), then the clock. Not reported to Ray Train: a report is a barrier over all workers
-    through a Ray actor (seconds per window on an H200); Train gets the epoch-end and checkpoint reports."""
+    GPU to finish its steps), then the clock. Not reported to Ray Train: a report is a barrier over the workers, and
+    Ray Train 2.60's controller takes one report per worker each `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (2 s), so
+    reporting every window stalled fast steps (docs/gpu-fast-path.md). Train gets the epoch-end and checkpoint
+    reports."""
     totals = torch.stack([torch.as_tensor(window[key], dtype=torch.float64)
                           for key in ("loss", "tokens", "flops")]).tolist()
     loss, tokens, flops = totals
