@@ -6,7 +6,8 @@
 #           extra overrides in $EXTRA (e.g. EXTRA=train.compile=true); ~5 min
 #   resume  issue 12 on GPU bf16, train.deterministic=true: a 40-step IMDb run with a checkpoint every 10 steps,
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
-#           Train restarts it from step 20); per-step losses compared; ~6 min (every step reports: ~2 s a step)
+#           Train restarts it from step 20); per-step losses compared; ~6 min (measured when every log window was a Ray Train
+#           report, ~2 s a step; the kill lands a step or two after 25, before the step-30 checkpoint)
 #   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 compiled (profiled: its host syncs), 128 and 192 x
 #           1,024 compiled, then the summarization recipe's fine-tune in the real Ray Train loop at batch 128,
 #           compiled (MFU from its own log windows: train/mfu in metrics.jsonl; 4 min 9 s); ~7 min in all

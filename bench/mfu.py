@@ -47,7 +47,9 @@ def run_steps(args: dict) -> dict:
     from raytron.train.tasks import make_task
 
     recipe = Path(__file__).resolve().parents[1] / TASKS[args["model"]]
-    cfg = pin_pretrained(load_config(recipe, [f"train.micro_batch_size={args['batch']}",
+    # the decoder's loss covers max_summary_tokens + 1 positions per row: all `--supervised` ones
+    summary = [f"data.max_summary_tokens={args['supervised'] - 1}"] if args["model"] == "decoder" else []
+    cfg = pin_pretrained(load_config(recipe, [*summary, f"train.micro_batch_size={args['batch']}",
                                               f"train.global_batch_size={args['batch']}",
                                               f"model.attention={args['attention']}", "resources.num_workers=1",
                                               f"train.compile={args.get('compile') == 'on'}"]))

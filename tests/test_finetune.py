@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +17,7 @@ from raytron.errors import RaytronError
 from raytron.evaluate.sentiment import evaluate
 from raytron.store import read_meta
 from raytron.train.launcher import finetune
+from raytron.train.tasks import make_task
 from tests.conftest import DATA_ROOT, REPO, tiny_overrides
 
 RECIPE = REPO / "configs" / "sentiment.yaml"
@@ -115,8 +117,8 @@ def kill_training_worker_at(run_dir, step: int, killed: list) -> None:
 
 
 def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
-    """One worker, dropout on, a checkpoint every 2 steps: SIGKILLed after step 9 (mid-epoch 2), Ray Train
-    restarts it from the step-8 checkpoint, and every step has the uninterrupted run's loss and LR *bit for bit*
+    """One worker, dropout on, a checkpoint every 2 steps: SIGKILLed once step 9 is logged (mid-epoch 2), Ray
+    Train restarts it from its last checkpoint (step 8, or 10 when the kill lands after that one was saved), and every step has the uninterrupted run's loss and LR *bit for bit*
     (CPU fp32): wrong if the weights, the optimizer, the schedule, the RNG streams (dropout) or the data position
     were not restored. Each step is in metrics.jsonl once: the metrics were restored with the checkpoint."""
     overrides = {"resources.num_workers": 1, "train.epochs": 3, "train.global_batch_size": 8,
@@ -203,3 +205,12 @@ def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):
     steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert steps == list(range(1, 16))  # 3 steps x 5 epochs, each once: epoch 3 redone from the epoch-2 checkpoint
 
+
+
+def test_labels_outside_the_classes_are_refused_before_training():
+    """A label the head has no class for is named with its row (on a GPU, cross entropy would stop the worker
+    with a device-side assert instead)."""
+    task = make_task(load_config(RECIPE))
+    task.check_rows({"label": np.array([0, 1, 1, 0])}, "train")
+    with pytest.raises(RaytronError, match=r"val row 2 has label 2, not one of 0\.\.1"):
+        task.check_rows({"label": np.array([0, 1, 2, -1])}, "val")

@@ -21,7 +21,8 @@ def megatron():
 
 
 def stepped(step, clip_grad: float, dtype: torch.dtype, distributed_optimizer: bool):
-    """A tiny Llama after one backward and the optimizer step `step`: (what `step` returned, its parameters)."""
+    """A tiny Llama after one backward and the optimizer step `step`: (what `step` returned, the main gradients
+    the optimizer stepped with, i.e. after clipping, and the parameters after the step)."""
     torch.manual_seed(0)
     tconfig = transformer_config(HF_LLAMA, params_dtype=dtype, bf16=dtype == torch.bfloat16)
     model = build_gpt(HF_LLAMA, tconfig)
@@ -31,7 +32,17 @@ def stepped(step, clip_grad: float, dtype: torch.dtype, distributed_optimizer: b
     positions = torch.arange(8).expand(2, 8)
     ddp(input_ids=tokens[:, :-1], position_ids=positions, attention_mask=None, labels=tokens[:, 1:]).sum().backward()
     ddp.finish_grad_sync()
-    return step(optimizer), [param.detach().float().clone() for param in model.parameters()]
+    clipped = []
+    step_with_ready_grads = optimizer.step_with_ready_grads
+
+    def record_then_step():
+        clipped.extend(param.grad.clone() for opt in optimizer.chained_optimizers for param in opt.get_parameters()
+                       if param.grad is not None)
+        return step_with_ready_grads()
+
+    optimizer.step_with_ready_grads = record_then_step  # both steps call it once, after clipping
+    returned = step(optimizer)
+    return returned, clipped, [param.detach().float().clone() for param in model.parameters()]
 
 
 def megatrons_step(optimizer):
@@ -43,12 +54,17 @@ def megatrons_step(optimizer):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("clip_grad", [1e-3, 1e3], ids=["clipping", "not-clipping"])
 def test_step_equals_megatrons(clip_grad, dtype, distributed_optimizer):
-    ours, our_params = stepped(optimizer_step, clip_grad, dtype, distributed_optimizer)
-    theirs, their_params = stepped(megatrons_step, clip_grad, dtype, distributed_optimizer)
+    ours, our_grads, our_params = stepped(optimizer_step, clip_grad, dtype, distributed_optimizer)
+    theirs, their_grads, their_params = stepped(megatrons_step, clip_grad, dtype, distributed_optimizer)
     assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float32  # on the device, not read back
     assert float(ours) == pytest.approx(theirs, rel=1e-5)
     assert (float(ours) > clip_grad) == (clip_grad < 1)  # so one case clips and the other does not
-    initial = stepped(lambda optimizer: None, clip_grad, dtype, distributed_optimizer)[1]
+    assert len(our_grads) == len(their_grads) > 0
+    clipped_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in our_grads]))
+    assert float(clipped_norm) == pytest.approx(min(clip_grad, float(ours)), rel=1e-4)
+    for ours_grad, theirs_grad in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-6, atol=0)
+    initial = stepped(lambda optimizer: None, clip_grad, dtype, distributed_optimizer)[2]
     for ours_param, theirs_param, before in zip(our_params, their_params, initial, strict=True):
         assert not torch.equal(ours_param, before)  # the step moved every parameter
         # Adam divides by sqrt(v): fp32 rounding of the clip coefficient shows up as ~1e-6 relative
@@ -56,14 +72,15 @@ def test_step_equals_megatrons(clip_grad, dtype, distributed_optimizer):
 
 
 def test_no_clipping_still_reports_the_norm():
-    """Megatron's clip_grad=0 turns clipping off (and Megatron then reports no norm); the norm is still returned.
-    (raytron's TrainConfig requires clip_grad > 0: this is the optimizer config's own meaning of 0.)"""
+    """Megatron's clip_grad=0 turns clipping off (its bare FP32 optimizer then reports no norm, its bf16 one 0.0);
+    the norm is still returned. (raytron's TrainConfig requires clip_grad > 0: this is the optimizer config's own
+    meaning of 0.)"""
     def unclipped_step(optimizer):
         optimizer.config.clip_grad = 0.0
         return optimizer_step(optimizer)
 
-    unclipped, params = stepped(unclipped_step, 1e-3, torch.float32, False)
-    reference, reference_params = stepped(megatrons_step, 1e3, torch.float32, False)  # a clip it never reaches
+    unclipped, _, params = stepped(unclipped_step, 1e-3, torch.float32, False)
+    reference, _, reference_params = stepped(megatrons_step, 1e3, torch.float32, False)  # a clip it never reaches
     assert float(unclipped) == pytest.approx(reference, rel=1e-6) and reference > 1e-3
     for ours, theirs in zip(params, reference_params, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)

@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import ray.train
 import torch
 import torch.nn.functional as F
 import transformers
@@ -13,10 +15,12 @@ from rouge_score import rouge_scorer
 
 from raytron.config import load_config
 from raytron.data.cnn_dailymail import IGNORE_INDEX
+from raytron.errors import RaytronError
 from raytron.evaluate.summarization import evaluate
 from raytron.store import read_meta
 from raytron.train.launcher import finetune
 from raytron.train.summarization import next_token_targets, supervised_losses
+from raytron.train.tasks import make_task
 from tests.conftest import REPO
 
 RECIPE = REPO / "configs" / "summarization.yaml"
@@ -48,6 +52,30 @@ def test_loss_covers_only_labelled_positions(smollm2):
     assert torch.allclose(losses[1, :2], expected, rtol=1e-5, atol=1e-6)
 
 
+class ReportLog(ray.train.UserCallback):
+    """The metric names of every report Ray Train's controller takes, one JSON line each (the controller is an
+    actor: a file on this machine is how the test sees them)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as out:
+            out.write(json.dumps(sorted(metrics[0])) + "\n")
+
+
+def test_rows_whose_labels_outrun_the_summary_span_are_refused():
+    """The loss covers max_summary_tokens + 1 positions per row (the summary and its EOS): rows encoded with a longer
+    summary are refused before training, never trained on in part."""
+    task = make_task(load_config(RECIPE, ["data.max_summary_tokens=8"]))
+    labels = np.full((3, 40), IGNORE_INDEX, dtype=np.int32)
+    labels[0, 10:19] = 5  # 8 summary tokens + EOS: the most a row may have
+    task.check_rows({"labels": labels}, "train")  # row 2 has no summary: nothing to cover
+    labels[1, 20:30] = 5
+    with pytest.raises(RaytronError, match="train row 1 has labels over 10 positions, more than .* = 9"):
+        task.check_rows({"labels": labels}, "train")
+
+
 @pytest.fixture(scope="module")
 def trained(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
@@ -55,7 +83,7 @@ def trained(ray_cluster, tmp_path_factory):
                  "data.train_rows=4", "data.val_rows=2", "data.test_rows=3", "data.preprocess_actors=1",
                  "train.epochs=2", "train.lr=1e-4", "generation.max_new_tokens=24", "train.global_batch_size=4"]
     cfg = load_config(RECIPE, overrides)
-    finetune(cfg)
+    finetune(cfg, callbacks=[ReportLog(root / "reports.jsonl")])
     return cfg, root / "tiny"
 
 
@@ -66,6 +94,10 @@ def test_finetune_loss_falls_and_exports_an_hf_decoder(trained):
     losses = [m["train/loss"] for m in metrics if "train/loss" in m]
     assert len(losses) == 2 and losses[-1] < losses[0]  # the same 4 rows, 2 epochs
     assert [m["val/loss"] for m in metrics if "val/loss" in m]
+    # Ray Train takes the two epoch-end reports only: the log windows go to metrics.jsonl and W&B, not through
+    # ray.train.report, which waits for the controller's poll (every 2 s) when called more often
+    reports = [json.loads(line) for line in (run_dir.parent / "reports.jsonl").read_text().splitlines()]
+    assert len(reports) == 2 and all("val/loss" in names for names in reports), reports
     meta = read_meta(run_dir / "model")
     assert meta["task"] == "summarization" and meta["metrics"]["val_loss"] > 0
     decoder = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "model" / "decoder")

@@ -90,8 +90,8 @@ def _patches() -> list[Patch]:
         Patch(_CudaToCpu, "device_argument", True,
               "`device='cuda'` literals: FP32Optimizer's loss scale, grad-norm and clipping buffers"),
         Patch(_CudaToCpu, "type_name", True,
-              "Megatron's own `optimizer.step()` (tests/test_optimizer_step.py compares raytron's with it): its grad "
-              "clipping asserts `grad.type() == 'torch.cuda.FloatTensor'`"),
+              "`param.type()` compared with 'torch.cuda.*': the bf16 and distributed optimizers' construction, and "
+              "the grad clipping of Megatron's own `optimizer.step()` (tests/test_optimizer_step.py compares with it)"),
     ]
 
 

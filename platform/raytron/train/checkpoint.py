@@ -33,6 +33,7 @@ from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from raytron.config import JobConfig
 from raytron.errors import RaytronError
 from raytron.storage import copy_stream, reaching, read_remote, shown
+from raytron.train.optimizer_step import megatron_optimizers
 
 log = logging.getLogger("raytron.checkpoint")
 TRAINER_STATE = "trainer_state.json"
@@ -170,7 +171,7 @@ def _remote_digest(fs: pafs.FileSystem, path: str) -> str:
 
 
 def distributed_parts(optimizer) -> list[DistributedOptimizer]:
-    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = megatron_optimizers(optimizer)
     return [part for part in parts if isinstance(part, DistributedOptimizer)]
 
 

@@ -60,6 +60,10 @@ class Task(Protocol):
     def lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Real tokens of each row (its token columns are right-padded after them), for length bucketing."""
 
+    def check_rows(self, rows: Rows, split: str) -> None:
+        """Raise a RaytronError naming the first row of `split` this task cannot train on (once, on the host: the
+        step itself never reads anything back)."""
+
     def measure(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Device tensors `items` (loss items), `tokens` (real tokens) and `flops` (model training FLOPs) of a
         micro-batch, from the batch alone (no forward)."""
@@ -173,6 +177,8 @@ def setup(config: dict) -> Worker:
         compile_layers(model, device)
     train_rows = load_rows(ray.train.get_dataset_shard("train"), task.columns)
     val_rows = load_rows(ray.train.get_dataset_shard("val"), task.columns)
+    task.check_rows(train_rows, "train")
+    task.check_rows(val_rows, "val")
     num_rows = len(next(iter(train_rows.values())))
     plan = Plan.of(cfg, num_rows)
     dp_group = parallel_state.get_data_parallel_group()
@@ -279,9 +285,8 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
     Ray Train 2.60's controller takes one report per worker each `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (2 s), so
     reporting every window stalled fast steps (docs/gpu-fast-path.md). Train gets the epoch-end and checkpoint
     reports."""
-    totals = torch.stack([torch.as_tensor(window[key], dtype=torch.float64)
-                          for key in ("loss", "tokens", "flops")]).tolist()
-    loss, tokens, flops = totals
+    values = [window[key] for key in ("loss", "tokens", "flops")] + ([] if grad_norm is None else [grad_norm])
+    loss, tokens, flops, *norm = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).tolist()
     end = time.perf_counter()
     elapsed = end - window["start"]
     step = worker.state["step"]
@@ -289,7 +294,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
     metrics = {
         "train/loss": loss / window["steps"],
         "train/lr": worker.optimizer.param_groups[0]["lr"],
-        **({} if grad_norm is None else {"train/grad_norm": float(grad_norm)}),
+        **({"train/grad_norm": norm[0]} if norm else {}),
         "train/tokens_per_s": tokens / elapsed,
         "train/step_time_ms": 1000 * elapsed / window["steps"],
         "train/tflops_per_device": flops_per_device / 1e12,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from raytron.config import SentimentConfig
 from raytron.data.imdb import LABELS
+from raytron.errors import RaytronError
 from raytron.models.classifier import classifier_from_hf
 from raytron.models.pretrained import resolve_pretrained
 from raytron.models.tensor_parallel_io import gather_full_state_dict
@@ -44,6 +45,14 @@ class SentimentTask:
 
     def lengths(self, batch):
         return batch["attention_mask"].sum(1)
+
+    def check_rows(self, rows, split):
+        """Every label is one of LABELS' indices (cross entropy on a GPU fails with a device assert otherwise)."""
+        wrong = (rows["label"] < 0) | (rows["label"] >= len(LABELS))
+        if wrong.any():
+            row = int(wrong.argmax())
+            raise RaytronError(f"{split} row {row} has label {rows['label'][row]}, not one of 0..{len(LABELS) - 1} "
+                               f"({', '.join(LABELS)}): fix the dataset's labels")
 
     def measure(self, batch):
         lengths = self.lengths(batch)

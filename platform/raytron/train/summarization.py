@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -13,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from raytron.config import SummarizationConfig
 from raytron.data.cnn_dailymail import IGNORE_INDEX
+from raytron.errors import RaytronError
 from raytron.models.llama import state_dict_adapter as adapter
 from raytron.models.llama.model import decoder_from_hf, decoder_hidden_states
 from raytron.models.pretrained import resolve_pretrained
@@ -87,12 +89,25 @@ class SummarizationTask:
         return model.to(device), self.tconfig
 
     @property
-    def span(self) -> int:
+    def span_width(self) -> int:
         """Positions per row that can predict a summary token (`summary_span`): the summary and its EOS."""
         return self.cfg.data.max_summary_tokens + 1
 
     def loss(self, model, batch):
-        return supervised_losses(model, batch["input_ids"], batch["labels"], self.span)[0].sum()
+        losses, _ = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width)
+        return losses.sum()
+
+    def check_rows(self, rows, split):
+        """Every row's supervised labels lie within `span_width` positions (what `summary_span` covers)."""
+        labelled = rows["labels"] != IGNORE_INDEX
+        first, last = labelled.argmax(1), labelled.shape[1] - 1 - labelled[:, ::-1].argmax(1)
+        widths = np.where(labelled.any(1), last - first + 1, 0)
+        if (widths > self.span_width).any():
+            row = int(np.argmax(widths > self.span_width))
+            raise RaytronError(
+                f"{split} row {row} has labels over {widths[row]} positions, more than data.max_summary_tokens + 1 = "
+                f"{self.span_width}: the rows were encoded with other settings. Encode them with this config's "
+                "(raytron.data.cnn_dailymail) or raise data.max_summary_tokens")
 
     def lengths(self, batch):
         # real (non-pad) tokens of a row: everything up to its last supervised label (right padding)
@@ -101,12 +116,13 @@ class SummarizationTask:
 
     def measure(self, batch):
         lengths = self.lengths(batch)
-        items = (summary_span(batch["labels"], self.span)[1] != IGNORE_INDEX).sum()
+        _, targets = summary_span(batch["labels"], self.span_width)
+        items = (targets != IGNORE_INDEX).sum()
         return {"items": items, "tokens": lengths.sum(),
                 "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}
 
     def validation_sums(self, model, batch):
-        losses, supervised = supervised_losses(model, batch["input_ids"], batch["labels"], self.span)
+        losses, supervised = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width)
         return torch.stack([losses.sum().double(), supervised.sum().double()])
 
     def validation_metrics(self, sums):
