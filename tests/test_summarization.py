@@ -52,18 +52,6 @@ def test_loss_covers_only_labelled_positions(smollm2):
     assert torch.allclose(losses[1, :2], expected, rtol=1e-5, atol=1e-6)
 
 
-class ReportLog(ray.train.UserCallback):
-    """The metric names of every report Ray Train's controller takes, one JSON line each (the controller is an
-    actor: a file on this machine is how the test sees them)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def after_report(self, run_context, metrics, checkpoint):
-        with open(self.path, "a") as out:
-            out.write(json.dumps(sorted(metrics[0])) + "\n")
-
-
 def test_rows_whose_labels_outrun_the_summary_span_are_refused():
     """The loss covers max_summary_tokens + 1 positions per row (the summary and its EOS): rows encoded with a longer
     summary are refused before training, never trained on in part."""
@@ -82,8 +70,18 @@ def trained(ray_cluster, tmp_path_factory):
     overrides = [f"run.output_dir={root}", "run.name=tiny", "data.max_length=256", "data.max_summary_tokens=64",
                  "data.train_rows=4", "data.val_rows=2", "data.test_rows=3", "data.preprocess_actors=1",
                  "train.epochs=2", "train.lr=1e-4", "generation.max_new_tokens=24", "train.global_batch_size=4"]
+    reports = str(root / "reports.jsonl")
+
+    class ReportLog(ray.train.UserCallback):  # defined here: Ray pickles it by value into its controller actor
+        """The metric names of every report Ray Train's controller takes, one JSON line each (a file on this
+        machine is how the test sees what the controller actor got)."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reports, "a") as out:
+                out.write(json.dumps(sorted(metrics[0])) + "\n")
+
     cfg = load_config(RECIPE, overrides)
-    finetune(cfg, callbacks=[ReportLog(root / "reports.jsonl")])
+    finetune(cfg, callbacks=[ReportLog()])
     return cfg, root / "tiny"
 
 
