@@ -8,11 +8,12 @@
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
 #           Train restarts it from step 20); per-step losses compared; ~6 min (measured when every log window was a Ray Train
 #           report, ~2 s a step; the kill lands a step or two after 25, before the step-30 checkpoint)
-#   loop    issue 16's decoder goal: bench/mfu.py at 64 x 1,024 compiled (profiled: its host syncs), 128 and 192 x
-#           1,024 compiled, then the summarization recipe's fine-tune in the real Ray Train loop at batch 128,
-#           compiled (MFU from its own log windows: train/mfu in metrics.jsonl; 4 min 9 s); ~7 min in all
+#   loop    issue 16's decoder goals in one call: the summarization recipe's fine-tune in the real Ray Train loop at
+#           batch 128, compiled, 10 epochs (40 steps) in 10-step log windows (MFU, real-token share of the positions:
+#           train/mfu and train/real_token_fraction in metrics.jsonl); then bench/train_step.py, the same compiled
+#           64 x 1,024 step bare and in a Ray Train worker (Ray's overhead); ~9 min
 #   serve   bench/serve_load.py on serve/raytron-gpu.yaml (classifier batch 128 vs 1, 128 in flight), with the
-#           models of the imdb part and of gpu_tune.sh's topics-final (same warm machine: run those first)
+#           imdb part's model (same warm machine: run it first) and a 1,000-post 20NG topic model (configs/topics.yaml)
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
 out=${1:?usage: gpu_mfu.sh OUT_DIR bench|loop|serve|imdb|resume}; part=${2:-bench}
@@ -25,19 +26,20 @@ if [ "$part" = bench ]; then
   python3 bench/mfu.py --model decoder --batch 32 --seq 1024 --attention sdpa --compile off on 2>&1 | quiet | tee "$out/mfu-decoder-32.txt"
   python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile off on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
 elif [ "$part" = loop ]; then
-  python3 bench/mfu.py --model decoder --batch 64 --seq 1024 --attention sdpa --compile on --profile 2>&1 | quiet | tee "$out/mfu-decoder-64.txt"
-  for rows in 128 192; do
-    python3 bench/mfu.py --model decoder --batch $rows --seq 1024 --attention sdpa --compile on 2>&1 | quiet | tee "$out/mfu-decoder-$rows.txt"
-  done
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/summarization-gpu.yaml run.output_dir=$runs run.name=mfu-loop \
       run.resume=false train.micro_batch_size=128 train.global_batch_size=128 train.compile=true train.epochs=10 \
-      train.log_every=2 $EXTRA ) > "$out/loop-finetune.log" 2>&1
+      train.log_every=10 $EXTRA ) > "$out/loop-finetune.log" 2>&1
   grep -E "raytron.train: epoch|Error|real" "$out/loop-finetune.log" | tail -30
   cp $runs/mfu-loop/metrics.jsonl "$out/loop-metrics.jsonl"
+  python3 bench/train_step.py --model decoder --batch 64 --seq 1024 --supervised 129 --attention sdpa --compile on \
+    --steps 40 --warmup 10 2>&1 | quiet | tee "$out/train-step-decoder-64.txt"
 elif [ "$part" = serve ]; then
-  python3 bench/serve_load.py --config serve/raytron-gpu.yaml --sentiment-model /tmp/runs/sentiment-gpu/model \
-    --topic-model /tmp/runs/topics-tuned/topic_model --max-batch 128 --concurrency 128 --requests 2000 2>&1 | quiet \
+  runs=/tmp/runs
+  [ -d $runs/topics-serve/topic_model ] || python3 jobs/topics.py --config configs/topics.yaml run.output_dir=$runs \
+    run.name=topics-serve "topics.topic_counts=[]" > "$out/topics-serve.log" 2>&1
+  python3 bench/serve_load.py --config serve/raytron-gpu.yaml --sentiment-model $runs/sentiment-gpu/model \
+    --topic-model $runs/topics-serve/topic_model --max-batch 128 --concurrency 128 --requests 2000 2>&1 | quiet \
     | tee "$out/serve-gpu.txt"
 elif [ "$part" = imdb ]; then
   runs=/tmp/runs

@@ -93,7 +93,7 @@ def scenario(skip: frozenset[str], workdir: Path, stage: list[str], distributed_
         @staticmethod
         def measure(batch):
             count = torch.tensor(batch["labels"].numel())
-            return {"items": count, "tokens": count, "flops": torch.tensor(0.0)}
+            return {"items": count, "tokens": count, "positions": count, "flops": torch.tensor(0.0)}
 
     stage.append("build (model, DDP, optimizer)")
     model, ddp, optimizer, scheduler = build()

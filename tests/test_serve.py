@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
+from raytron.serving.models import CONCURRENT_BATCHES
 from tests.conftest import REPO, require_tool
 
 pytestmark = pytest.mark.slow
@@ -123,12 +124,14 @@ def test_configs_have_one_structure_and_batches_can_fill():
         options = _options(config)
         batch = {name: o["user_config"]["max_batch_size"] for name, o in options.items() if "user_config" in o}
         assert set(batch) == {"Summarizer", "SentimentClassifier", "Embedder"}
-        for name, size in batch.items():  # Serve's default max_ongoing_requests (5) would cap every batch at 5
-            assert options[name]["max_ongoing_requests"] >= size > 5, name
+        # Serve's default max_ongoing_requests (5) would cap every batch at 5; the encoders compute two at once
+        concurrent = {"Summarizer": 1, "SentimentClassifier": CONCURRENT_BATCHES, "Embedder": CONCURRENT_BATCHES}
+        for name, size in batch.items():
+            assert options[name]["max_ongoing_requests"] >= size * concurrent[name] and size > 5, name
         # requests reach the classifier and the embedder through the ingress and TopicModel
-        assert options["Api"]["max_ongoing_requests"] >= max(batch.values())
+        assert options["Api"]["max_ongoing_requests"] >= batch["SentimentClassifier"] * CONCURRENT_BATCHES
         assert options["Api"]["num_replicas"] >= 2  # one dying leaves one to route to
-        assert options["TopicModel"]["max_ongoing_requests"] >= batch["Embedder"]
+        assert options["TopicModel"]["max_ongoing_requests"] >= batch["Embedder"] * CONCURRENT_BATCHES
     assert laptop.keys() == gpu.keys() and _options(laptop).keys() == _options(gpu).keys()
     assert set(_app(laptop)["args"]) - {"auth"} == set(_app(gpu)["args"])
     for name in _options(laptop):

@@ -91,6 +91,8 @@ def test_finetune_loss_falls_and_exports_an_hf_decoder(trained):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["train/loss"] for m in metrics if "train/loss" in m]
     assert len(losses) == 2 and losses[-1] < losses[0]  # the same 4 rows, 2 epochs
+    # each window says how much of what it computed was padding (a share of its positions, never more than all)
+    assert all(0 < m["train/real_token_fraction"] <= 1 for m in metrics if "train/loss" in m), metrics
     assert [m["val/loss"] for m in metrics if "val/loss" in m]
     # Ray Train takes the two epoch-end reports only: the log windows go to metrics.jsonl and W&B, not through
     # ray.train.report, which waits for the controller's poll (every 2 s) when called more often

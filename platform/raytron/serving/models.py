@@ -26,6 +26,11 @@ from raytron.store import read_meta
 
 log = logging.getLogger("ray.serve")
 
+CONCURRENT_BATCHES = 2
+"""Batches an encoder replica (classifier, embedder) computes at once: while one runs on the GPU, the next is
+tokenized and copied over on another thread, so the GPU does not wait for the host between batches
+(`max_ongoing_requests` >= 2 x `max_batch_size` lets both fill). The decoder's generation keeps one."""
+
 
 def load(store: str, name: str, version: str | None):
     """`resolve(store, name, version)` at the version the application pinned (None: the store had none when
@@ -60,7 +65,7 @@ class Batched:
 
     async def run_batch(self, work, items: list):
         self.largest_batch = max(self.largest_batch, len(items))
-        self.running = len(items)
+        self.running += len(items)
         try:
             result = await asyncio.to_thread(work, items)
         except Exception as exc:
@@ -68,7 +73,7 @@ class Batched:
             self.last_failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self.running = 0
+            self.running -= len(items)
         self.failed_batches = 0
         self.items += len(items)
         return result
@@ -79,7 +84,7 @@ class Batched:
 
     def batch_info(self) -> dict:
         """This replica's batching: the configured limit, the largest batch it has formed so far, how many
-        items its batches have processed, and the size of the batch computing now (0: none)."""
+        items its batches have processed, and the items of the batches computing now (0: none)."""
         return {"max_batch_size": self.max_batch_size, "largest_batch": self.largest_batch, "items": self.items,
                 "running": self.running}
 
@@ -103,7 +108,7 @@ class SentimentClassifier(Batched):
                  "positive_probability": float(pos)}
                 for p, pos in zip(scored["prediction"], scored["prob_positive"], strict=True)]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def batched(self, texts: list[str]) -> list[dict]:
         return await self.run_batch(self.score, texts)
 
@@ -232,7 +237,7 @@ class Embedder(Batched):
         meta, self.name = read_meta(folder), name
         self.embedder = SentenceEmbedder(folder / meta["encoder"], max_length=meta["max_length"])
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def batched(self, texts: list[str]) -> list[list[float]]:
         return await self.run_batch(lambda items: self.embedder.embed(items).tolist(), texts)
 

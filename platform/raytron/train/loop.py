@@ -65,8 +65,8 @@ class Task(Protocol):
         step itself never reads anything back)."""
 
     def measure(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Device tensors `items` (loss items), `tokens` (real tokens) and `flops` (model training FLOPs) of a
-        micro-batch, from the batch alone (no forward)."""
+        """Device tensors `items` (loss items), `tokens` (real tokens), `positions` (token positions computed,
+        padding included) and `flops` (model training FLOPs) of a micro-batch, from the batch alone (no forward)."""
 
     def validation_sums(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Float64 sums over a validation micro-batch (added over batches and DP ranks)."""
@@ -257,7 +257,7 @@ def train_epoch(worker: Worker) -> None:
     for group in micro_batch_groups(worker):
         result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task, group)
         state["step"] += 1
-        for key in ("loss", "tokens", "flops"):  # device tensors: read once per window
+        for key in ("loss", "tokens", "positions", "flops"):  # device tensors: read once per window
             window[key] = window[key] + getattr(result, key)
         window["steps"] += 1
         if state["step"] % cfg.train.log_every == 0 or state["step"] == plan.total_steps:
@@ -271,7 +271,7 @@ def train_epoch(worker: Worker) -> None:
 
 def new_window(start: float | None = None) -> dict:
     return {"start": time.perf_counter() if start is None else start, "steps": 0, "loss": 0.0, "tokens": 0.0,
-            "flops": 0.0}
+            "positions": 0.0, "flops": 0.0}
 
 
 def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> float:
@@ -285,8 +285,8 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
     Ray Train 2.60's controller takes one report per worker each `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (2 s), so
     reporting every window stalled fast steps (docs/gpu-fast-path.md). Train gets the epoch-end and checkpoint
     reports."""
-    values = [window[key] for key in ("loss", "tokens", "flops")] + ([] if grad_norm is None else [grad_norm])
-    loss, tokens, flops, *norm = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).tolist()
+    values = [window[key] for key in ("loss", "tokens", "positions", "flops")] + ([] if grad_norm is None else [grad_norm])
+    loss, tokens, positions, flops, *norm = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).tolist()
     end = time.perf_counter()
     elapsed = end - window["start"]
     step = worker.state["step"]
@@ -296,6 +296,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
         "train/lr": worker.optimizer.param_groups[0]["lr"],
         **({"train/grad_norm": norm[0]} if norm else {}),
         "train/tokens_per_s": tokens / elapsed,
+        "train/real_token_fraction": tokens / positions,
         "train/step_time_ms": 1000 * elapsed / window["steps"],
         "train/tflops_per_device": flops_per_device / 1e12,
         **({} if worker.peak_flops is None else {"train/mfu": flops_per_device / worker.peak_flops}),
@@ -305,9 +306,10 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
         "epoch": step / worker.plan.steps_per_epoch,
     }
     if worker.rank0:
-        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s %.1f ms/step %.1f TFLOP/s%s%s",
-                 worker.state["epoch"] + 1, step, worker.plan.total_steps, metrics["train/loss"], metrics["train/lr"],
-                 metrics["train/tokens_per_s"], metrics["train/step_time_ms"], metrics["train/tflops_per_device"],
+        log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f tok/s (%.0f%% of positions real) %.1f ms/step "
+                 "%.1f TFLOP/s%s%s", worker.state["epoch"] + 1, step, worker.plan.total_steps, metrics["train/loss"],
+                 metrics["train/lr"], metrics["train/tokens_per_s"], 100 * metrics["train/real_token_fraction"],
+                 metrics["train/step_time_ms"], metrics["train/tflops_per_device"],
                  f" MFU {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else "",
                  f" peak {metrics['train/peak_memory_gib']:.2f} GiB" if "train/peak_memory_gib" in metrics else "")
         record_metrics(worker.wandb_run, worker.cfg.run_dir, metrics)

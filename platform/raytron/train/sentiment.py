@@ -58,6 +58,7 @@ class SentimentTask:
         lengths = self.lengths(batch)
         # torch.full, not torch.tensor: a host value copied to a GPU is a sync, a fill is a kernel
         return {"items": torch.full((), len(lengths), device=lengths.device), "tokens": lengths.sum(),
+                "positions": torch.full((), batch["attention_mask"].numel(), device=lengths.device),
                 "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):

@@ -66,7 +66,9 @@ class ContrastiveTask:
 
     def measure(self, batch):
         lengths = torch.cat([batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1)])
+        positions = batch["attention_mask"].numel() + batch["attention_mask_b"].numel()
         return {"items": torch.full((), len(batch["input_ids"]), device=lengths.device), "tokens": lengths.sum(),
+                "positions": torch.full((), positions, device=lengths.device),
                 "flops": training_flops(self.tconfig, lengths)}
 
     def validation_sums(self, model, batch):

@@ -27,6 +27,8 @@ class StepResult:
     """Mean loss over the global batch's loss items (a detached device tensor)."""
     tokens: torch.Tensor
     """Real tokens of the global batch (all data-parallel ranks)."""
+    positions: torch.Tensor
+    """Token positions the global batch computed, padding included (all data-parallel ranks)."""
     flops: torch.Tensor
     """Model training FLOPs of the global batch (see `raytron.train.flops`)."""
     grad_norm: torch.Tensor | None
@@ -37,10 +39,10 @@ def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> St
     """Accumulate `task.loss` gradients over `micro_batches`, sync them across data-parallel ranks once,
     clip, step the optimizer (`raytron.train.optimizer_step`) and advance the schedule by one."""
     dp_group = parallel_state.get_data_parallel_group()
-    counts = torch.stack([torch.stack([m["items"], m["tokens"], m["flops"]]).double()
+    counts = torch.stack([torch.stack([m["items"], m["tokens"], m["positions"], m["flops"]]).double()
                           for m in map(task.measure, micro_batches)]).sum(0)
     dist.all_reduce(counts, group=dp_group)
-    items, tokens, flops = counts
+    items, tokens, positions, flops = counts
     scale = dist.get_world_size(dp_group) / items
     optimizer.zero_grad()
     ddp.zero_grad_buffer()
@@ -55,4 +57,4 @@ def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> St
     grad_norm = optimizer_step(optimizer)
     scheduler.step(increment=1)
     dist.all_reduce(loss_sum, group=dp_group)
-    return StepResult(loss_sum / items, tokens, flops, grad_norm)
+    return StepResult(loss_sum / items, tokens, positions, flops, grad_norm)

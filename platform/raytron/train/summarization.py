@@ -117,7 +117,8 @@ class SummarizationTask:
     def measure(self, batch):
         lengths = self.lengths(batch)
         items = (next_token_targets(batch["labels"]) != IGNORE_INDEX).sum()  # all in the span: `check_rows`
-        return {"items": items, "tokens": lengths.sum(),
+        return {"items": items, "tokens": lengths.sum(), "positions": torch.full((), batch["labels"].numel(),
+                                                                                device=lengths.device),
                 "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}
 
     def validation_sums(self, model, batch):
