@@ -4,7 +4,11 @@ confusion matrix, ROUGE chart, artifacts with lineage (dataset -> model -> evalu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,3 +101,78 @@ def test_start_run_resumes_a_run_id_and_takes_a_group(tmp_path):
     runs = offline_runs(cfg.run_dir, "finetune")
     assert [r.run.run_id for r in runs] == [first.id, first.id] and {r.run.run_group for r in runs} == {"search-7"}
     assert [r.run.resume for r in runs] == [False, True] and runs[1].values("train/loss") == [0.5]
+
+
+def test_with_an_api_key_the_evaluation_logs_online_with_its_lineage(evaluated, tmp_path, monkeypatch):
+    """$WANDB_API_KEY set and no $WANDB_MODE: the run is online. Against a W&B stand-in on 127.0.0.1 speaking W&B's
+    GraphQL, file-stream and upload protocol (tests/wandb_server.py: W&B's cloud is unreachable from CI), the
+    evaluation's metrics, its confusion-matrix table, the evaluation artifact (committed, its files uploaded) and its
+    two inputs, used by the run (W&B's lineage graph: corpus -> model -> evaluation), all reach the server."""
+    import secrets
+    import shutil
+
+    import wandb
+
+    from raytron.evaluate.sentiment import log_to_wandb
+    from raytron.store import read_meta
+    from raytron.tracking import wandb_mode
+    from tests.wandb_server import WandbServer
+
+    cfg, run_dir, result = evaluated
+    online = cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(tmp_path)})})
+    for folder in ("model", "eval"):  # a copy: the offline tests above read run_dir's own W&B runs
+        shutil.copytree(run_dir / folder, online.run_dir / folder)
+    with WandbServer() as server:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("WANDB_API_KEY", secrets.token_hex(20))  # the SDK checks a key's form: 40 characters
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        assert wandb_mode(online.wandb) == "online"
+        wandb.teardown()  # this process's W&B setup read the environment of the offline runs before: read it again
+        try:
+            log_to_wandb(online, online.run_dir / "model", online.run_dir / "eval", result,
+                         read_meta(online.run_dir / "model")["labels"])
+        finally:
+            wandb.teardown()
+    (run,) = server.runs
+    assert server.exit_codes == {run: 0}
+    assert server.runs[run]["displayName"] == "tracked-evaluate" and server.runs[run]["jobType"] == "evaluate"
+    assert [row["test/accuracy"] for row in server.history[run] if "test/accuracy" in row] == [result["accuracy"]]
+    assert server.summary[run]["test/confusion_matrix_table"]["_type"] == "table-file"
+    committed = {a["name"]: a for a in server.artifacts.values() if a["state"] == "COMMITTED"}
+    assert {name: a["type"] for name, a in committed.items() if a["type"] != "run_table"} == {
+        "imdb": "dataset", "tracked-model": "model", "tracked-eval": "evaluation"}  # (the tables are run_table ones)
+    assert committed["tracked-eval"]["run"] == run  # logged (an output of this run) ...
+    assert sorted(name for user, name in server.used if user == run) == ["imdb", "tracked-model"]  # ... from inputs
+    evaluation = next(i for i, a in server.artifacts.items() if a["name"] == "tracked-eval")
+    assert "metrics.json" in json.loads(server.uploads[f"manifests/{evaluation}"])["contents"]
+    uploaded = {path.rsplit("/", 1)[-1] for path in server.uploads if path.startswith("artifacts/")}
+    assert "metrics.json" in uploaded and "model.safetensors" in uploaded
+
+
+def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_path):
+    """`wandb sync runs/*/wandb/offline-run-*` (README.md, as written, from the folder holding `runs/`), against the W&B
+    stand-in: the fine-tune's and the evaluation's runs arrive with their logged values and their artifacts."""
+    import secrets
+    import shutil
+
+    from tests.wandb_server import WandbServer
+
+    _, run_dir, result = evaluated
+    shutil.copytree(run_dir / "wandb", tmp_path / "runs" / run_dir.name / "wandb")  # sync marks what it uploaded
+    (finetuned,) = offline_runs(run_dir, "finetune")
+    with WandbServer() as server:
+        env = {**os.environ, "WANDB_API_KEY": secrets.token_hex(20), "WANDB_BASE_URL": server.url,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv, as if activated
+        env.pop("WANDB_MODE", None)
+        done = subprocess.run("wandb sync runs/*/wandb/offline-run-*", shell=True, cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_job = {run["jobType"]: name for name, run in server.runs.items()}
+    assert set(by_job) == {"finetune", "evaluate"} and all(code == 0 for code in server.exit_codes.values())
+    history = {job: server.history[name] for job, name in by_job.items()}
+    assert [row["train/loss"] for row in history["finetune"] if "train/loss" in row] == finetuned.values("train/loss")
+    assert [row["test/accuracy"] for row in history["evaluate"] if "test/accuracy" in row] == [result["accuracy"]]
+    # offline runs cannot record uses: the inputs are in each artifact's metadata (the tests above), not the graph
+    committed = {a["name"]: a["type"] for a in server.artifacts.values() if a["state"] == "COMMITTED"}
+    assert {name: kind for name, kind in committed.items() if kind != "run_table"} == {
+        "tracked-model": "model", "tracked-eval": "evaluation"}
