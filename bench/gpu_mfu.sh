@@ -12,7 +12,7 @@
 #           batch 128, compiled, 10 epochs (40 steps) in 10-step log windows (MFU, real-token share of the positions:
 #           train/mfu and train/real_token_fraction in metrics.jsonl); then bench/train_step.py, the same compiled
 #           64 x 1,024 step bare and in a Ray Train worker (Ray's overhead); ~9 min
-#   serve   bench/serve_load.py on serve/raytron-gpu.yaml (classifier batch 128 vs 1, 128 in flight), with the
+#   serve   bench/serve_load.py on serve/raytron-gpu.yaml (classifier batch 128 vs 1, 128 in flight, 1,000 requests), with the
 #           imdb part's model (same warm machine: run it first) and a 1,000-post 20NG topic model (configs/topics.yaml)
 # Run each in the foreground of a device call, after the staged parts arrived (docs/gpu.md).
 source bench/device_setup.sh
@@ -39,7 +39,7 @@ elif [ "$part" = serve ]; then
   [ -d $runs/topics-serve/topic_model ] || python3 jobs/topics.py --config configs/topics.yaml run.output_dir=$runs \
     run.name=topics-serve "topics.topic_counts=[]" > "$out/topics-serve.log" 2>&1
   python3 bench/serve_load.py --config serve/raytron-gpu.yaml --sentiment-model $runs/sentiment-gpu/model \
-    --topic-model $runs/topics-serve/topic_model --max-batch 128 --concurrency 128 --requests 2000 2>&1 | quiet \
+    --topic-model $runs/topics-serve/topic_model --max-batch 128 --concurrency 128 --requests 1000 2>&1 | quiet \
     | tee "$out/serve-gpu.txt"
 elif [ "$part" = imdb ]; then
   runs=/tmp/runs

@@ -168,7 +168,8 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
                               capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     by_job = {run["jobType"]: name for name, run in server.runs.items()}
-    assert set(by_job) == {"finetune", "evaluate"} and all(code == 0 for code in server.exit_codes.values())
+    assert sorted(by_job) == ["evaluate", "finetune"] and len(server.runs) == 2  # one run each, both finished
+    assert server.exit_codes == {name: 0 for name in server.runs}
     history = {job: server.history[name] for job, name in by_job.items()}
     assert [row["train/loss"] for row in history["finetune"] if "train/loss" in row] == finetuned.values("train/loss")
     assert [row["test/accuracy"] for row in history["evaluate"] if "test/accuracy" in row] == [result["accuracy"]]

@@ -190,9 +190,9 @@ class WandbServer:
                 self.reply(200)
 
             def do_GET(self):
-                path = self.path.removeprefix("/storage/")
-                if path in server.uploads:
-                    data = server.uploads[path]
+                with server.lock:
+                    data = server.uploads.get(self.path.removeprefix("/storage/"))
+                if data is not None:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

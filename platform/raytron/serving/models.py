@@ -27,9 +27,15 @@ from raytron.store import read_meta
 log = logging.getLogger("ray.serve")
 
 CONCURRENT_BATCHES = 2
-"""Batches an encoder replica (classifier, embedder) computes at once: while one runs on the GPU, the next is
-tokenized and copied over on another thread, so the GPU does not wait for the host between batches
-(`max_ongoing_requests` >= 2 x `max_batch_size` lets both fill). The decoder's generation keeps one."""
+"""Batches an encoder replica (classifier, embedder) computes at once, each on its own thread: one is tokenized and
+its kernels launched while the other's run (both on the default CUDA stream, so their copies and kernels still queue
+one after the other: the overlap is the host work). `max_ongoing_requests` >= 2 x `max_batch_size` lets both fill;
+the decoder's generation keeps one. WARM_UP runs one batch at start, before any two can race."""
+
+WARM_UP = ["A warm-up text, run once when the replica starts."]
+"""Encoded and scored once in the constructor: the fast tokenizer applies its truncation and padding settings on its
+first call (a change two threads must not make at once: "Already borrowed"), and CUDA's lazy start-up is paid before
+the first request, not by it."""
 
 
 def load(store: str, name: str, version: str | None):
@@ -99,6 +105,7 @@ class SentimentClassifier(Batched):
         self.name, self.meta = name, read_meta(folder)
         self.encoder = ReviewEncoder(str(folder / "encoder"), self.meta["max_length"], self.meta["head_tokens"])
         self.predictor = SentimentPredictor(folder)
+        self.score(WARM_UP)
 
     def score(self, texts: list[str]) -> list[dict]:
         rows = pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts})
@@ -236,6 +243,7 @@ class Embedder(Batched):
         folder, self.version = load(store, name, version)
         meta, self.name = read_meta(folder), name
         self.embedder = SentenceEmbedder(folder / meta["encoder"], max_length=meta["max_length"])
+        self.embedder.embed(WARM_UP)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def batched(self, texts: list[str]) -> list[list[float]]:
