@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import pytest
 from raytron.config import load_config
 from tests.conftest import REPO, tiny_overrides
 from tests.wandb_records import manifest_paths, metadata, offline_runs
+from tests.wandb_server import WandbServer
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +111,12 @@ def test_with_an_api_key_the_evaluation_logs_online_with_its_lineage(evaluated, 
     GraphQL, file-stream and upload protocol (tests/wandb_server.py: W&B's cloud is unreachable from CI), the
     evaluation's metrics, its confusion-matrix table, the evaluation artifact (committed, its files uploaded) and its
     two inputs, used by the run (W&B's lineage graph: corpus -> model -> evaluation), all reach the server."""
-    import secrets
-    import shutil
 
     import wandb
 
     from raytron.evaluate.sentiment import log_to_wandb
     from raytron.store import read_meta
     from raytron.tracking import wandb_mode
-    from tests.wandb_server import WandbServer
 
     cfg, run_dir, result = evaluated
     online = cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(tmp_path)})})
@@ -152,10 +152,6 @@ def test_with_an_api_key_the_evaluation_logs_online_with_its_lineage(evaluated, 
 def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_path):
     """`wandb sync runs/*/wandb/offline-run-*` (README.md, as written, from the folder holding `runs/`), against the W&B
     stand-in: the fine-tune's and the evaluation's runs arrive with their logged values and their artifacts."""
-    import secrets
-    import shutil
-
-    from tests.wandb_server import WandbServer
 
     _, run_dir, result = evaluated
     shutil.copytree(run_dir / "wandb", tmp_path / "runs" / run_dir.name / "wandb")  # sync marks what it uploaded

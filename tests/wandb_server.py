@@ -35,7 +35,7 @@ class WandbServer:
         self.summary: dict[str, dict] = {}  # run name -> last summary
         self.exit_codes: dict[str, int] = {}
         self.uploads: dict[str, bytes] = {}  # storage path -> bytes
-        self.artifacts: dict[str, dict] = {}  # artifact id -> {name, type, digest, state, run, aliases, manifest}
+        self.artifacts: dict[str, dict] = {}  # artifact id -> {name, type, digest, state, version, run, aliases, ...}
         self.used: list[tuple[str, str]] = []  # (run name, artifact name) for every use_artifact
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -78,9 +78,6 @@ class WandbServer:
             "historyLineCount": len(self.history[name]),
             "project": {"id": node_id("Project", v["project"]), "name": v["project"],
                         "entity": {"id": node_id("Entity", v["entity"]), "name": v["entity"]}}}}}
-
-    def op_RunResumeStatus(self, _):
-        return {"model": None}
 
     def op_CreateRunFiles(self, v):
         return {"createRunFiles": {"runID": node_id("Run", v["run"]), "uploadHeaders": [], "files": [
