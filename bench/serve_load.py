@@ -5,6 +5,9 @@ classifier batched vs unbatched, and Serve's overhead over calling the model in-
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
 
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
+`--profile DIR` samples the HTTP proxy, the ingress replicas and the classifier replica with py-spy (`pip install
+py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment, one
+collapsed-stack file per process and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
 Bounded: a fixed number of requests per measurement. Prints a table (with the machine's load average
 before and after: other work on the machine shows in the figures); writes nothing else.
@@ -12,9 +15,13 @@ before and after: other work on the machine shows in the figures); writes nothin
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
+import shutil
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -63,8 +70,37 @@ async def _load(url: str, body: dict, requests_total: int, concurrency: int) -> 
             "req_per_s": requests_total / elapsed}
 
 
-def direct_classifier_ms(model_dir: Path, repeats: int = 50) -> float:
-    """p50 of encoding + scoring one review in-process (what a replica does per request, minus Serve)."""
+PROFILED = ("ProxyActor", "ServeReplica:raytron:Api", "ServeReplica:raytron:SentimentClassifier")
+"""Ray's process titles (`ray::<title>`) of the processes `--profile` samples."""
+
+
+@contextlib.contextmanager
+def profiled(folder: Path | None, phase: str):
+    """py-spy samples every PROFILED process while the block runs (nothing when `folder` is None)."""
+    if folder is None:
+        yield
+        return
+    import psutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [(proc.pid, title.split(":")[-1]) for proc in psutil.process_iter(["cmdline"])
+               for title in PROFILED if (proc.info["cmdline"] or [""])[0] == f"ray::{title}"]
+    spies = [subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--threads", "--nonblocking",
+                               "--format", "raw", "--output", str(folder / f"{phase}-{name}-{pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for pid, name in targets]
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy in spies:
+            spy.wait(timeout=60)
+
+
+def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, repeats: int = 50) -> float:
+    """p50 of encoding + scoring one review in-process (what a replica does per request, minus Serve), as the
+    config runs it (with `cuda_graphs`, from a one-row CUDA graph)."""
     import numpy as np
     import pandas as pd
 
@@ -76,6 +112,8 @@ def direct_classifier_ms(model_dir: Path, repeats: int = 50) -> float:
     encoder = ReviewEncoder(str(model_dir / "encoder"), meta["max_length"], meta["head_tokens"])
     predictor = SentimentPredictor(model_dir)
     rows = pd.DataFrame({"id": np.arange(1), "label": 0, "text": [REVIEW]})
+    if cuda_graphs:
+        predictor.capture_cuda_graphs(encoder(rows), max_rows=1)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -93,7 +131,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--profile", type=Path, help="a folder for py-spy profiles of the sentiment measurements")
     args = parser.parse_args()
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on PATH: pip install py-spy")
 
     import ray
     from ray import serve
@@ -119,13 +160,15 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
-        sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
+        with profiled(args.profile if batch == args.max_batch else None, f"batch{batch}"):
+            sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
         largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
         rows.append((f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency,
                      sentiment))
         if batch == args.max_batch:
-            rows.append(("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
-                                                                   args.requests // 4, 1)))
+            with profiled(args.profile, "one-in-flight"):
+                rows.append(("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
+                                                                       args.requests // 4, 1)))
             rows.append(("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                                   args.requests, args.concurrency)))
             rows.append(("POST /v1/summarize lead-3", args.concurrency, load(
@@ -134,7 +177,7 @@ def main() -> None:
             rows.append((f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
         serve.delete("raytron")
-    direct = direct_classifier_ms(Path(args.sentiment_model))
+    direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")))
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
     for name, concurrency, r in rows:

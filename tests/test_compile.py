@@ -1,12 +1,15 @@
 """`train.compile`: the compiled Megatron-Core transformer layers compute what the eager ones compute (outputs and
 gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers), keep their parameter names
-(checkpoints and exports unchanged), and a model without a transformer layer is a clear error."""
+(checkpoints and exports unchanged); an encoder with attention dropout trains compiled with its RNG fork run
+eagerly; a model without a transformer layer is a clear error."""
 
 import pytest
 import torch
+from megatron.core.tensor_parallel import random as megatron_random
 from torch._dynamo.utils import counters
 
 from raytron.errors import RaytronError
+from raytron.models.bert import model as bert_model
 from raytron.models.llama import model as llama_model
 from raytron.runtime import init_megatron
 from raytron.train.compile import compile_layers
@@ -41,6 +44,45 @@ def test_compiled_decoder_matches_eager_for_two_widths():
             assert torch.allclose(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6), (width, name)
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 2  # both layers share one graph; the second width, a dynamic one
+
+TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+             "max_position_embeddings": 128, "vocab_size": 300, "type_vocab_size": 2,
+             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
+def test_compiled_encoder_with_attention_dropout_trains_and_matches_eager():
+    """Attention dropout runs inside Megatron's RNG-tracker fork, whose CUDA RNG setter deadlocked Dynamo on a GPU
+    (`raytron.train.compile`): compiling must leave that setter to eager Python. On CPU the deadlock cannot occur
+    (the setter takes no lock here), so this checks the compiled encoder with the fork in its graph: training steps
+    run (dropout drawn), and in eval mode outputs and gradients equal the eager model's."""
+    init_megatron()
+    torch.manual_seed(0)
+    tconfig = bert_model.transformer_config(TINY_BERT)
+    eager = bert_model.build_bert(TINY_BERT, tconfig, "sdpa")
+    compiled = bert_model.build_bert(TINY_BERT, tconfig, "sdpa")
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    assert compile_layers(compiled, torch.device("cpu")) == 2
+    assert getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False), \
+        "Megatron's CUDA RNG setter must run eagerly under torch.compile"
+    ids = torch.randint(0, 300, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 20:] = 0  # a padded row
+    compiled.train()
+    trained = [bert_model.encode(compiled, ids, mask) for _ in range(2)]
+    trained[0].square().mean().backward()
+    assert not torch.equal(trained[0], trained[1]), "dropout drew the same masks twice: it is not applied"
+    outputs = []
+    for model in (eager, compiled):
+        model.eval()
+        model.zero_grad()
+        hidden = bert_model.encode(model, ids, mask)
+        hidden.square().mean().backward()
+        outputs.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert (outputs[0][0] - outputs[1][0]).abs().max().item() < 1e-4
+    for name, grad in outputs[0][1].items():
+        assert torch.allclose(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6), name
+
 
 def test_a_model_without_transformer_blocks_is_a_clear_error():
     with pytest.raises(RaytronError, match="Linear has no Megatron-Core TransformerLayer to compile; set train.compile=false"):

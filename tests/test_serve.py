@@ -172,9 +172,9 @@ def test_healthz_names_a_deployment_that_is_down():
 def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluster, store):
     """serve/raytron-gpu.yaml as `serve deploy` submits it (the Serve controller builds it from
     import_path + args and applies `deployments:`), on the test's cluster with the GPUs taken out and
-    CPUs shrunk, no $RAYTRON_API_TOKEN and no summarization model in the store: the three other model
-    deployments come up, the ingress and the Summarizer fail, naming the token and the command that
-    publishes a summarizer."""
+    CPUs shrunk, no $RAYTRON_API_TOKEN and no summarization model in the store: the embedder and the topic
+    model come up; the ingress, the Summarizer and the classifier fail, naming the token, the command that
+    publishes a summarizer, and the GPU the classifier's CUDA graphs need."""
     from ray import serve
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
@@ -186,7 +186,7 @@ def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluste
     app["runtime_env"] = {"env_vars": {"RAYTRON_API_TOKEN": ""}}  # whatever the developer's shell holds
     for deployment in app["deployments"]:
         deployment["ray_actor_options"] = {"num_cpus": 0.05}
-    expected = {"Api": "DEPLOY_FAILED", "Summarizer": "DEPLOY_FAILED", "SentimentClassifier": "HEALTHY",
+    expected = {"Api": "DEPLOY_FAILED", "Summarizer": "DEPLOY_FAILED", "SentimentClassifier": "DEPLOY_FAILED",
                 "Embedder": "HEALTHY", "TopicModel": "HEALTHY"}
     client = serve_start(http_options=config["http_options"])
     try:
@@ -201,6 +201,8 @@ def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluste
         summarizer = deployments["Summarizer"].message
         assert f"python jobs/finetune.py --config configs/summarization.yaml run.store={store}" in summarizer
         assert "summarization_fallback: pretrained" in summarizer
+        # the classifier's CUDA graphs need a GPU: on a CPU replica it says so, and how to turn them off
+        assert "cuda_graphs=true needs the model on a GPU; set cuda_graphs: false" in deployments["SentimentClassifier"].message
     finally:
         serve.shutdown()
 

@@ -97,6 +97,9 @@ class Batched:
 
 @serve.deployment
 class SentimentClassifier(Batched):
+    cuda_graphs: bool | None = None
+    """Whether batches run as CUDA graphs (`user_config.cuda_graphs`, fixed at the replica's first configuration)."""
+
     def __init__(self, store: str, name: str = "sentiment", version: str | None = "latest"):
         from raytron.data.imdb import ReviewEncoder
         from raytron.inference.classifier import SentimentPredictor
@@ -107,9 +110,26 @@ class SentimentClassifier(Batched):
         self.predictor = SentimentPredictor(folder)
         self.score(WARM_UP)
 
+    def reconfigure(self, config: dict) -> None:
+        """Batching as `Batched`; `cuda_graphs: true` captures the classifier's forward as CUDA graphs for batches
+        of up to `max_batch_size` rows, once, at the first configuration (before the replica takes requests: a
+        capture must not overlap other work on the GPU). A later, larger `max_batch_size` runs in graph-sized chunks."""
+        first = self.cuda_graphs is None
+        super().reconfigure(config)
+        wanted = bool(config.get("cuda_graphs", False))
+        if first and wanted:
+            self.predictor.capture_cuda_graphs(self.encode(WARM_UP), self.max_batch_size)
+            log.info("SentimentClassifier: CUDA graphs captured for batches of up to %d", self.max_batch_size)
+        elif not first and wanted != self.cuda_graphs:
+            raise RaytronError(f"cuda_graphs is {self.cuda_graphs} on this running replica: it is set when a replica "
+                               "starts; redeploy the application to change it")
+        self.cuda_graphs = wanted
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.encoder(pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts}))
+
     def score(self, texts: list[str]) -> list[dict]:
-        rows = pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts})
-        scored = self.predictor(self.encoder(rows))
+        scored = self.predictor(self.encode(texts))
         labels = self.meta["labels"]
         return [{"label": labels[int(p)], "probability": float(pos if p == 1 else 1 - pos),
                  "positive_probability": float(pos)}
