@@ -76,26 +76,43 @@ PROFILED = ("ProxyActor", "ServeReplica:raytron:Api", "ServeReplica:raytron:Sent
 
 @contextlib.contextmanager
 def profiled(folder: Path | None, phase: str):
-    """py-spy samples every PROFILED process while the block runs (nothing when `folder` is None)."""
+    """py-spy samples every PROFILED process on the machine while the block runs (nothing when `folder` is None;
+    run the bench where no other Ray instance serves); a title not found stops the bench, a py-spy that fails is
+    printed with its message."""
     if folder is None:
         yield
         return
     import psutil
 
     folder.mkdir(parents=True, exist_ok=True)
-    targets = [(proc.pid, title.split(":")[-1]) for proc in psutil.process_iter(["cmdline"])
-               for title in PROFILED if (proc.info["cmdline"] or [""])[0] == f"ray::{title}"]
-    spies = [subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--threads", "--nonblocking",
-                               "--format", "raw", "--output", str(folder / f"{phase}-{name}-{pid}.txt")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for pid, name in targets]
+    running = list(psutil.process_iter(["cmdline"]))
+    targets = {title: [proc for proc in running if (proc.info["cmdline"] or [""])[:1] == [f"ray::{title}"]]
+               for title in PROFILED}
+    if missing := [f"ray::{title}" for title, procs in targets.items() if not procs]:
+        raise SystemExit(f"--profile: no process titled {missing} is running")
+    spies = [(subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "200", "--threads",
+                                "--nonblocking", "--format", "raw",
+                                "--output", str(folder / f"{phase}-{title.split(':')[-1]}-{proc.pid}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), proc.pid)
+             for title, procs in targets.items() for proc in procs]
     time.sleep(1.0)  # py-spy attaches
     try:
         yield
     finally:
-        for spy in spies:
+        for spy, _ in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        for spy in spies:
-            spy.wait(timeout=60)
+        failed = []
+        for spy, pid in spies:
+            try:
+                _, stderr = spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, stderr = spy.communicate()
+            if spy.returncode != 0:
+                failed.append(f"pid {pid}: exit {spy.returncode}: {stderr.strip()[-300:]}")
+        if failed:  # the figures stand without the profile
+            print(f"--profile ({phase}): py-spy failed (it needs ptrace permission: root or CAP_SYS_PTRACE):\n"
+                  + "\n".join(failed), flush=True)
 
 
 def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, repeats: int = 50) -> float:

@@ -1,7 +1,7 @@
 """`train.compile`: the compiled Megatron-Core transformer layers compute what the eager ones compute (outputs and
 gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers), keep their parameter names
-(checkpoints and exports unchanged); an encoder with attention dropout trains compiled with its RNG fork run
-eagerly; a model without a transformer layer is a clear error."""
+(checkpoints and exports unchanged); an encoder with attention dropout trains compiled, its RNG fork run eagerly;
+a model without a transformer layer is a clear error."""
 
 import pytest
 import torch
@@ -47,14 +47,16 @@ def test_compiled_decoder_matches_eager_for_two_widths():
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
              "max_position_embeddings": 128, "vocab_size": 300, "type_vocab_size": 2,
-             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.1}  # only attention dropout: in the fork
 
 
-def test_compiled_encoder_with_attention_dropout_trains_and_matches_eager():
+def test_compiled_encoder_trains_through_the_attention_dropout_fork():
     """Attention dropout runs inside Megatron's RNG-tracker fork, whose CUDA RNG setter deadlocked Dynamo on a GPU
-    (`raytron.train.compile`): compiling must leave that setter to eager Python. On CPU the deadlock cannot occur
-    (the setter takes no lock here), so this checks the compiled encoder with the fork in its graph: training steps
-    run (dropout drawn), and in eval mode outputs and gradients equal the eager model's."""
+    (`raytron.train.compile`): compiling leaves that setter to eager Python, a graph break. On CPU the deadlock
+    cannot occur (the setter takes no lock here), and SDPA's CPU dropout draws new masks on every call even from the
+    same RNG states, so this checks what can be checked here: the setter is excluded from compilation, compiled
+    training steps run through the fork and apply dropout (two steps differ), and without dropout (eval) outputs and
+    gradients equal the eager encoder's."""
     init_megatron()
     torch.manual_seed(0)
     tconfig = bert_model.transformer_config(TINY_BERT)
@@ -69,9 +71,9 @@ def test_compiled_encoder_with_attention_dropout_trains_and_matches_eager():
     mask = torch.ones(2, 32, dtype=torch.long)
     mask[1, 20:] = 0  # a padded row
     compiled.train()
-    trained = [bert_model.encode(compiled, ids, mask) for _ in range(2)]
-    trained[0].square().mean().backward()
-    assert not torch.equal(trained[0], trained[1]), "dropout drew the same masks twice: it is not applied"
+    steps = [bert_model.encode(compiled, ids, mask) for _ in range(2)]
+    steps[0].square().mean().backward()
+    assert (steps[0] - steps[1]).abs().max().item() > 1e-3, "two training steps drew the same masks: no dropout"
     outputs = []
     for model in (eager, compiled):
         model.eval()

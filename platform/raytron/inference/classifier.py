@@ -29,12 +29,14 @@ class SentimentPredictor:
         self.graphed: GraphedForward | None = None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The eager forward (bf16 autocast on a GPU) of `inputs`' tensors."""
         # no autocast weight cache: a CUDA graph must not capture casts cached outside it
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda",
                             cache_enabled=False):
             return self.model(input_ids, attention_mask, features)
 
     def inputs(self, batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """An encoded batch (`raytron.data.imdb.ReviewEncoder`) as the model's device tensors."""
         to = lambda name, dtype: torch.tensor(np.asarray(batch[name]), dtype=dtype, device=self.device)  # noqa: E731
         features = torch.stack([to(name, torch.float32) for name in self.meta["features"]], dim=-1)
         return [to("input_ids", torch.long), to("attention_mask", torch.long), features]
@@ -47,6 +49,7 @@ class SentimentPredictor:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        logits = (self.graphed or self.logits)(*self.inputs(batch))
+        forward = self.logits if self.graphed is None else self.graphed
+        logits = forward(*self.inputs(batch))
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return {**batch, "prob_positive": probs[:, 1], "prediction": probs.argmax(-1)}

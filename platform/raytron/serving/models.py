@@ -35,7 +35,7 @@ the decoder's generation keeps one. WARM_UP runs one batch at start, before any 
 WARM_UP = ["A warm-up text, run once when the replica starts."]
 """Encoded and scored once in the constructor: the fast tokenizer applies its truncation and padding settings on its
 first call (a change two threads must not make at once: "Already borrowed"), and CUDA's lazy start-up is paid before
-the first request, not by it."""
+the first request, not by it. Also the classifier's example rows for its CUDA graphs (`cuda_graphs`)."""
 
 
 def load(store: str, name: str, version: str | None):
@@ -112,17 +112,20 @@ class SentimentClassifier(Batched):
 
     def reconfigure(self, config: dict) -> None:
         """Batching as `Batched`; `cuda_graphs: true` captures the classifier's forward as CUDA graphs for batches
-        of up to `max_batch_size` rows, once, at the first configuration (before the replica takes requests: a
-        capture must not overlap other work on the GPU). A later, larger `max_batch_size` runs in graph-sized chunks."""
-        first = self.cuda_graphs is None
-        super().reconfigure(config)
+        of up to `max_batch_size` rows at the replica's first configuration, which Serve runs before the replica
+        takes requests (a capture must not overlap this process's other CUDA work: batches run on threads). A later,
+        larger `max_batch_size` runs in graph-sized chunks. Checked before anything changes."""
         wanted = bool(config.get("cuda_graphs", False))
-        if first and wanted:
+        if self.cuda_graphs is not None and wanted != self.cuda_graphs:
+            raise RaytronError(f"cuda_graphs is fixed when a replica starts (this one: {self.cuda_graphs}); Serve "
+                               f"replaces it with a replica started with cuda_graphs: {wanted}")
+        if self.cuda_graphs is None and wanted and self.running:
+            raise RaytronError("cuda_graphs: true reached a replica computing batches (one started without a "
+                               "user_config): Serve replaces it with a replica started with it")
+        super().reconfigure(config)
+        if self.cuda_graphs is None and wanted:
             self.predictor.capture_cuda_graphs(self.encode(WARM_UP), self.max_batch_size)
             log.info("SentimentClassifier: CUDA graphs captured for batches of up to %d", self.max_batch_size)
-        elif not first and wanted != self.cuda_graphs:
-            raise RaytronError(f"cuda_graphs is {self.cuda_graphs} on this running replica: it is set when a replica "
-                               "starts; redeploy the application to change it")
         self.cuda_graphs = wanted
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:

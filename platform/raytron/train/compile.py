@@ -10,7 +10,7 @@ bucketed widths (multiples of 64) share one graph after the first recompile.
 
 Dropout in attention (the encoders) switches the CUDA RNG state through Megatron's tracker `fork`, whose setter
 runs a callback under torch.cuda's initialization lock (`_lazy_call`). Dynamo, compiling that callback as a new
-frame, saves and restores the CUDA RNG state through the same lock and waits on it forever: the encoder's first
+frame, restores the CUDA RNG state afterwards through the same lock and waits on it forever: the encoder's first
 compiled step never finished on a GPU (docs/gpu-fast-path.md, ninth session). The setter runs eagerly, never
 compiled; the attention call inside the fork then runs eagerly too (a graph break), the rest of the layer compiled.
 """
@@ -32,10 +32,6 @@ from raytron.errors import RaytronError
 log = logging.getLogger("raytron.train")
 
 
-EAGER = "_raytron_runs_eagerly"
-"""Marks Megatron functions `compile_layers` has excluded from compilation (once per process)."""
-
-
 def _warn_outside_compiled_code(*args, **kwargs) -> None:
     if not torch.compiler.is_compiling():
         warnings.warn(*args, **kwargs)
@@ -54,9 +50,8 @@ def compile_layers(model: torch.nn.Module, device: torch.device) -> int:
     # it in calls warnings.warn, which Dynamo cannot trace: every layer would break into pieces. It warns as
     # before wherever it is not being compiled.
     megatron.core.utils.warnings = types.SimpleNamespace(warn=_warn_outside_compiled_code)
-    if not hasattr(megatron_random._set_cuda_rng_state, EAGER):  # see the module's docstring: a deadlock otherwise
+    if not getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False):  # the module's docstring
         megatron_random._set_cuda_rng_state = torch.compiler.disable(megatron_random._set_cuda_rng_state)
-        setattr(megatron_random._set_cuda_rng_state, EAGER, True)
     for layer in layers:
         layer.compile()
     log.info("torch.compile: %d transformer layers of %s compile on their first step", len(layers), type(model).__name__)
