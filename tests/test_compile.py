@@ -19,14 +19,20 @@ TINY_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 
               "tie_word_embeddings": True}
 
 
-def test_compiled_decoder_matches_eager_for_two_widths():
+def eager_and_compiled(transformer_config, build, hf: dict):
+    """Two copies of one seeded model (SDPA attention), the second's layers compiled (a fresh Dynamo cache)."""
     init_megatron()
     torch.manual_seed(0)
-    tconfig = llama_model.transformer_config(TINY_LLAMA)
-    eager = llama_model.build_gpt(TINY_LLAMA, tconfig, "sdpa")
-    compiled = llama_model.build_gpt(TINY_LLAMA, tconfig, "sdpa")
+    tconfig = transformer_config(hf)
+    eager, compiled = build(hf, tconfig, "sdpa"), build(hf, tconfig, "sdpa")
     compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
     assert compile_layers(compiled, torch.device("cpu")) == 2
+    return eager, compiled
+
+
+def test_compiled_decoder_matches_eager_for_two_widths():
+    eager, compiled = eager_and_compiled(llama_model.transformer_config, llama_model.build_gpt, TINY_LLAMA)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     torch._dynamo.reset()
     counters.clear()
@@ -57,14 +63,7 @@ def test_compiled_encoder_trains_through_the_attention_dropout_fork():
     same RNG states, so this checks what can be checked here: the setter is excluded from compilation, compiled
     training steps run through the fork and apply dropout (two steps differ), and without dropout (eval) outputs and
     gradients equal the eager encoder's."""
-    init_megatron()
-    torch.manual_seed(0)
-    tconfig = bert_model.transformer_config(TINY_BERT)
-    eager = bert_model.build_bert(TINY_BERT, tconfig, "sdpa")
-    compiled = bert_model.build_bert(TINY_BERT, tconfig, "sdpa")
-    compiled.load_state_dict(eager.state_dict())
-    torch._dynamo.reset()
-    assert compile_layers(compiled, torch.device("cpu")) == 2
+    eager, compiled = eager_and_compiled(bert_model.transformer_config, bert_model.build_bert, TINY_BERT)
     assert getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False), \
         "Megatron's CUDA RNG setter must run eagerly under torch.compile"
     ids = torch.randint(0, 300, (2, 32))
