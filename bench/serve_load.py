@@ -115,9 +115,9 @@ def profiled(folder: Path | None, phase: str):
                   + "\n".join(failed), flush=True)
 
 
-def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, repeats: int = 50) -> float:
-    """p50 of encoding + scoring one review in-process (what a replica does per request, minus Serve), as the
-    config runs it (with `cuda_graphs`, from a one-row CUDA graph)."""
+def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats: int = 30) -> dict[int, float]:
+    """p50 ms of encoding + scoring 1 and `batch` reviews in-process (what a replica does per batch, minus Serve), as
+    the config runs it (with `cuda_graphs`, from CUDA graphs): the model's own batching gain, apart from Serve's."""
     import numpy as np
     import pandas as pd
 
@@ -128,15 +128,18 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, repeats: int = 50) 
     meta = read_meta(model_dir)
     encoder = ReviewEncoder(str(model_dir / "encoder"), meta["max_length"], meta["head_tokens"])
     predictor = SentimentPredictor(model_dir)
-    rows = pd.DataFrame({"id": np.arange(1), "label": 0, "text": [REVIEW]})
+    rows = {n: pd.DataFrame({"id": np.arange(n), "label": 0, "text": [REVIEW] * n}) for n in (1, batch)}
     if cuda_graphs:
-        predictor.capture_cuda_graphs(encoder(rows), max_rows=1)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor(encoder(rows))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[5:])
+        predictor.capture_cuda_graphs(encoder(rows[1]), max_rows=batch)
+    medians = {}
+    for n, frame in rows.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor(encoder(frame))
+            times.append(time.perf_counter() - start)
+        medians[n] = 1000 * statistics.median(times[5:])
+    return medians
 
 
 def main() -> None:
@@ -194,7 +197,7 @@ def main() -> None:
             rows.append((f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
         serve.delete("raytron")
-    direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")))
+    direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
     for name, concurrency, r in rows:
@@ -202,8 +205,10 @@ def main() -> None:
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
     one_in_flight = next(r for n, _, r in rows if "1 in flight" in n)["p50_ms"]
     print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")
-    print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct:.1f} ms "
-          f"= {one_in_flight - direct:.1f} ms")
+    print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
+          f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
+    print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
+          f"= {one_in_flight - direct[1]:.1f} ms")
     serve.shutdown()
 
 
