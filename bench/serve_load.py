@@ -9,7 +9,7 @@ A config that requires a token (`auth: token`, the GPU one) gets a random one fo
 py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment, one
 collapsed-stack file per process and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
-Bounded: a fixed number of requests per measurement. Prints a table (with the machine's load average
+Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the machine's load average
 before and after: other work on the machine shows in the figures); writes nothing else.
 """
 
@@ -169,6 +169,14 @@ def main() -> None:
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")  # its own instance, never a cluster found here
     load_before = os.getloadavg()
     rows = []
+
+    def measured(name: str, concurrency: int, result: dict) -> None:
+        """One table row, printed as soon as it is measured (a bench cut short still shows its rows)."""
+        rows.append((name, concurrency, result))
+        print(f"{name:<72} {concurrency:>9} {result['p50_ms']:>9.1f} {result['p99_ms']:>9.1f} "
+              f"{result['req_per_s']:>8.1f}", flush=True)
+
+    print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
     configured = next(d for d in deployments if d["name"] == "SentimentClassifier")["user_config"]
     for batch in (args.max_batch, 1):  # the config's own batch wait, one replica: batching alone compared
@@ -183,25 +191,21 @@ def main() -> None:
         with profiled(args.profile if batch == args.max_batch else None, f"batch{batch}"):
             sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
         largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
-        rows.append((f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency,
-                     sentiment))
+        measured(f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency, sentiment)
         if batch == args.max_batch:
             with profiled(args.profile, "one-in-flight"):
-                rows.append(("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
-                                                                       args.requests // 4, 1)))
-            rows.append(("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
-                                                                  args.requests, args.concurrency)))
-            rows.append(("POST /v1/summarize lead-3", args.concurrency, load(
-                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests, args.concurrency)))
+                measured("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
+                                                                   args.requests // 4, 1))
+            measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
+                                                              args.requests, args.concurrency))
+            measured("POST /v1/summarize lead-3", args.concurrency, load(
+                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests, args.concurrency))
             extractive = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["summarization"]["extractive"]
-            rows.append((f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
-                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8)))
+            measured(f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
+                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8))
         serve.delete("raytron")
     direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
-    print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}")
-    for name, concurrency, r in rows:
-        print(f"{name:<72} {concurrency:>9} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} {r['req_per_s']:>8.1f}")
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
     one_in_flight = next(r for n, _, r in rows if "1 in flight" in n)["p50_ms"]
     print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")

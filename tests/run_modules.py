@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 def run_module(module: str, timeout: int) -> tuple[str, int, str, float]:
     start = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", module],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", module],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
         status, output = done.returncode, done.stdout
     except subprocess.TimeoutExpired as expired:
