@@ -142,6 +142,18 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats
     return medians
 
 
+def lead3_in_process_ms(repeats: int = 200) -> float:
+    """p50 ms of Lead-3 on the bench's article in-process (sentence splitting, no model)."""
+    from raytron.evaluate.rouge import lead3
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lead3(ARTICLE)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[10:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sentiment-model", default=str(REPO / "runs" / "sentiment-demo" / "model"))
@@ -196,6 +208,8 @@ def main() -> None:
             with profiled(args.profile, "one-in-flight"):
                 measured("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
                                                                    args.requests // 4, 1))
+            measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
+                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))
             measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                               args.requests, args.concurrency))
             measured("POST /v1/summarize lead-3", args.concurrency, load(
@@ -213,6 +227,11 @@ def main() -> None:
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
           f"= {one_in_flight - direct[1]:.1f} ms")
+    lead3_http = next(r for n, _, r in rows if n.startswith("POST /v1/summarize lead-3, 1"))["p50_ms"]
+    lead3_ms = lead3_in_process_ms()
+    print(f"of which the path every call takes (proxy -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
+          f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "
+          f"batching and its replica add {one_in_flight - direct[1] - (lead3_http - lead3_ms):.1f} ms")
     serve.shutdown()
 
 

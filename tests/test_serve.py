@@ -186,6 +186,7 @@ def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluste
     app["runtime_env"] = {"env_vars": {"RAYTRON_API_TOKEN": ""}}  # whatever the developer's shell holds
     for deployment in app["deployments"]:
         deployment["ray_actor_options"] = {"num_cpus": 0.05}
+        deployment["max_constructor_retry_count"] = 1  # each failure is final: one try shows it (Serve's 3 take minutes)
     expected = {"Api": "DEPLOY_FAILED", "Summarizer": "DEPLOY_FAILED", "SentimentClassifier": "DEPLOY_FAILED",
                 "Embedder": "HEALTHY", "TopicModel": "HEALTHY"}
     client = serve_start(http_options=config["http_options"])
@@ -489,11 +490,14 @@ def test_missing_extractive_scorer_fails_or_says_centroid(store):
 
 
 def test_summaries_of_every_technique_say_which_model(url, client, store):
+    batched = _summarizer_batching(url, client)["items"]
     lead = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "lead-3"}).json()
     assert lead["summary"].splitlines() == [
         "NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak.",
         "The agency said the next attempt could come within two weeks.", "Officials said the crew was safe."]
     assert lead["technique"] == "lead-3" and lead["model"] is None
+    # Lead-3 runs no model: it never waits in the Summarizer's batch queue (batch_wait_timeout_s)
+    assert _summarizer_batching(url, client)["items"] == batched
     extractive = client.post(f"{url}/v1/summarize", json={"text": ARTICLE, "technique": "extractive"}).json()
     assert len(extractive["summary"].splitlines()) == 3 and all(s in ARTICLE for s in extractive["summary"].splitlines())
     # the store's fitted scorer, as the response says: the same summary as that scorer in-process

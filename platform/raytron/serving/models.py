@@ -189,10 +189,8 @@ class Summarizer(Batched):
         self.abstractive = AbstractiveSummarizer(decoder, self.generation, max_length=max_length)
 
     def work(self, requests: list[tuple[str, str, int, threading.Event]]) -> list[str | None]:
-        """Summaries of a batch; abstractive generation stops between steps once every request of a
-        generating sub-batch is gone (its event set), and those get None (nobody reads them)."""
-        from raytron.evaluate.rouge import lead3
-
+        """Abstractive and extractive summaries of a batch; abstractive generation stops between steps once every
+        request of a generating sub-batch is gone (its event set), and those get None (nobody reads them)."""
         out: list[str | None] = [""] * len(requests)
         groups: dict[tuple[str, int], list[int]] = {}
         for index, (_, technique, max_tokens, _) in enumerate(requests):
@@ -204,10 +202,8 @@ class Summarizer(Batched):
                 results = self.abstractive.summarize(texts, generation,
                                                      abandoned=lambda i, rows=rows: requests[rows[i]][3].is_set())
                 self.stopped += sum(r is None for r in results)
-            elif technique == "extractive":
-                results = self.extractive.summarize(texts)
             else:
-                results = [lead3(t) for t in texts]
+                results = self.extractive.summarize(texts)
             for i, summary in zip(rows, results, strict=True):
                 out[i] = summary
         return out
@@ -220,12 +216,18 @@ class Summarizer(Batched):
         return {"abstractive": self.decoder, "extractive": self.extractive_model}.get(technique)
 
     async def summarize(self, text: str, technique: str, max_tokens: int) -> dict:
-        gone = threading.Event()  # set when this request is cancelled (its client left, its deadline passed)
-        try:
-            summary = await self.batched((text, technique, max_tokens, gone))
-        except asyncio.CancelledError:
-            gone.set()
-            raise
+        """Lead-3 runs no model: it skips the batch queue (and its `batch_wait_timeout_s`) on a thread of its own."""
+        if technique == "lead-3":
+            from raytron.evaluate.rouge import lead3
+
+            summary = await asyncio.to_thread(lead3, text)
+        else:
+            gone = threading.Event()  # set when this request is cancelled (its client left, its deadline passed)
+            try:
+                summary = await self.batched((text, technique, max_tokens, gone))
+            except asyncio.CancelledError:
+                gone.set()
+                raise
         return {"summary": summary, "technique": technique, "model": self.model_used(technique)}
 
     def info(self) -> dict:
