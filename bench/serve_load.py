@@ -221,13 +221,13 @@ def main() -> None:
     direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
-    one_in_flight = next(r for n, _, r in rows if "1 in flight" in n)["p50_ms"]
+    one_in_flight = next(r for n, _, r in rows if n == "POST /v1/sentiment, 1 in flight")["p50_ms"]
     print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")
     print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
           f"= {one_in_flight - direct[1]:.1f} ms")
-    lead3_http = next(r for n, _, r in rows if n.startswith("POST /v1/summarize lead-3, 1"))["p50_ms"]
+    lead3_http = next(r for n, _, r in rows if n == "POST /v1/summarize lead-3, 1 in flight")["p50_ms"]
     lead3_ms = lead3_in_process_ms()
     print(f"of which the path every call takes (proxy -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
           f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "

@@ -3,7 +3,8 @@
 One process per module because in one long session Ray 2.60's driver once hung on a GCS call after
 ~20 modules; several at a time because a lone module leaves cores idle during Ray and model
 start-up (CI's 2-core machine, two at a time: the suite 18 min 45 s -> 16 min 49 s; each module runs
-~1.7x slower beside another, so more lanes than cores buy nothing). Modules run in the order
+1.4-2.5x slower beside another: 2026-11-30, test_imdb_data 77 s alone against 108 s in CI, test_job_submit 100 / 162 s,
+test_generate 73 / 195 s, test_serve 553 / 1,405 s; so more lanes than cores buy nothing). Modules run in the order
 given (list the slowest first); each one's output is printed whole when it ends. Exit status 1 if
 any module failed or ran past `--timeout`.
 """

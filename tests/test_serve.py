@@ -186,7 +186,6 @@ def test_gpu_config_deployed_without_token_or_summarizer_fails_closed(ray_cluste
     app["runtime_env"] = {"env_vars": {"RAYTRON_API_TOKEN": ""}}  # whatever the developer's shell holds
     for deployment in app["deployments"]:
         deployment["ray_actor_options"] = {"num_cpus": 0.05}
-        deployment["max_constructor_retry_count"] = 1  # each failure is final: one try shows it (Serve's 3 take minutes)
     expected = {"Api": "DEPLOY_FAILED", "Summarizer": "DEPLOY_FAILED", "SentimentClassifier": "DEPLOY_FAILED",
                 "Embedder": "HEALTHY", "TopicModel": "HEALTHY"}
     client = serve_start(http_options=config["http_options"])

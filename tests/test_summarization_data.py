@@ -1,5 +1,8 @@
 """CNN/DM for the decoder: fixed splits, loss masked to the summary; ROUGE and Lead-3 checked by hand."""
 
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -45,6 +48,22 @@ def test_lead3_by_hand():
     article = 'Rain fell in Paris on Monday. "It was cold," she said. Trains stopped! Schools closed. Dr. Who?'
     assert sentences(article)[:3] == ["Rain fell in Paris on Monday.", '"It was cold," she said.', "Trains stopped!"]
     assert lead3(article) == 'Rain fell in Paris on Monday.\n"It was cold," she said.\nTrains stopped!'
+
+
+def test_lead3_on_many_threads_equals_one_thread():
+    """The Summarizer computes Lead-3 on threads, beside the extractive batches' sentence splitting: each thread must
+    get its own sentences (pySBD keeps the text it segments on the segmenter)."""
+    articles = [" ".join(f"Story {i} says Dr. Lee met {j} people in the U.S. on day {i + j}." for j in range(5 + i % 40))
+                for i in range(160)]
+    alone = [lead3(article) for article in articles]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave as often as the interpreter allows
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lead3, articles))
+    finally:
+        sys.setswitchinterval(switch)
+    assert together == alone
 
 
 def test_bootstrap_interval_brackets_the_mean():

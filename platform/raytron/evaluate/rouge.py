@@ -3,7 +3,7 @@ plus the Lead-3 baseline (See et al. 2017: the article's first three sentences).
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 
 import numpy as np
 import pysbd
@@ -12,9 +12,15 @@ from rouge_score import rouge_scorer
 METRICS = ("rouge1", "rouge2", "rougeLsum")
 
 
-@cache
+_per_thread = threading.local()
+
+
 def _segmenter() -> pysbd.Segmenter:
-    return pysbd.Segmenter(language="en", clean=False)
+    """This thread's segmenter: `segment()` keeps the text it splits on the segmenter, so threads (the Summarizer's
+    Lead-3 beside its extractive batches) must not share one."""
+    if not hasattr(_per_thread, "segmenter"):
+        _per_thread.segmenter = pysbd.Segmenter(language="en", clean=False)
+    return _per_thread.segmenter
 
 
 def sentences(text: str) -> list[str]:

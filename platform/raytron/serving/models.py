@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,9 @@ CONCURRENT_BATCHES = 2
 its kernels launched while the other's run (both on the default CUDA stream, so their copies and kernels still queue
 one after the other: the overlap is the host work). `max_ongoing_requests` >= 2 x `max_batch_size` lets both fill;
 the decoder's generation keeps one. WARM_UP runs one batch at start, before any two can race."""
+
+LEAD3_THREADS = 2
+"""Threads for Lead-3 (sentence splitting, no model), apart from the event loop's, which run the batches."""
 
 WARM_UP = ["A warm-up text, run once when the replica starts."]
 """Encoded and scored once in the constructor: the fast tokenizer applies its truncation and padding settings on its
@@ -183,6 +187,7 @@ class Summarizer(Batched):
             self.decoder = {"name": pretrained, "version": "pretrained", "source": "pretrained, zero-shot "
                             "(summarization_fallback: pretrained; the store has no summarization model)"}
         self.name, self.stopped = name, 0  # stopped: abstractive summaries whose generation stopped, all clients gone
+        self.lead3_threads = ThreadPoolExecutor(LEAD3_THREADS, thread_name_prefix="lead3")  # never delays a batch's thread
         self.extractive_model, self.extractive = extractive_summarizer(store, extractive, extractive_version,
                                                                        encoder, fallback)
         self.generation = GenerationConfig.model_validate(generation or {})
@@ -202,8 +207,10 @@ class Summarizer(Batched):
                 results = self.abstractive.summarize(texts, generation,
                                                      abandoned=lambda i, rows=rows: requests[rows[i]][3].is_set())
                 self.stopped += sum(r is None for r in results)
-            else:
+            elif technique == "extractive":
                 results = self.extractive.summarize(texts)
+            else:  # the API's schema admits no other; Lead-3 never reaches the batch (`summarize`)
+                raise ValueError(f"no batched summaries for technique {technique!r}")
             for i, summary in zip(rows, results, strict=True):
                 out[i] = summary
         return out
@@ -216,11 +223,11 @@ class Summarizer(Batched):
         return {"abstractive": self.decoder, "extractive": self.extractive_model}.get(technique)
 
     async def summarize(self, text: str, technique: str, max_tokens: int) -> dict:
-        """Lead-3 runs no model: it skips the batch queue (and its `batch_wait_timeout_s`) on a thread of its own."""
+        """Lead-3 runs no model: it skips the batch queue (and its `batch_wait_timeout_s`), on threads of its own."""
         if technique == "lead-3":
             from raytron.evaluate.rouge import lead3
 
-            summary = await asyncio.to_thread(lead3, text)
+            summary = await asyncio.get_running_loop().run_in_executor(self.lead3_threads, lead3, text)
         else:
             gone = threading.Event()  # set when this request is cancelled (its client left, its deadline passed)
             try:
