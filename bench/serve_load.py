@@ -5,12 +5,12 @@ classifier batched vs unbatched, and Serve's overhead over calling the model in-
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
 
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
-`--profile DIR` samples the HTTP proxy, the ingress replicas and the classifier replica with py-spy (`pip install
-py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment, one
-collapsed-stack file per process and phase (`<phase>-<process>-<pid>.txt`, threads apart).
+`--profile DIR` samples the HTTP proxy, the ingress, classifier and Summarizer replicas with py-spy (`pip install
+py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment and
+Lead-3 at one in flight, one collapsed-stack file per process and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
-Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the machine's load average
-before and after: other work on the machine shows in the figures); writes nothing else.
+Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the
+machine's load average before and after: other work on the machine shows in the figures); writes nothing else.
 """
 
 import argparse
@@ -70,7 +70,8 @@ async def _load(url: str, body: dict, requests_total: int, concurrency: int) -> 
             "req_per_s": requests_total / elapsed}
 
 
-PROFILED = ("ProxyActor", "ServeReplica:raytron:Api", "ServeReplica:raytron:SentimentClassifier")
+PROFILED = ("ProxyActor", "ServeReplica:raytron:Api", "ServeReplica:raytron:SentimentClassifier",
+            "ServeReplica:raytron:Summarizer")
 """Ray's process titles (`ray::<title>`) of the processes `--profile` samples."""
 
 
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--profile", type=Path, help="a folder for py-spy profiles of the sentiment measurements")
+    parser.add_argument("--profile", type=Path, help="a folder for py-spy profiles (sentiment, Lead-3)")
     args = parser.parse_args()
     if args.profile and shutil.which("py-spy") is None:
         parser.error("--profile needs py-spy on PATH: pip install py-spy")
@@ -208,8 +209,9 @@ def main() -> None:
             with profiled(args.profile, "one-in-flight"):
                 measured("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
                                                                    args.requests // 4, 1))
-            measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
-                f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))
+            with profiled(args.profile, "lead3-one-in-flight"):
+                measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
+                    f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))
             measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                               args.requests, args.concurrency))
             measured("POST /v1/summarize lead-3", args.concurrency, load(
