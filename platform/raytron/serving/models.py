@@ -34,7 +34,7 @@ one after the other: the overlap is the host work). `max_ongoing_requests` >= 2 
 the decoder's generation keeps one. WARM_UP runs one batch at start, before any two can race."""
 
 LEAD3_THREADS = 2
-"""Threads for Lead-3 (sentence splitting, no model), apart from the event loop's, which run the batches."""
+"""Threads for Lead-3 (sentence splitting, no model), apart from the event loop's default executor, which runs the batches."""
 
 WARM_UP = ["A warm-up text, run once when the replica starts."]
 """Encoded and scored once in the constructor: the fast tokenizer applies its truncation and padding settings on its
