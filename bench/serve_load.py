@@ -116,6 +116,16 @@ def profiled(folder: Path | None, phase: str):
                   + "\n".join(failed), flush=True)
 
 
+def p50_ms(call, repeats: int, warm_up: int) -> float:
+    """Median wall time of `call()` in ms over `repeats` calls, the first `warm_up` left out."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[warm_up:])
+
+
 def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats: int = 30) -> dict[int, float]:
     """p50 ms of encoding + scoring 1 and `batch` reviews in-process (what a replica does per batch, minus Serve), as
     the config runs it (with `cuda_graphs`, from CUDA graphs): the model's own batching gain, apart from Serve's."""
@@ -132,27 +142,14 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats
     rows = {n: pd.DataFrame({"id": np.arange(n), "label": 0, "text": [REVIEW] * n}) for n in (1, batch)}
     if cuda_graphs:
         predictor.capture_cuda_graphs(encoder(rows[1]), max_rows=batch)
-    medians = {}
-    for n, frame in rows.items():
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            predictor(encoder(frame))
-            times.append(time.perf_counter() - start)
-        medians[n] = 1000 * statistics.median(times[5:])
-    return medians
+    return {n: p50_ms(lambda frame=frame: predictor(encoder(frame)), repeats, warm_up=5) for n, frame in rows.items()}
 
 
 def lead3_in_process_ms(repeats: int = 200) -> float:
     """p50 ms of Lead-3 on the bench's article in-process (sentence splitting, no model)."""
     from raytron.evaluate.rouge import lead3
 
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        lead3(ARTICLE)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[10:])
+    return p50_ms(lambda: lead3(ARTICLE), repeats, warm_up=10)
 
 
 def main() -> None:
