@@ -2,6 +2,7 @@
 
 import os
 import pkgutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +20,8 @@ from tests.test_job_submit import head_node  # noqa: F401  (the fixture: `ray st
 RAYTRON = str(Path(sys.executable).with_name("raytron"))
 
 
-def cli(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([RAYTRON, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+def cli(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([RAYTRON, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
@@ -49,6 +50,25 @@ def test_unknown_job_is_a_clear_error():
     assert done.returncode == 2
     assert done.stderr.startswith("error: unknown job 'finetunes'; the jobs are: collect-news, ")
     assert ", finetune, " in done.stderr and ", evaluate, " in done.stderr
+
+
+def test_an_unreachable_ray_address_is_a_clear_error_at_once():
+    """RAY_ADDRESS naming a port where no Ray listens: the job stops with one message naming the address and what
+    to do (ray.init alone retries the GCS for minutes); ray:// is checked too, the forms Ray resolves itself are not."""
+    from raytron.errors import RaytronError
+    from raytron.runtime import check_ray_address
+
+    with socket.socket() as sock:  # a port bound but never listening: connections to it are refused
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        done = cli("finetune", "--config", "configs/sentiment.yaml", env={"RAY_ADDRESS": address}, timeout=120)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert f"\nerror: RAY_ADDRESS={address}: no Ray cluster answers at {address}" in f"\n{done.stderr}", done.stderr[-2000:]
+        assert "unset RAY_ADDRESS" in done.stderr and "Traceback" not in done.stderr
+        with pytest.raises(RaytronError, match="no Ray cluster answers"):
+            check_ray_address(f"ray://{address}")
+    for resolved_by_ray in ("auto", "local", "", "http://127.0.0.1:1"):
+        assert check_ray_address(resolved_by_ray) is None
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from raytron.config import JobConfig
+from raytron.errors import RaytronError
 
 WORKER_START_TIMEOUT_S = "300"
 """Ray Train's default (60 s) is too short for 2 workers importing torch + Megatron-Core on a busy 2-core laptop."""
@@ -74,12 +75,36 @@ def shutdown_megatron() -> None:
         parallel_state.destroy_model_parallel()
 
 
+RAY_REACH_TIMEOUT_S = 10
+"""How long connect_ray waits for a TCP answer from RAY_ADDRESS before it calls the cluster unreachable."""
+
+
+def check_ray_address(address: str) -> None:
+    """Fail fast, naming RAY_ADDRESS, when nothing answers there: `ray.init` would retry the GCS for minutes,
+    logging warnings, before its own error. HOST:PORT and ray://HOST:PORT are checked; "auto", "local" and other
+    forms are left to Ray."""
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        return
+    host, _, port = (rest if sep else address).rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RaytronError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}). Start one "
+            "there (`ray start --head --port PORT`, or check the KubeRay head service and its port-forward), or "
+            "unset RAY_ADDRESS to run the job on a local Ray instance it starts itself") from None
+
+
 def connect_ray() -> None:
     """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     if not ray.is_initialized():
+        check_ray_address(os.environ.get("RAY_ADDRESS", ""))
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
 
 
