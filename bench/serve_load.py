@@ -1,5 +1,6 @@
 """Load test of the Serve app on 127.0.0.1: p50/p99 latency and throughput per endpoint, the
-classifier batched vs unbatched, and Serve's overhead over calling the model in-process.
+classifier batched vs unbatched, and Serve's overhead over calling the model in-process, against Serve's own
+floor (the same two hops in an app that does nothing: a FastAPI ingress calling a deployment that answers at once).
 
     python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
@@ -116,6 +117,36 @@ def profiled(folder: Path | None, phase: str):
                   + "\n".join(failed), flush=True)
 
 
+def floor_app(concurrency: int):
+    """Serve's floor on this machine: raytron's topology (proxy -> 2 FastAPI ingress replicas -> one handle call
+    -> 1 model replica) with no work at any hop, so its latency and throughput are what Serve alone costs."""
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from ray import serve
+
+    api = FastAPI()
+
+    class Texts(BaseModel):
+        texts: str | list[str]
+
+    @serve.deployment(max_ongoing_requests=2 * concurrency, ray_actor_options={"num_cpus": 0})
+    class Answer:
+        async def classify(self, texts):
+            return [{"label": "positive"} for _ in texts]
+
+    @serve.deployment(num_replicas=2, max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, model):
+            self.model = model
+
+        @api.post("/v1/sentiment")
+        async def sentiment(self, body: Texts) -> dict:
+            return {"results": await self.model.classify.remote(body.texts)}
+
+    return Ingress.bind(Answer.bind())
+
+
 def p50_ms(call, repeats: int, warm_up: int) -> float:
     """Median wall time of `call()` in ms over `repeats` calls, the first `warm_up` left out."""
     times = []
@@ -217,6 +248,12 @@ def main() -> None:
             measured(f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8))
         serve.delete("raytron")
+    serve.run(floor_app(args.concurrency), name="floor", route_prefix="/floor")
+    floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
+    measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
+             load(floor, {"texts": REVIEW}, args.requests, args.concurrency))
+    measured("Serve's floor, 1 in flight", 1, load(floor, {"texts": REVIEW}, args.requests // 4, 1))
+    serve.delete("floor")
     direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
@@ -231,6 +268,11 @@ def main() -> None:
     print(f"of which the path every call takes (proxy -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
           f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "
           f"batching and its replica add {one_in_flight - direct[1] - (lead3_http - lead3_ms):.1f} ms")
+    floor_one = next(r for n, _, r in rows if n == "Serve's floor, 1 in flight")["p50_ms"]
+    floor_rate = next(r for n, _, r in rows if n.startswith("Serve's floor: "))["req_per_s"]
+    print(f"Serve's floor (the same two hops, no work): {floor_one:.1f} ms at 1 in flight, {floor_rate:.1f} req/s at "
+          f"{args.concurrency} in flight; raytron's path above it at 1 in flight: {lead3_http - lead3_ms - floor_one:.1f} "
+          f"ms (Lead-3), {one_in_flight - direct[1] - floor_one:.1f} ms (sentiment)")
     serve.shutdown()
 
 
