@@ -1,6 +1,7 @@
-"""Load test of the Serve app on 127.0.0.1: p50/p99 latency and throughput per endpoint, the
-classifier batched vs unbatched, and Serve's overhead over calling the model in-process, against Serve's own
-floor (the same two hops in an app that does nothing: a FastAPI ingress calling a deployment that answers at once).
+"""Load test of the Serve app on 127.0.0.1: p50/p99 latency and throughput per endpoint, the classifier batched
+vs unbatched (over HTTP, and by DeploymentHandle from the driver, without the proxy and the ingress), and Serve's
+overhead over calling the model in-process, against Serve's own floor (the same two hops in an app that does
+nothing: a FastAPI ingress calling a deployment that answers at once).
 
     python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
@@ -52,21 +53,48 @@ async def _load(url: str, body: dict, requests_total: int, concurrency: int) -> 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=auth(), connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
-        async def one() -> float:
-            start = time.perf_counter()
+        async def one() -> None:
             async with session.post(url, json=body) as response:
                 response.raise_for_status()
                 await response.read()
-            return time.perf_counter() - start
 
-        async def client(count: int) -> list[float]:
-            return [await one() for _ in range(count)]
+        return await _timed(one, requests_total, concurrency)
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm up: connections open, batches formed once
-        share = [requests_total // concurrency + (i < requests_total % concurrency) for i in range(concurrency)]
-        start = time.perf_counter()
-        latencies = sorted(t for times in await asyncio.gather(*(client(n) for n in share)) for t in times)
-        elapsed = time.perf_counter() - start
+
+def handle_load(runner: asyncio.Runner, deployment: str, method: str, argument, requests_total: int,
+                concurrency: int) -> dict:
+    """The same load sent to a deployment of the raytron app through a DeploymentHandle from this driver: the
+    replica's own throughput and batching, without the HTTP proxy and the ingress. The handle is made and used on
+    `runner`'s one event loop (under RAY_SERVE_THROUGHPUT_OPTIMIZED its router runs on the loop that made it)."""
+    from ray import serve
+
+    async def measure() -> dict:
+        call = getattr(serve.get_deployment_handle(deployment, app_name="raytron"), method)
+
+        async def one() -> None:
+            await call.remote(argument)
+
+        return await _timed(one, requests_total, concurrency)
+
+    return runner.run(measure())
+
+
+async def _timed(one, requests_total: int, concurrency: int) -> dict:
+    """`requests_total` awaits of `one()`, `concurrency` at a time, after one warm-up round (connections open,
+    batches formed once)."""
+    async def client(count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            await one()
+            times.append(time.perf_counter() - start)
+        return times
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    share = [requests_total // concurrency + (i < requests_total % concurrency) for i in range(concurrency)]
+    start = time.perf_counter()
+    latencies = sorted(t for times in await asyncio.gather(*(client(n) for n in share)) for t in times)
+    elapsed = time.perf_counter() - start
     return {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
             "req_per_s": requests_total / elapsed}
 
@@ -142,7 +170,8 @@ def floor_app(concurrency: int):
 
         @api.post("/v1/sentiment")
         async def sentiment(self, body: Texts) -> dict:
-            return {"results": await self.model.classify.remote(body.texts)}
+            texts = [body.texts] if isinstance(body.texts, str) else body.texts  # one text is a list of one
+            return {"results": await self.model.classify.remote(texts)}
 
     return Ingress.bind(Answer.bind())
 
@@ -220,6 +249,7 @@ def main() -> None:
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
     configured = next(d for d in deployments if d["name"] == "SentimentClassifier")["user_config"]
+    handle_loop = asyncio.Runner()
     for batch in (args.max_batch, 1):  # the config's own batch wait, one replica: batching alone compared
         classifier = {"user_config": {**configured, "max_batch_size": batch}, "autoscaling_config": None}
         # the bench store has no summarization model (it measures Lead-3 and extractive): allow the
@@ -233,6 +263,8 @@ def main() -> None:
             sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
         largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
         measured(f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency, sentiment)
+        measured(f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
+                 handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency))
         if batch == args.max_batch:
             with profiled(args.profile, "one-in-flight"):
                 measured("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
@@ -248,6 +280,7 @@ def main() -> None:
             measured(f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8))
         serve.delete("raytron")
+    handle_loop.close()
     serve.run(floor_app(args.concurrency), name="floor", route_prefix="/floor")
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
     measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
@@ -257,8 +290,11 @@ def main() -> None:
     direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
+    by_handle = {b: next(r for n, _, r in rows if n.endswith(f"DeploymentHandle (max_batch_size={b})"))["req_per_s"]
+                 for b in (args.max_batch, 1)}
     one_in_flight = next(r for n, _, r in rows if n == "POST /v1/sentiment, 1 in flight")["p50_ms"]
-    print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x")
+    print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x over HTTP, "
+          f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (no proxy, no ingress)")
     print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "

@@ -52,9 +52,13 @@ def test_unknown_job_is_a_clear_error():
     assert ", finetune, " in done.stderr and ", evaluate, " in done.stderr
 
 
-def test_an_unreachable_ray_address_is_a_clear_error_at_once():
+def test_an_unreachable_ray_address_is_a_clear_error_at_once(monkeypatch):
     """RAY_ADDRESS naming a port where no Ray listens: the job stops with one message naming the address and what
-    to do (ray.init alone retries the GCS for minutes); ray:// is checked too, the forms Ray resolves itself are not."""
+    to do (ray.init alone retries the GCS for minutes); ray:// is checked too, the forms Ray resolves itself are not,
+    and a head that starts listening within the check's window is found."""
+    import threading
+
+    from raytron import runtime
     from raytron.errors import RaytronError
     from raytron.runtime import check_ray_address
 
@@ -65,8 +69,13 @@ def test_an_unreachable_ray_address_is_a_clear_error_at_once():
         assert done.returncode == 2, done.stderr[-2000:]
         assert f"\nerror: RAY_ADDRESS={address}: no Ray cluster answers at {address}" in f"\n{done.stderr}", done.stderr[-2000:]
         assert "unset RAY_ADDRESS" in done.stderr and "Traceback" not in done.stderr
+        monkeypatch.setattr(runtime, "RAY_REACH_TIMEOUT_S", 3)
         with pytest.raises(RaytronError, match="no Ray cluster answers"):
             check_ray_address(f"ray://{address}")
+        late = threading.Timer(1.0, sock.listen)  # the "head" comes up a second after the job starts
+        late.start()
+        check_ray_address(address)  # no error: it asked again until the port answered
+        late.join()
     for resolved_by_ray in ("auto", "local", "", "http://127.0.0.1:1"):
         assert check_ray_address(resolved_by_ray) is None
 

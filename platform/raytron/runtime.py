@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -76,12 +77,12 @@ def shutdown_megatron() -> None:
 
 
 RAY_REACH_TIMEOUT_S = 10
-"""How long connect_ray waits for a TCP answer from RAY_ADDRESS before it calls the cluster unreachable."""
+"""How long connect_ray keeps asking RAY_ADDRESS for a TCP answer before it calls the cluster unreachable."""
 
 
 def check_ray_address(address: str) -> None:
-    """Fail fast, naming RAY_ADDRESS, when nothing answers there: `ray.init` would retry the GCS for minutes,
-    logging warnings, before its own error. HOST:PORT and ray://HOST:PORT are checked; "auto", "local" and other
+    """Fail within RAY_REACH_TIMEOUT_S, naming RAY_ADDRESS, when nothing answers there: `ray.init` would retry the
+    GCS for minutes, logging warnings, before its own error. HOST:PORT and ray://HOST:PORT are checked; "auto", "local" and other
     forms are left to Ray."""
     scheme, sep, rest = address.partition("://")
     if sep and scheme != "ray":
@@ -89,13 +90,19 @@ def check_ray_address(address: str) -> None:
     host, _, port = (rest if sep else address).rpartition(":")
     if not host or not port.isdigit():
         return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_TIMEOUT_S).close()
-    except OSError as exc:
-        raise RaytronError(
-            f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}). Start one "
-            "there (`ray start --head --port PORT`, or check the KubeRay head service and its port-forward), or "
-            "unset RAY_ADDRESS to run the job on a local Ray instance it starts itself") from None
+    deadline = time.monotonic() + RAY_REACH_TIMEOUT_S
+    while True:  # a head still starting refuses for a moment: ask again until the deadline
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_TIMEOUT_S).close()
+            return
+        except OSError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise RaytronError(
+                f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}). Start "
+                "one there (`ray start --head --port PORT`, or check the KubeRay head service and its port-forward), "
+                "or unset RAY_ADDRESS to run the job on a local Ray instance it starts itself") from None
 
 
 def connect_ray() -> None:
