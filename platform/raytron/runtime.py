@@ -93,7 +93,8 @@ def check_ray_address(address: str) -> None:
     deadline = time.monotonic() + RAY_REACH_TIMEOUT_S
     while True:  # a head still starting refuses for a moment: ask again until the deadline
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_TIMEOUT_S).close()
+            left = max(deadline - time.monotonic(), 0.5)  # a connect that hangs ends at the deadline too
+            socket.create_connection((host.strip("[]"), int(port)), timeout=left).close()
             return
         except OSError as exc:
             if time.monotonic() < deadline:
