@@ -238,18 +238,18 @@ def main() -> None:
     os.environ.setdefault("RAYTRON_API_TOKEN", secrets.token_hex(16))  # the replicas inherit it
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")  # its own instance, never a cluster found here
     load_before = os.getloadavg()
-    rows = []
 
-    def measured(name: str, concurrency: int, result: dict) -> None:
-        """One table row, printed as soon as it is measured (a bench cut short still shows its rows)."""
-        rows.append((name, concurrency, result))
+    def measured(name: str, concurrency: int, result: dict) -> dict:
+        """One table row, printed as soon as it is measured (a bench cut short still shows its rows); returns `result`."""
         print(f"{name:<72} {concurrency:>9} {result['p50_ms']:>9.1f} {result['p99_ms']:>9.1f} "
               f"{result['req_per_s']:>8.1f}", flush=True)
+        return result
 
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
     configured = next(d for d in deployments if d["name"] == "SentimentClassifier")["user_config"]
     handle_loop = asyncio.Runner()
+    by_http, by_handle = {}, {}  # req/s of the classifier per max_batch_size
     for batch in (args.max_batch, 1):  # the config's own batch wait, one replica: batching alone compared
         classifier = {"user_config": {**configured, "max_batch_size": batch}, "autoscaling_config": None}
         # the bench store has no summarization model (it measures Lead-3 and extractive): allow the
@@ -262,16 +262,19 @@ def main() -> None:
         with profiled(args.profile if batch == args.max_batch else None, f"batch{batch}"):
             sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
         largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
-        measured(f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})", args.concurrency, sentiment)
-        measured(f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
-                 handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency))
+        by_http[batch] = measured(f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})",
+                                  args.concurrency, sentiment)["req_per_s"]
+        by_handle[batch] = measured(
+            f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
+            handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency),
+        )["req_per_s"]
         if batch == args.max_batch:
             with profiled(args.profile, "one-in-flight"):
-                measured("POST /v1/sentiment, 1 in flight", 1, load(f"{base}/v1/sentiment", {"texts": REVIEW},
-                                                                   args.requests // 4, 1))
+                one_in_flight = measured("POST /v1/sentiment, 1 in flight", 1, load(
+                    f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
             with profiled(args.profile, "lead3-one-in-flight"):
-                measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
-                    f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))
+                lead3_http = measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
+                    f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))["p50_ms"]
             measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                               args.requests, args.concurrency))
             measured("POST /v1/summarize lead-3", args.concurrency, load(
@@ -283,29 +286,22 @@ def main() -> None:
     handle_loop.close()
     serve.run(floor_app(args.concurrency), name="floor", route_prefix="/floor")
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
-    measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
-             load(floor, {"texts": REVIEW}, args.requests, args.concurrency))
-    measured("Serve's floor, 1 in flight", 1, load(floor, {"texts": REVIEW}, args.requests // 4, 1))
+    floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
+                          load(floor, {"texts": REVIEW}, args.requests, args.concurrency))["req_per_s"]
+    floor_one = measured("Serve's floor, 1 in flight", 1, load(floor, {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
     serve.delete("floor")
     direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
-    batched, unbatched = rows[0][2]["req_per_s"], next(r for n, _, r in rows if "max_batch_size=1," in n)["req_per_s"]
-    by_handle = {b: next(r for n, _, r in rows if n.endswith(f"DeploymentHandle (max_batch_size={b})"))["req_per_s"]
-                 for b in (args.max_batch, 1)}
-    one_in_flight = next(r for n, _, r in rows if n == "POST /v1/sentiment, 1 in flight")["p50_ms"]
-    print(f"\nclassifier throughput, batched / unbatched: {batched / unbatched:.1f}x over HTTP, "
+    print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch] / by_http[1]:.1f}x over HTTP, "
           f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (no proxy, no ingress)")
     print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
           f"= {one_in_flight - direct[1]:.1f} ms")
-    lead3_http = next(r for n, _, r in rows if n == "POST /v1/summarize lead-3, 1 in flight")["p50_ms"]
     lead3_ms = lead3_in_process_ms()
     print(f"of which the path every call takes (proxy -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
           f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "
           f"batching and its replica add {one_in_flight - direct[1] - (lead3_http - lead3_ms):.1f} ms")
-    floor_one = next(r for n, _, r in rows if n == "Serve's floor, 1 in flight")["p50_ms"]
-    floor_rate = next(r for n, _, r in rows if n.startswith("Serve's floor: "))["req_per_s"]
     print(f"Serve's floor (the same two hops, no work): {floor_one:.1f} ms at 1 in flight, {floor_rate:.1f} req/s at "
           f"{args.concurrency} in flight; raytron's path above it at 1 in flight: {lead3_http - lead3_ms - floor_one:.1f} "
           f"ms (Lead-3), {one_in_flight - direct[1] - floor_one:.1f} ms (sentiment)")
