@@ -1,13 +1,16 @@
 """Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
 
-    python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--batch 32] [--seq 512]
+    python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--cuda-graphs off on]
+                        [--batch 32] [--seq 512]
 
 Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
 `raytron.train.flops` on real tokens (here every token is real); MFU against the GPU's bf16 peak.
 The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` summary tokens.
 `--compile on` compiles the transformer blocks first (`train.compile`, raytron.train.compile; the compile
-happens in the warm-up steps). Prints one row per attention and compile setting and, with --profile, the five
+happens in the warm-up steps); `--cuda-graphs on` replays the model's forward and backward from CUDA graphs
+(`train.cuda_graphs`, raytron.train.cuda_graphs; captured in the first step; encoder only, not with compile). Prints one
+row per attention, compile and graphs setting and, with --profile, the five
 CUDA kernels and the twelve host-side ops that took the most time.
 """
 
@@ -41,6 +44,7 @@ def run_steps(args: dict) -> dict:
     from raytron.models.pretrained import pin_pretrained
     from raytron.runtime import init_megatron
     from raytron.train.compile import compile_layers
+    from raytron.train.cuda_graphs import GraphedTraining, use_capture_stream
     from raytron.train.flops import peak_flops_per_device
     from raytron.train.optim import wrap_for_training
     from raytron.train.step import train_step
@@ -52,7 +56,8 @@ def run_steps(args: dict) -> dict:
     cfg = pin_pretrained(load_config(recipe, [*summary, f"train.micro_batch_size={args['batch']}",
                                               f"train.global_batch_size={args['batch']}",
                                               f"model.attention={args['attention']}", "resources.num_workers=1",
-                                              f"train.compile={args.get('compile') == 'on'}"]))
+                                              f"train.compile={args.get('compile') == 'on'}",
+                                              f"train.cuda_graphs={args.get('cuda_graphs') == 'on'}"]))
     device = init_megatron()
     bf16 = device.type == "cuda"
     task = make_task(cfg)
@@ -60,7 +65,10 @@ def run_steps(args: dict) -> dict:
     if cfg.train.compile:
         torch._dynamo.reset()  # a fresh compile per row, not a recompile of the previous row's model
         compile_layers(model, device)
+    if cfg.train.cuda_graphs:
+        use_capture_stream(device)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=args["steps"])
+    forward = GraphedTraining(ddp) if cfg.train.cuda_graphs else ddp
     batch = synthetic_batch(args["model"], args["batch"], args["seq"], args["supervised"], device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if bf16:
@@ -69,7 +77,7 @@ def run_steps(args: dict) -> dict:
     for _ in range(args["steps"]):
         sync()
         start = time.perf_counter()
-        result = train_step(ddp, optimizer, scheduler, task, [batch])
+        result = train_step(ddp, optimizer, scheduler, task, [batch], forward)
         sync()
         times.append(time.perf_counter() - start)
     median = statistics.median(times[args["warmup"]:])
@@ -84,7 +92,7 @@ def run_steps(args: dict) -> dict:
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                train_step(ddp, optimizer, scheduler, task, [batch])
+                train_step(ddp, optimizer, scheduler, task, [batch], forward)
             sync()
         averages = prof.key_averages()
         out["top_kernels"] = (averages.table(sort_by="self_cuda_time_total", row_limit=5, max_name_column_width=70)
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(TASKS), default="encoder")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"])
     parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"])
+    parser.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
@@ -106,9 +115,11 @@ def main() -> None:
     args = vars(parser.parse_args())
     print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
     print(f"{'attention':<14}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
-    for attention, compiled in [(a, c) for a in args["attention"] for c in args["compile"]]:
-        row = run_steps({**args, "attention": attention, "compile": compiled})
-        name = attention + ("+compile" if compiled == "on" else "")
+    settings = [(a, c, g) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
+                if "off" in (c, g)]  # train.compile and train.cuda_graphs exclude each other
+    for attention, compiled, graphed in settings:
+        row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed})
+        name = attention + ("+compile" if compiled == "on" else "") + ("+graphs" if graphed == "on" else "")
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
         print(f"{name:<14}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"

@@ -1,7 +1,7 @@
 """Step time of a fine-tune step bare vs inside a Ray Train worker (same code, same GPU).
 
     python bench/train_step.py [--model encoder|decoder] [--steps 60] [--batch 32] [--seq 512] [--attention sdpa]
-                               [--compile off|on]
+                               [--compile off|on] [--cuda-graphs off|on]
 
 Runs `bench/mfu.py`'s measurement (the job's own model, Megatron DDP, optimizer and `train_step` on a
 fixed synthetic batch: no data pipeline, so only the runtime differs) first in this process, then in a
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(TASKS), default="encoder")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--compile", choices=["off", "on"], default="off")
+    parser.add_argument("--cuda-graphs", choices=["off", "on"], default="off")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
@@ -56,7 +57,7 @@ def main() -> None:
         raise result.error
     in_ray = json.loads(Path(args["out"]).read_text())
     print(f"\n{args['model']}, batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps, "
-          f"{bare['device']}, attention {args['attention']}, compile {args['compile']}")
+          f"{bare['device']}, attention {args['attention']}, compile {args['compile']}, CUDA graphs {args['cuda_graphs']}")
     print(f"{'runtime':<22}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}")
     for name, row in (("bare process", bare), ("Ray Train worker", in_ray)):
         print(f"{name:<22}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}")

@@ -1,6 +1,6 @@
 """`train.compile`: the compiled Megatron-Core transformer layers compute what the eager ones compute (outputs and
 gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers), keep their parameter names
-(checkpoints and exports unchanged); an encoder with attention dropout trains compiled, its RNG fork run eagerly;
+(checkpoints and exports unchanged); an encoder with attention dropout trains compiled, Megatron's RNG setter (TP > 1) run eagerly;
 a model without a transformer layer is a clear error."""
 
 import pytest
@@ -53,16 +53,16 @@ def test_compiled_decoder_matches_eager_for_two_widths():
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
              "max_position_embeddings": 128, "vocab_size": 300, "type_vocab_size": 2,
-             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.1}  # only attention dropout: in the fork
+             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.1}  # only attention dropout
 
 
-def test_compiled_encoder_trains_through_the_attention_dropout_fork():
-    """Attention dropout runs inside Megatron's RNG-tracker fork, whose CUDA RNG setter deadlocked Dynamo on a GPU
-    (`raytron.train.compile`): compiling leaves that setter to eager Python, a graph break. On CPU the deadlock
-    cannot occur (the setter takes no lock here), and SDPA's CPU dropout draws new masks on every call even from the
-    same RNG states, so this checks what can be checked here: the setter is excluded from compilation, compiled
-    training steps run through the fork and apply dropout (two steps differ), and without dropout (eval) outputs and
-    gradients equal the eager encoder's."""
+def test_compiled_encoder_trains_with_attention_dropout():
+    """With TP > 1 attention dropout runs inside Megatron's RNG-tracker fork, whose CUDA RNG setter deadlocked Dynamo
+    on a GPU (`raytron.train.compile`): compiling leaves that setter to eager Python. With one TP rank, as here, it
+    draws from the default RNG stream (`raytron.models.attention`). On CPU the deadlock cannot occur (the setter
+    takes no lock here), and SDPA's CPU dropout draws new masks on every call even from the same RNG states, so this
+    checks what can be checked here: the setter is excluded from compilation, compiled training steps apply dropout
+    (two steps differ), and without dropout (eval) outputs and gradients equal the eager encoder's."""
     eager, compiled = eager_and_compiled(bert_model.transformer_config, bert_model.build_bert, TINY_BERT)
     assert getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False), \
         "Megatron's CUDA RNG setter must run eagerly under torch.compile"

@@ -32,7 +32,7 @@ ALL = "all patches"
 DISTRIBUTED_OPTIMIZER = "all patches, distributed optimizer"
 PATCHES = megatron_cpu.patch_names()
 SEED = 7
-HF_LLAMA = dict(  # attention dropout: the RNG tracker's fork runs in every attention layer
+HF_LLAMA = dict(  # attention dropout in every attention layer (the tracker fork itself: its own stage below)
     vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
     num_hidden_layers=2, max_position_embeddings=16, attention_dropout=0.1, tie_word_embeddings=False,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -124,6 +124,10 @@ class TrainConfig(Strict):
     compile: bool = False
     """torch.compile each Megatron-Core transformer layer (raytron.train.compile): fewer, fused kernels for
     host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
+    cuda_graphs: bool = False
+    """Replay the model's training forward and backward from CUDA graphs, one pair per batch shape
+    (raytron.train.cuda_graphs): one launch instead of hundreds for the encoder's host-bound small steps. GPU only,
+    one TP rank, not with train.compile; the sentiment task (whose loss is one forward of the model)."""
     distributed_optimizer: bool = False
     """Megatron's distributed optimizer: the fp32 main parameters and Adam moments sharded over the data-parallel
     ranks (12 bytes a parameter / DP per GPU instead of 12: SmolLM2 at DP=2 -0.75 GiB, docs/gpu-multi.md). Its
@@ -262,6 +266,8 @@ class JobConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
     tune: TuneConfig = TuneConfig()
+    graphable_training: ClassVar[bool] = False
+    """Whether the task's training loss is one forward of the model (what `train.cuda_graphs` replays)."""
 
     @model_validator(mode="after")
     def _check_layout(self):
@@ -281,6 +287,14 @@ class JobConfig(Strict):
                 f"parallel: TP x PP x DP = {tp} x {pp} x {self.parallel.data} != resources.num_workers={workers}"
             )
         self.parallel.data = dp
+        if self.train.cuda_graphs and not self.graphable_training:
+            raise ValueError("train.cuda_graphs: only the sentiment task's step is graphed (this task's loss is not one "
+                             "forward of the model); set train.cuda_graphs=false")
+        if self.train.cuda_graphs and tp > 1:
+            raise ValueError(f"train.cuda_graphs needs parallel.tensor=1, not {tp} (TP ranks draw dropout from "
+                             "Megatron's RNG tracker, which the capture cannot replay): set one of them")
+        if self.train.cuda_graphs and self.train.compile:
+            raise ValueError("train.cuda_graphs and train.compile: choose one (set the other to false)")
         if self.train.micro_batch_size % tp:
             raise ValueError(f"train.micro_batch_size={self.train.micro_batch_size} must divide by parallel.tensor={tp}")
         if self.train.global_batch_size % (self.train.micro_batch_size * dp):
@@ -309,6 +323,7 @@ class SentimentConfig(JobConfig):
     task: Literal["sentiment"] = "sentiment"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    graphable_training: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _check_truncation(self) -> "SentimentConfig":

@@ -53,8 +53,10 @@ class SDPAttention(DotProductAttention):
             else:  # queries are the last sq positions of the keys (a KV cache)
                 allowed = torch.ones(sq, sk, dtype=torch.bool, device=query.device).tril(sk - sq)
         dropout = self.attention_dropout.p if self.training else 0.0
-        # dropout masks per TP rank from Megatron's model-parallel RNG stream, as DotProductAttention draws them
-        fork = dropout and not self.config.sequence_parallel
+        # Dropout masks per TP rank from Megatron's model-parallel RNG stream, as DotProductAttention draws them.
+        # With one TP rank that stream is only another seed: the default one (hidden dropout's) is used instead,
+        # which a CUDA graph capture can replay (`train.cuda_graphs`) and which costs no RNG-state swap per layer.
+        fork = dropout and not self.config.sequence_parallel and self.config.tensor_model_parallel_size > 1
         with tensor_parallel.get_cuda_rng_tracker().fork() if fork else contextlib.nullcontext():
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=allowed, dropout_p=dropout, is_causal=is_causal,

@@ -8,11 +8,12 @@ the block's own contexts stay eager. The loss, DDP and the optimizer stay eager 
 keeps the parameter names, so checkpoints and exports do not change. Automatic dynamic shapes make the
 bucketed widths (multiples of 64) share one graph after the first recompile.
 
-Dropout in attention (the encoders) switches the CUDA RNG state through Megatron's tracker `fork`, whose setter
-runs a callback under torch.cuda's initialization lock (`_lazy_call`). Dynamo, compiling that callback as a new
-frame, restores the CUDA RNG state afterwards through the same lock and waits on it forever: the encoder's first
-compiled step never finished on a GPU (docs/gpu-fast-path.md, ninth session). The setter runs eagerly, never
-compiled; the attention call inside the fork then runs eagerly too (a graph break), the rest of the layer compiled.
+Dropout in attention (the encoders, with TP > 1: one TP rank draws from the default stream, raytron.models.attention)
+switches the CUDA RNG state through Megatron's tracker `fork`, whose setter runs a callback under torch.cuda's
+initialization lock (`_lazy_call`). Dynamo, compiling that callback as a new frame, restores the CUDA RNG state
+afterwards through the same lock and waits on it forever: the encoder's first compiled step never finished on a GPU
+(docs/gpu-fast-path.md, ninth session). The setter runs eagerly, never compiled; the attention call inside the fork
+then runs eagerly too (a graph break), the rest of the layer compiled.
 """
 
 from __future__ import annotations

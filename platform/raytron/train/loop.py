@@ -33,6 +33,7 @@ from raytron.storage import filesystem, join, push
 from raytron.store import META
 from raytron.train import checkpoint
 from raytron.train.compile import compile_layers
+from raytron.train.cuda_graphs import GraphedTraining, use_capture_stream
 from raytron.train.flops import peak_flops_per_device
 from raytron.train.optim import wrap_for_training
 from raytron.train.sampler import Rows, StepSampler, load_rows, row_lengths, to_device, validation_batches
@@ -140,6 +141,8 @@ class Worker:
     model: torch.nn.Module
     """The bare Megatron module (checkpoints and export use its keys)."""
     ddp: torch.nn.Module
+    forward: object
+    """What the training loss calls as the model: `ddp`, or its CUDA-graphed replay (`train.cuda_graphs`)."""
     optimizer: object
     scheduler: object
     peak_flops: float | None = None
@@ -185,8 +188,11 @@ def setup(config: dict) -> Worker:
     sampler = StepSampler(num_rows, cfg.train.global_batch_size, cfg.train.micro_batch_size,
                           dist.get_rank(dp_group), dist.get_world_size(dp_group), cfg.train.seed,
                           row_lengths(task, train_rows) if cfg.train.bucket_by_length else None)
+    if cfg.train.cuda_graphs:
+        use_capture_stream(device)
     ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, plan.total_steps)
-    worker = Worker(cfg, task, plan, sampler, train_rows, val_rows, device, model, ddp, optimizer, scheduler,
+    forward = GraphedTraining(ddp) if cfg.train.cuda_graphs else ddp
+    worker = Worker(cfg, task, plan, sampler, train_rows, val_rows, device, model, ddp, forward, optimizer, scheduler,
                     peak_flops_per_device(cfg.train.peak_tflops, device))
     worker.state = {"step": 0, "epoch": 0, "best_val": -math.inf, "wandb_run_id": None,
                     **checkpoint.run_identity(cfg, num_rows)}
@@ -255,7 +261,7 @@ def train_epoch(worker: Worker) -> None:
     cfg, state, plan = worker.cfg, worker.state, worker.plan
     window = new_window()
     for group in micro_batch_groups(worker):
-        result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task, group)
+        result = train_step(worker.ddp, worker.optimizer, worker.scheduler, worker.task, group, worker.forward)
         state["step"] += 1
         for key in ("loss", "tokens", "positions", "flops"):  # device tensors: read once per window
             window[key] = window[key] + getattr(result, key)

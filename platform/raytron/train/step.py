@@ -35,9 +35,10 @@ class StepResult:
     """Global gradient norm before clipping (a device scalar); None when the step was skipped."""
 
 
-def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> StepResult:
+def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict], forward=None) -> StepResult:
     """Accumulate `task.loss` gradients over `micro_batches`, sync them across data-parallel ranks once,
-    clip, step the optimizer (`raytron.train.optimizer_step`) and advance the schedule by one."""
+    clip, step the optimizer (`raytron.train.optimizer_step`) and advance the schedule by one. `forward` is what
+    the loss calls as the model: `ddp` itself unless given (`raytron.train.cuda_graphs.GraphedTraining`)."""
     dp_group = parallel_state.get_data_parallel_group()
     counts = torch.stack([torch.stack([m["items"], m["tokens"], m["positions"], m["flops"]]).double()
                           for m in map(task.measure, micro_batches)]).sum(0)
@@ -50,7 +51,7 @@ def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict]) -> St
     for index, batch in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         with contextlib.nullcontext() if last else ddp.no_sync():  # grads reduce once, after the last
-            loss = task.loss(ddp, batch)
+            loss = task.loss(forward or ddp, batch)
             (loss * scale.to(loss.dtype)).backward()
         loss_sum += loss.detach().double()
     ddp.finish_grad_sync()
