@@ -3,7 +3,7 @@
 #           each eager vs torch.compile (profiles at encoder 512, decoder 16 and 64); over 9 min on 1x H200
 #           (2026-11-29: the decoder rows took ~7 min): give it a call of its own, after the staging calls
 #   imdb    the IMDb recipe (configs/sentiment-gpu.yaml: length-bucketed) fine-tune + 25k test evaluation,
-#           extra overrides in $EXTRA (e.g. EXTRA=train.compile=true); ~5 min
+#           extra overrides in $EXTRA (e.g. EXTRA="train.cuda_graphs=false train.compile=true"); ~3 min
 #   resume  issue 12 on GPU bf16, train.deterministic=true: a 40-step IMDb run with a checkpoint every 10 steps,
 #           twice uninterrupted (run-to-run) and once with its training worker SIGKILLed after step 25 (Ray
 #           Train restarts it from step 20); per-step losses compared; ~6 min (measured when every log window was a Ray Train

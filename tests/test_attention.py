@@ -1,6 +1,6 @@
 """The SDPA core attention computes what Megatron-Core's local DotProductAttention computes: outputs and
 gradients within 1e-5 (fp32; gradients relative to their largest entry when above 1) for the post-LN BERT encoder (padded batches) and a Llama decoder (GQA,
-causal, left-padded masks), and its dropout draws from Megatron's RNG tracker."""
+causal, left-padded masks); with one TP rank its dropout draws from the default RNG stream."""
 
 import pytest
 import torch
@@ -87,7 +87,10 @@ def test_llama_decoder_matches_local(padded):
     assert_same_gradients(local, sdpa)
 
 
-def test_dropout_uses_megatrons_rng_tracker():
+def test_dropout_with_one_tp_rank_draws_from_the_default_rng_stream():
+    """With one TP rank attention dropout draws from the default RNG stream (hidden dropout's, what a CUDA graph
+    replays: `train.cuda_graphs`), not from Megatron's model-parallel tracker: the default seed decides the masks,
+    whatever the tracker's state, and the tracker's state is left as it was."""
     from megatron.core import tensor_parallel
 
     tconfig = llama_model.transformer_config(TINY_LLAMA, attention_dropout=0.5)
@@ -95,10 +98,16 @@ def test_dropout_uses_megatrons_rng_tracker():
     ids = torch.randint(0, 300, (2, 16))
     positions = torch.arange(16).expand_as(ids)
     runs = []
-    for _ in range(2):
-        tensor_parallel.model_parallel_cuda_manual_seed(5)
+    for tracker_seed in (5, 6):  # two tracker states, one default seed
+        tensor_parallel.model_parallel_cuda_manual_seed(tracker_seed)
+        tracker = tensor_parallel.get_cuda_rng_tracker().get_states()
+        torch.manual_seed(9)
         runs.append(model(ids, positions, None))
-    assert torch.equal(runs[0], runs[1])  # the tracker's seed decides the masks
+        assert all(torch.equal(state, tracker[name])
+                   for name, state in tensor_parallel.get_cuda_rng_tracker().get_states().items())
+    torch.manual_seed(10)
+    assert torch.equal(runs[0], runs[1])  # the tracker's state does not decide the masks
+    assert not torch.equal(runs[0], model(ids, positions, None))  # the default seed does
     assert not torch.allclose(runs[0], model.eval()(ids, positions, None))  # and dropout is applied
 
 

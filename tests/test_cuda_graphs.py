@@ -29,10 +29,14 @@ def test_a_model_on_cpu_is_refused_with_the_setting_to_change():
 
 
 @pytest.mark.parametrize("overrides, problem", [
-    (["train.compile=true"], "train.cuda_graphs and train.compile: choose one"),
-    (["parallel.tensor=2", "resources.num_workers=2"], "train.cuda_graphs needs parallel.tensor=1, not 2"),
+    (["model.attention=sdpa", "train.compile=true"], "train.cuda_graphs and train.compile: choose one"),
+    (["model.attention=sdpa", "parallel.tensor=2", "resources.num_workers=2"],
+     "train.cuda_graphs needs parallel.tensor=1, not 2"),
+    (["model.attention=local"], "train.cuda_graphs replays SDPA attention only .model.attention=local"),
+    (["model.attention=auto"], "train.cuda_graphs replays SDPA attention only .model.attention=auto"),
 ])
 def test_training_graphs_refuse_settings_they_cannot_replay(overrides, problem):
+    assert load_config(REPO / "configs/sentiment.yaml", ["train.cuda_graphs=true", "model.attention=sdpa"])
     with pytest.raises(RaytronError, match=problem):
         load_config(REPO / "configs/sentiment.yaml", ["train.cuda_graphs=true", *overrides])
 
@@ -44,10 +48,9 @@ def test_training_graphs_refuse_a_task_whose_loss_is_not_one_forward():
 
 
 def test_training_graphs_refuse_a_model_on_cpu():
-    with pytest.raises(RaytronError, match="train.cuda_graphs=true needs the model on a GPU; set train.cuda_graphs=false"):
-        use_capture_stream(torch.device("cpu"))
-    with pytest.raises(RaytronError, match="train.cuda_graphs=true needs the model on a GPU; set train.cuda_graphs=false"):
-        GraphedTraining(torch.nn.Linear(2, 2))
+    for refused in (lambda: use_capture_stream(torch.device("cpu")), lambda: GraphedTraining(torch.nn.Linear(2, 2))):
+        with pytest.raises(RaytronError, match="train.cuda_graphs=true needs the model on a GPU; set train.cuda_graphs=false"):
+            refused()
 
 
 def sentiment_training(overrides: list[str], graphs: bool):
@@ -58,13 +61,12 @@ def sentiment_training(overrides: list[str], graphs: bool):
     from raytron.train.optim import wrap_for_training
     from raytron.train.tasks import make_task
 
-    cfg = pin_pretrained(load_config(REPO / "configs/sentiment.yaml", ["model.attention=sdpa", *overrides]))
+    cfg = pin_pretrained(load_config(REPO / "configs/sentiment.yaml",
+                                     ["model.attention=sdpa", f"train.cuda_graphs={graphs}", *overrides]))
     device = init_megatron(seed=7)
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16)
-    if graphs:
-        use_capture_stream(device)
-    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=10)
+    ddp, optimizer, scheduler = wrap_for_training(model, tconfig, cfg.train, total_steps=10)  # on the capture stream
     return task, ddp, optimizer, scheduler, GraphedTraining(ddp) if graphs else ddp
 
 
@@ -81,19 +83,22 @@ def sentiment_batch(rows: int, width: int, seed: int) -> dict[str, torch.Tensor]
 
 @ON_GPU
 def test_graphed_training_steps_equal_the_eager_steps():
-    """Dropout off (nothing random): five steps over two bucket widths (64 captured, 128 captured, both replayed)
-    give the eager steps' losses, and the weights after them lie far closer to the eager run's than to where both
-    started: the graphed backward's gradients reach Megatron DDP's main grads and the optimizer."""
+    """Dropout off (nothing random): five steps over two bucket widths, two of them accumulating two micro-batches of
+    different widths (64 captured, 128 captured, both replayed, in either order within a step), give the eager
+    steps' losses, and the weights after them lie far closer to the eager run's than to where both started: the
+    graphed backward's gradients reach Megatron DDP's main grads and the optimizer."""
     from raytron.train.step import train_step
 
-    widths = [64, 128, 64, 128, 64]
+    steps = [[64], [128], [64, 128], [128, 64], [64]]  # each step's micro-batch widths
     runs = []
     for graphs in (False, True):
         task, ddp, optimizer, scheduler, forward = sentiment_training(
             ["model.dropout=0.0", "model.head_dropout=0.0", "train.lr=1e-3", "train.warmup_fraction=0.0"], graphs)
         start = {name: p.detach().float().clone() for name, p in ddp.named_parameters() if p.requires_grad}
-        losses = [train_step(ddp, optimizer, scheduler, task, [sentiment_batch(8, width, seed)], forward).loss.item()
-                  for seed, width in enumerate(widths)]
+        losses = [train_step(ddp, optimizer, scheduler, task,
+                             [sentiment_batch(8, width, 10 * index + micro) for micro, width in enumerate(widths)],
+                             forward).loss.item()
+                  for index, widths in enumerate(steps)]
         runs.append((losses, {name: p.detach().float().clone() for name, p in ddp.named_parameters() if p.requires_grad}))
         if graphs:
             assert len(forward.graphed) == 2, "one capture per input shape, each replayed on its next use"

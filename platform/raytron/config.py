@@ -292,7 +292,8 @@ class JobConfig(Strict):
                              "forward of the model); set train.cuda_graphs=false")
         if self.train.cuda_graphs and tp > 1:
             raise ValueError(f"train.cuda_graphs needs parallel.tensor=1, not {tp} (TP ranks draw dropout from "
-                             "Megatron's RNG tracker, which the capture cannot replay): set one of them")
+                             "Megatron's RNG tracker, which the capture cannot replay): set parallel.tensor=1 or "
+                             "train.cuda_graphs=false")
         if self.train.cuda_graphs and self.train.compile:
             raise ValueError("train.cuda_graphs and train.compile: choose one (set the other to false)")
         if self.train.micro_batch_size % tp:
@@ -329,6 +330,13 @@ class SentimentConfig(JobConfig):
     def _check_truncation(self) -> "SentimentConfig":
         if self.data.head_tokens > self.data.max_length - 2:
             raise ValueError(f"data.head_tokens must be at most data.max_length - 2 = {self.data.max_length - 2}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_graphed_attention(self) -> "SentimentConfig":
+        if self.train.cuda_graphs and self.model.attention != "sdpa":
+            raise ValueError(f"train.cuda_graphs replays SDPA attention only (model.attention={self.model.attention} "
+                             "may swap RNG states in the capture): set model.attention=sdpa or train.cuda_graphs=false")
         return self
 
 

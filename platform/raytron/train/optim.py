@@ -9,12 +9,16 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
 from raytron.config import TrainConfig
+from raytron.train.cuda_graphs import use_capture_stream
 
 
 def wrap_for_training(model, tconfig, train: TrainConfig, total_steps: int):
-    """bf16 wrapper (when configured), Megatron DDP with fp32 grad reduction, Adam, warmup + decay. A restored
+    """bf16 wrapper (when configured), Megatron DDP with fp32 grad reduction, Adam, warmup + decay; with
+    `train.cuda_graphs`, all of it on the stream the graphs are captured on. A restored
     scheduler keeps only its step count: the schedule is always the current config's (`raytron.train.loop`
     logs what changed), never the checkpoint's, which would train added epochs at min_lr."""
+    if train.cuda_graphs:  # before DDP keeps each parameter's AccumulateGrad node (raytron.train.cuda_graphs)
+        use_capture_stream(next(model.parameters()).device)
     if tconfig.bf16:
         model = Float16Module(tconfig, model)
     ddp = DistributedDataParallel(

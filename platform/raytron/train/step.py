@@ -51,7 +51,7 @@ def train_step(ddp, optimizer, scheduler, task, micro_batches: list[dict], forwa
     for index, batch in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         with contextlib.nullcontext() if last else ddp.no_sync():  # grads reduce once, after the last
-            loss = task.loss(forward or ddp, batch)
+            loss = task.loss(ddp if forward is None else forward, batch)
             (loss * scale.to(loss.dtype)).backward()
         loss_sum += loss.detach().double()
     ddp.finish_grad_sync()
