@@ -342,18 +342,13 @@ def end_epoch(worker: Worker) -> None:
 
 def save_checkpoint(worker: Worker, metrics: dict) -> None:
     """Every rank writes its part into a node-local folder and reports it; Ray Train merges the parts into
-    `checkpoint_step-<step>` in the run's storage (and deletes the local folders); training goes on once Ray Train
-    has registered it."""
+    `checkpoint_step-<step>` in the run's storage (and deletes the local folders)."""
     step = worker.state["step"]
     staging = Path(tempfile.mkdtemp(prefix=f"raytron-step{step}-rank{dist.get_rank()}-"))
     metrics_file = worker.cfg.run_dir / "metrics.jsonl"
     checkpoint.save(staging, worker.model, worker.optimizer, worker.scheduler, worker.state, metrics_file)
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging),
                      checkpoint_dir_name=f"checkpoint_step-{step:07d}", delete_local_checkpoint_after_upload=True)
-    # Ray Train's controller takes a report in when it next polls the workers (every 2 s): until then a restart
-    # resumes from the checkpoint before. Training waits for it, so a kill loses at most the steps since this one
-    # (a kill 0.3 s after a report cost 15 steps: docs/gpu-fast-path.md, twelfth session).
-    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     if worker.rank0:
         push_metrics(worker)
         log.info("step %d: checkpoint saved", step)
