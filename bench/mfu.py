@@ -10,8 +10,7 @@ The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` 
 `--compile on` compiles the transformer blocks first (`train.compile`, raytron.train.compile; the compile
 happens in the warm-up steps); `--cuda-graphs on` replays the model's forward and backward from CUDA graphs
 (`train.cuda_graphs`, raytron.train.cuda_graphs; captured in the first step; encoder with sdpa only, not with
-compile). Prints one
-row per attention, compile and graphs setting and, with --profile, the five
+compile). Prints one row per attention, compile and graphs setting and, with --profile, the five
 CUDA kernels and the twelve host-side ops that took the most time.
 """
 
