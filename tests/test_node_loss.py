@@ -1,12 +1,14 @@
 """Run state that survives nodes: two Ray nodes on 127.0.0.1 (own temp dirs, own RAYTRON_CACHE, no shared
 folder), run storage and model store on a real S3-compatible server (moto), a training worker SIGKILLed
-mid-epoch. Ray Train restarts the group from the mid-epoch checkpoint whose shards both ranks reported, and
-every step's loss equals the uninterrupted run's, bit for bit (CPU fp32)."""
+mid-epoch, one step after a checkpoint. Ray Train restarts the group from that checkpoint (not an earlier one:
+training waits until Ray Train has registered each checkpoint), and every step's loss equals the uninterrupted
+run's, bit for bit (CPU fp32)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -29,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def nodes(s3_server, tmp_path_factory):
-    """Two raylets on 127.0.0.1, each its own temp dir and RAYTRON_CACHE; the driver has a third cache."""
+    """Two raylets on 127.0.0.1, each its own temp dir and RAYTRON_CACHE (the driver has a third cache): their
+    caches, and their temp dirs (the workers' logs)."""
     import ray
 
     root = tmp_path_factory.mktemp("caches")
@@ -44,7 +47,7 @@ def nodes(s3_server, tmp_path_factory):
         os.environ["RAYTRON_CACHE"] = str(root / "driver")
         ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING", log_to_driver=False)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        yield {"a": root / "a", "b": root / "b"}
+        yield {"caches": {"a": root / "a", "b": root / "b"}, "temp_dirs": started}
     finally:
         stop_ray(ray)
         for temp_dir in started:
@@ -93,11 +96,17 @@ def test_worker_lost_mid_epoch_resumes_exactly(nodes, s3_server, layout):
     output, store = s3_server.store_uri(), s3_server.store_uri()
     whole = fine_tune(output, "whole", store, **layout)
     killed: list[int] = []
-    watcher = threading.Thread(target=kill_worker_on_node_b_at, args=(nodes, join(output, "killed"), 5, killed))
+    watcher = threading.Thread(target=kill_worker_on_node_b_at,
+                               args=(nodes["caches"], join(output, "killed"), 5, killed))
     watcher.start()
     resumed = fine_tune(output, "killed", store, **layout)
     watcher.join()
     assert len(killed) == 1, f"expected to kill node b's training worker, killed {killed}"
+    _, base = filesystem(resumed["cfg"].run_uri)  # this run's resumes only (the module's runs share the nodes)
+    resumed_at = [int(step) for temp_dir in nodes["temp_dirs"] for log in Path(temp_dir).glob("session_*/logs/worker-*")
+                  for step, source in re.findall(r"resumed at step (\d+) .* from (\S+)", log.read_text(errors="replace"))
+                  if base in source]
+    assert resumed_at and min(resumed_at) >= 4, f"killed after step 5, resumed at {resumed_at}, not from step 4"
     assert sorted(whole["losses"]) == sorted(resumed["losses"]) == list(range(1, 7))
     assert resumed["losses"] == whole["losses"]  # bit for bit: weights, optimizer, RNG and data position restored
 
