@@ -19,7 +19,10 @@ TINY_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 
 
 @pytest.fixture(scope="module", autouse=True)
 def megatron():
-    init_megatron()
+    """Megatron's groups; the tests' tensors are made on its device (where it builds the models: a GPU if any)."""
+    torch.set_default_device(init_megatron())
+    yield
+    torch.set_default_device(None)
 
 
 def twins(build):
