@@ -1,8 +1,9 @@
 """Run state that survives nodes: two Ray nodes on 127.0.0.1 (own temp dirs, own RAYTRON_CACHE, no shared
 folder), run storage and model store on a real S3-compatible server (moto), a training worker SIGKILLed
-mid-epoch, one step after a checkpoint. Ray Train restarts the group from that checkpoint (not an earlier one:
-training waits until Ray Train has registered each checkpoint), and every step's loss equals the uninterrupted
-run's, bit for bit (CPU fp32)."""
+mid-epoch the moment a checkpoint's save returned. Ray Train restarts the group from that checkpoint, not an earlier
+one (training waits until Ray Train has registered each checkpoint; without the wait the kill lands before the
+controller's next 2 s poll registers it), and every step's loss equals the uninterrupted run's, bit for bit (CPU
+fp32)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 from raytron.config import load_config
 from raytron.registry import resolve, versions
-from raytron.storage import filesystem, join, mirror_dir
+from raytron.storage import filesystem, join
 from raytron.train.launcher import finetune
 from tests.conftest import REPO, stop_ray, tiny_overrides
 from tests.ray_nodes import node_env, start_node, stop_node
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def nodes(s3_server, tmp_path_factory):
-    """Two raylets on 127.0.0.1, each its own temp dir and RAYTRON_CACHE (the driver has a third cache): their
-    caches, and their temp dirs (the workers' logs)."""
+    """Two raylets on 127.0.0.1, each its own temp dir and RAYTRON_CACHE (the driver has a third cache): node b's
+    cache (which tells its worker processes apart) and their temp dirs (the workers' logs)."""
     import ray
 
     root = tmp_path_factory.mktemp("caches")
@@ -47,31 +48,35 @@ def nodes(s3_server, tmp_path_factory):
         os.environ["RAYTRON_CACHE"] = str(root / "driver")
         ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING", log_to_driver=False)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        yield {"caches": {"a": root / "a", "b": root / "b"}, "temp_dirs": started}
+        yield {"node_b_cache": root / "b", "temp_dirs": started}
     finally:
         stop_ray(ray)
         for temp_dir in started:
             stop_node(temp_dir)
 
 
-def kill_worker_on_node_b_at(caches: dict, run_uri: str, step: int, killed: list) -> None:
-    """SIGKILL node b's training worker once rank 0 (on either node) has logged `step` in its local metrics."""
-    mirrors = [cache / "runs" / mirror_dir(run_uri).name / "metrics.jsonl" for cache in caches.values()]
+def kill_worker_on_node_b_at(node_b_cache: Path, run_uri: str, step: int, killed: list) -> None:
+    """SIGKILL node b's training worker as soon as the run's metrics.jsonl in its storage holds `step`: rank 0 pushes
+    it there once the checkpoint of that step is saved (`raytron.train.loop.save_checkpoint`)."""
+    fs, base = filesystem(run_uri)
     deadline = time.time() + 900
     while time.time() < deadline:
-        for metrics in mirrors:
-            if metrics.is_file() and any(json.loads(line).get("step") == step and "train/loss" in json.loads(line)
-                                         for line in metrics.read_text().splitlines()):
-                for process in psutil.process_iter(["cmdline"]):
-                    try:
-                        if (any("RayTrainWorker" in part for part in process.info["cmdline"] or [])
-                                and process.environ().get("RAYTRON_CACHE") == str(caches["b"])):
-                            os.kill(process.pid, signal.SIGKILL)
-                            killed.append(process.pid)
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-                return
-        time.sleep(0.1)
+        try:
+            with fs.open_input_stream(f"{base}/metrics.jsonl") as source:
+                rows = [json.loads(line) for line in source.read().decode().splitlines()]
+        except OSError:  # not pushed yet
+            rows = []
+        if any(row.get("step") == step and "train/loss" in row for row in rows):
+            for process in psutil.process_iter(["cmdline"]):
+                try:
+                    if (any("RayTrainWorker" in part for part in process.info["cmdline"] or [])
+                            and process.environ().get("RAYTRON_CACHE") == str(node_b_cache)):
+                        os.kill(process.pid, signal.SIGKILL)
+                        killed.append(process.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            return
+        time.sleep(0.05)
 
 
 def fine_tune(output: str, name: str, store: str, **extra) -> dict:
@@ -97,16 +102,18 @@ def test_worker_lost_mid_epoch_resumes_exactly(nodes, s3_server, layout):
     whole = fine_tune(output, "whole", store, **layout)
     killed: list[int] = []
     watcher = threading.Thread(target=kill_worker_on_node_b_at,
-                               args=(nodes["caches"], join(output, "killed"), 5, killed))
+                               args=(nodes["node_b_cache"], join(output, "killed"), 4, killed))
     watcher.start()
     resumed = fine_tune(output, "killed", store, **layout)
     watcher.join()
     assert len(killed) == 1, f"expected to kill node b's training worker, killed {killed}"
     _, base = filesystem(resumed["cfg"].run_uri)  # this run's resumes only (the module's runs share the nodes)
-    resumed_at = [int(step) for temp_dir in nodes["temp_dirs"] for log in Path(temp_dir).glob("session_*/logs/worker-*")
-                  for step, source in re.findall(r"resumed at step (\d+) .* from (\S+)", log.read_text(errors="replace"))
+    logs = [log.read_text(errors="replace") for temp_dir in nodes["temp_dirs"]
+            for log in Path(temp_dir).glob("session_*/logs/worker-*")]
+    resumed_at = [int(step) for text in logs for step, source in re.findall(r"resumed at step (\d+) .* from (\S+)", text)
                   if base in source]
-    assert resumed_at and min(resumed_at) >= 4, f"killed after step 5, resumed at {resumed_at}, not from step 4"
+    assert resumed_at and min(resumed_at) >= 4, f"killed after step 4's checkpoint, resumed at {resumed_at}, not from it"
+    assert not any("has not registered" in text for text in logs), "a checkpoint's registration wait timed out"
     assert sorted(whole["losses"]) == sorted(resumed["losses"]) == list(range(1, 7))
     assert resumed["losses"] == whole["losses"]  # bit for bit: weights, optimizer, RNG and data position restored
 

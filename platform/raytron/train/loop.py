@@ -341,7 +341,9 @@ def end_epoch(worker: Worker) -> None:
 
 
 REGISTRATION_TIMEOUT_S = 60.0
-"""How long a checkpoint waits for Ray Train to register it (typically 0.2-2 s: the controller's poll interval)."""
+"""How long a checkpoint waits for Ray Train to register it (typically 0.2-2 s: the controller's poll interval). The
+controller keeps this time, so a controller whose event loop stalls holds the worker longer; such a controller cannot
+drive the run on anyway."""
 
 
 def save_checkpoint(worker: Worker, metrics: dict) -> None:
@@ -357,11 +359,12 @@ def save_checkpoint(worker: Worker, metrics: dict) -> None:
     checkpoint.save(staging, worker.model, worker.optimizer, worker.scheduler, worker.state, metrics_file)
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging),
                      checkpoint_dir_name=name, delete_local_checkpoint_after_upload=True)
+    start = time.perf_counter()
     registered = ray.train.get_all_reported_checkpoints(
         consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=REGISTRATION_TIMEOUT_S)
     if not any(reported.checkpoint.path.rstrip("/").endswith(name) for reported in registered):
-        log.warning("rank %d: Ray Train has not registered %s after %.0f s; training goes on, and a restart before it "
-                    "does resumes from the checkpoint before", dist.get_rank(), name, REGISTRATION_TIMEOUT_S)
+        log.warning("rank %d: Ray Train has not registered %s after %.1f s; training goes on, and a restart before it "
+                    "does resumes from the checkpoint before", dist.get_rank(), name, time.perf_counter() - start)
     if worker.rank0:
         push_metrics(worker)
         log.info("step %d: checkpoint saved", step)
