@@ -55,6 +55,12 @@ def nodes(s3_server, tmp_path_factory):
             stop_node(temp_dir)
 
 
+def stored_metrics(fs: pafs.FileSystem, base: str) -> list[dict]:
+    """The records of a run's metrics.jsonl in its storage (what rank 0 pushed last)."""
+    with fs.open_input_stream(f"{base}/metrics.jsonl") as source:
+        return [json.loads(line) for line in source.read().decode().splitlines()]
+
+
 def kill_worker_on_node_b_at(node_b_cache: Path, run_uri: str, step: int, killed: list) -> None:
     """SIGKILL node b's training worker as soon as the run's metrics.jsonl in its storage holds `step`: rank 0 pushes
     it there once the checkpoint of that step is saved (`raytron.train.loop.save_checkpoint`)."""
@@ -62,8 +68,7 @@ def kill_worker_on_node_b_at(node_b_cache: Path, run_uri: str, step: int, killed
     deadline = time.time() + 900
     while time.time() < deadline:
         try:
-            with fs.open_input_stream(f"{base}/metrics.jsonl") as source:
-                rows = [json.loads(line) for line in source.read().decode().splitlines()]
+            rows = stored_metrics(fs, base)
         except OSError:  # not pushed yet
             rows = []
         if any(row.get("step") == step and "train/loss" in row for row in rows):
@@ -85,9 +90,7 @@ def fine_tune(output: str, name: str, store: str, **extra) -> dict:
                  "resources.placement_strategy": "STRICT_SPREAD", "train.checkpoint_every": 2, **extra}
     cfg = load_config(RECIPE, tiny_overrides(Path("unused"), **overrides))
     finetune(cfg)
-    fs, base = filesystem(cfg.run_uri)
-    with fs.open_input_stream(f"{base}/metrics.jsonl") as source:
-        rows = [json.loads(line) for line in source.read().decode().splitlines()]
+    rows = stored_metrics(*filesystem(cfg.run_uri))
     steps = [row["step"] for row in rows if "train/loss" in row]
     assert steps == sorted(set(steps)), f"a step logged twice: {steps}"
     return {"cfg": cfg, "losses": {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}}
