@@ -44,7 +44,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raytron.errors import RaytronError
-from raytron.storage import cache_dir, download, filesystem, reaching, read_remote, shown, upload, write_remote
+from raytron.storage import cache_dir, download, filesystem, listing, reaching, read_remote, shown, upload, write_remote
 from raytron.store import META
 
 log = logging.getLogger("raytron.registry")
@@ -65,7 +65,7 @@ def names(root: str) -> list[str]:
     """Models with at least one published version."""
     fs, base = filesystem(root, "model store")
     with reaching(root, "model store"):
-        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        entries = listing(fs, base)
         return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and _versions(fs, e.path))
 
 
@@ -128,7 +128,7 @@ def publish_run_model(cfg, folder: Path, default_name: str) -> None:
 
 
 def _versions(fs: pafs.FileSystem, model: str) -> list[str]:
-    entries = fs.get_file_info(pafs.FileSelector(model, allow_not_found=True))
+    entries = listing(fs, model)
     return sorted((m.group(1) for e in entries if (m := MANIFEST.match(e.base_name))), key=lambda v: int(v[1:]))
 
 

@@ -137,9 +137,20 @@ def download(fs: pafs.FileSystem, remote: str, local: Path, expected: tuple[str,
     return copied
 
 
+def listing(fs: pafs.FileSystem, folder: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    """The entries under `folder`, none if it does not exist. Arrow's local filesystem reports a folder made
+    during the call as missing (it fails to list it, then finds it there: the error stands), so a listing
+    that met a folder just made, or one just moved away beneath it, is taken again."""
+    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+    try:
+        return fs.get_file_info(selector)
+    except FileNotFoundError:
+        return fs.get_file_info(selector)
+
+
 def _remote_files(fs: pafs.FileSystem, base: str, only: tuple[str, ...], skip: tuple[str, ...]) -> list[str]:
     """Paths (relative to `base`) of the files under it that start with one of `only` and none of `skip`."""
-    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    infos = listing(fs, base, recursive=True)
     paths = (i.path[len(base) + 1:] for i in infos if i.type == pafs.FileType.File)
     return [path for path in paths if path.startswith(only) and not path.startswith(skip)]
 

@@ -20,7 +20,7 @@ from raytron.config import JobConfig
 from raytron.errors import RaytronError
 from raytron.registry import publish_run_model
 from raytron.runtime import absolute_paths, connect_ray, use_gpu
-from raytron.storage import delete, filesystem, join, pull, reaching, shown
+from raytron.storage import delete, filesystem, join, listing, pull, reaching, shown
 from raytron.train import checkpoint
 from raytron.train.loop import train_worker
 from raytron.train.tasks import load_task_splits, make_task
@@ -33,7 +33,7 @@ ORDERED_INGEST.preserve_order = True  # every rank and every rerun sees a split'
 
 def checkpoints(fs: pafs.FileSystem, path: str) -> list[str]:
     """The run's checkpoint folders, oldest first."""
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    infos = listing(fs, path)
     return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
 
 
