@@ -9,7 +9,7 @@
 #           Train restarts it from step 20); per-step losses compared; ~6 min (measured when every log window was a Ray Train
 #           report, ~2 s a step; the kill lands a step or two after 25, before the step-30 checkpoint)
 #   loop    issue 16's decoder goals in one call: the summarization recipe's fine-tune in the real Ray Train loop at
-#           batch 128, compiled, 10 epochs (40 steps) in 10-step log windows (MFU, real-token share of the positions:
+#           batch 128, compiled with static shapes (since the fourteenth session), 10 epochs (40 steps) in 10-step log windows (MFU, real-token share of the positions:
 #           train/mfu and train/real_token_fraction in metrics.jsonl); then bench/train_step.py, the same compiled
 #           64 x 1,024 step bare and in a Ray Train worker (Ray's overhead); ~9 min
 #   serve   bench/serve_load.py on serve/raytron-gpu.yaml (classifier batch 128 vs 1, 128 in flight, 1,000 requests), with the
@@ -28,8 +28,8 @@ if [ "$part" = bench ]; then
 elif [ "$part" = loop ]; then
   runs=/tmp/runs
   ( time python3 jobs/finetune.py --config configs/summarization-gpu.yaml run.output_dir=$runs run.name=mfu-loop \
-      run.resume=false train.micro_batch_size=128 train.global_batch_size=128 train.compile=true train.epochs=10 \
-      train.log_every=10 $EXTRA ) > "$out/loop-finetune.log" 2>&1
+      run.resume=false train.micro_batch_size=128 train.global_batch_size=128 train.compile=true \
+      train.compile_static_shapes=true train.epochs=10 train.log_every=10 $EXTRA ) > "$out/loop-finetune.log" 2>&1
   grep -E "raytron.train: epoch|Error|real" "$out/loop-finetune.log" | tail -30
   cp $runs/mfu-loop/metrics.jsonl "$out/loop-metrics.jsonl"
   python3 bench/train_step.py --model decoder --batch 64 --seq 1024 --supervised 129 --attention sdpa --compile on \

@@ -1,5 +1,5 @@
 """`train.compile`: the compiled Megatron-Core transformer layers compute what the eager ones compute (outputs and
-gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers), keep their parameter names
+gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers; with static shapes one per width), keep their parameter names
 (checkpoints and exports unchanged); an encoder with attention dropout trains compiled, Megatron's RNG setter (TP > 1) run eagerly;
 a model without a transformer layer is a clear error."""
 
@@ -19,7 +19,7 @@ TINY_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 
               "tie_word_embeddings": True}
 
 
-def eager_and_compiled(transformer_config, build, hf: dict):
+def eager_and_compiled(transformer_config, build, hf: dict, static_shapes: bool = False):
     """Two copies of one seeded model (SDPA attention), the second's layers compiled (a fresh Dynamo cache)."""
     init_megatron()
     torch.manual_seed(0)
@@ -27,16 +27,19 @@ def eager_and_compiled(transformer_config, build, hf: dict):
     eager, compiled = build(hf, tconfig, "sdpa"), build(hf, tconfig, "sdpa")
     compiled.load_state_dict(eager.state_dict())
     torch._dynamo.reset()
-    assert compile_layers(compiled, torch.device("cpu")) == 2
+    assert compile_layers(compiled, torch.device("cpu"), static_shapes) == 2
     return eager, compiled
 
 
-def test_compiled_decoder_matches_eager_for_two_widths():
-    eager, compiled = eager_and_compiled(llama_model.transformer_config, llama_model.build_gpt, TINY_LLAMA)
+@pytest.mark.parametrize("static_shapes, graphs", [(False, 2), (True, 3)])
+def test_compiled_decoder_matches_eager_for_three_widths(static_shapes, graphs):
+    """Three bucket widths: with dynamic shapes the second compiles a dynamic graph the third reuses (2 graphs);
+    with static shapes each width has its own (3)."""
+    eager, compiled = eager_and_compiled(llama_model.transformer_config, llama_model.build_gpt, TINY_LLAMA, static_shapes)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     torch._dynamo.reset()
     counters.clear()
-    for width in (64, 128):  # two bucket widths: the second runs a recompiled (dynamic) graph
+    for width in (64, 128, 192):
         ids = torch.randint(0, 300, (2, width))
         positions = torch.arange(width).expand_as(ids)
         outputs = []
@@ -49,7 +52,7 @@ def test_compiled_decoder_matches_eager_for_two_widths():
         for name, grad in outputs[0][1].items():
             assert torch.allclose(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6), (width, name)
     assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] == 2  # both layers share one graph; the second width, a dynamic one
+    assert counters["stats"]["unique_graphs"] == graphs  # both layers share each graph
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
              "max_position_embeddings": 128, "vocab_size": 300, "type_vocab_size": 2,

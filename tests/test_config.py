@@ -80,6 +80,8 @@ def test_every_recipe_picks_its_task_config(recipe, kind):
     ("summarization.yaml", ["generation.strategy=nucleus"], "generation.strategy: Input should be 'greedy', 'sample' or 'beam'"),
     ("summarization.yaml", ["data.max_summary_tokens=300"], "max_summary_tokens must be below data.max_length / 2"),
     ("topics.yaml", ["topics.cluster_selection=best"], "topics.cluster_selection"),
+    ("summarization.yaml", ["train.compile_static_shapes=true"],
+     "train.compile_static_shapes=true needs train.compile=true (it says how the layers compile)"),
     ("sentiment.yaml", ["task=translation"], "task: unknown task 'translation'; allowed: sentiment, summarization, topics"),
 ])
 def test_task_specific_mistakes(recipe, overrides, message):

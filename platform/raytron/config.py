@@ -124,6 +124,11 @@ class TrainConfig(Strict):
     compile: bool = False
     """torch.compile each Megatron-Core transformer layer (raytron.train.compile): fewer, fused kernels for
     host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
+    compile_static_shapes: bool = False
+    """With train.compile: one graph per micro-batch shape (`dynamic=False`) instead of Dynamo's automatic dynamic
+    shapes, under which every bucketed width after the first shares one symbolic-shape graph. Faster steps, more
+    compile time: the SmolLM2 fine-tune at 128 x <=1,024 (3 widths) ran 3.5-4.1% more tokens/s in the Ray Train
+    loop and spent about 18 s more compiling (docs/gpu-fast-path.md, fourteenth session); worth it for long runs."""
     cuda_graphs: bool = False
     """Replay the model's training forward and backward from CUDA graphs, one pair per batch shape
     (raytron.train.cuda_graphs): one launch instead of hundreds for the encoder's host-bound small steps. GPU only,
@@ -296,6 +301,9 @@ class JobConfig(Strict):
                              "train.cuda_graphs=false")
         if self.train.cuda_graphs and self.train.compile:
             raise ValueError("train.cuda_graphs and train.compile: choose one (set the other to false)")
+        if self.train.compile_static_shapes and not self.train.compile:
+            raise ValueError("train.compile_static_shapes=true needs train.compile=true (it says how the layers "
+                             "compile): set train.compile=true, or drop train.compile_static_shapes")
         if self.train.micro_batch_size % tp:
             raise ValueError(f"train.micro_batch_size={self.train.micro_batch_size} must divide by parallel.tensor={tp}")
         if self.train.global_batch_size % (self.train.micro_batch_size * dp):

@@ -6,7 +6,8 @@ kernels is where the time is. Each `TransformerLayer` is compiled, not the whole
 inlined module parameters the layers of a model share one graph (compiled once, not once per layer), and
 the block's own contexts stay eager. The loss, DDP and the optimizer stay eager too; `nn.Module.compile`
 keeps the parameter names, so checkpoints and exports do not change. Automatic dynamic shapes make the
-bucketed widths (multiples of 64) share one graph after the first recompile.
+bucketed widths (multiples of 64) share one graph after the first recompile; `static_shapes` compiles one
+graph per shape instead (faster kernels, more compile time: `train.compile_static_shapes`).
 
 Dropout in attention (the encoders, with TP > 1: one TP rank draws from the default stream, raytron.models.attention)
 switches the CUDA RNG state through Megatron's tracker `fork`, whose setter runs a callback under torch.cuda's
@@ -38,8 +39,14 @@ def _warn_outside_compiled_code(*args, **kwargs) -> None:
         warnings.warn(*args, **kwargs)
 
 
-def compile_layers(model: torch.nn.Module, device: torch.device) -> int:
-    """Compile every TransformerLayer of `model` in place (compiled on first call); returns how many."""
+RECOMPILE_LIMIT = 256
+"""Graphs per layer with static shapes: every micro-batch width (at most data.max_length / 64) in training and in
+evaluation, and the odd last batch; Dynamo's default (8) would run the rest eagerly."""
+
+
+def compile_layers(model: torch.nn.Module, device: torch.device, static_shapes: bool = False) -> int:
+    """Compile every TransformerLayer of `model` in place (compiled on first call; with `static_shapes`, once per
+    input shape); returns how many."""
     if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
         raise RaytronError("train.compile=true on a CPU needs a C++ compiler for torch.compile's CPU kernels "
                            "(none on PATH): install g++, or set train.compile=false")
@@ -53,7 +60,11 @@ def compile_layers(model: torch.nn.Module, device: torch.device) -> int:
     megatron.core.utils.warnings = types.SimpleNamespace(warn=_warn_outside_compiled_code)
     if not getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False):  # the module's docstring
         megatron_random._set_cuda_rng_state = torch.compiler.disable(megatron_random._set_cuda_rng_state)
+    if static_shapes:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for layer in layers:
-        layer.compile()
-    log.info("torch.compile: %d transformer layers of %s compile on their first step", len(layers), type(model).__name__)
+        layer.compile(dynamic=False if static_shapes else None)
+    log.info("torch.compile: %d transformer layers of %s compile on their first step (%s)", len(layers),
+             type(model).__name__, "static shapes: once per micro-batch shape" if static_shapes else
+             "dynamic shapes after the first recompile")
     return len(layers)

@@ -178,7 +178,7 @@ def setup(config: dict) -> Worker:
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
     if cfg.train.compile:
-        compile_layers(model, device)
+        compile_layers(model, device, cfg.train.compile_static_shapes)
     train_rows = load_rows(ray.train.get_dataset_shard("train"), task.columns)
     val_rows = load_rows(ray.train.get_dataset_shard("val"), task.columns)
     task.check_rows(train_rows, "train")
