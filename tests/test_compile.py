@@ -1,7 +1,7 @@
 """`train.compile`: the compiled Megatron-Core transformer layers compute what the eager ones compute (outputs and
-gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers; with static shapes one per width), keep their parameter names
-(checkpoints and exports unchanged); an encoder with attention dropout trains compiled, Megatron's RNG setter (TP > 1) run eagerly;
-a model without a transformer layer is a clear error."""
+gradients, fp32 on CPU) as whole graphs (no graph break, one graph for all layers; with static shapes, one a
+width), keep their parameter names (checkpoints and exports unchanged); an encoder with attention dropout trains
+compiled, Megatron's RNG setter (TP > 1) run eagerly; a model without a transformer layer is a clear error."""
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ TINY_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 
               "tie_word_embeddings": True}
 
 
-def eager_and_compiled(transformer_config, build, hf: dict, static_shapes: bool = False):
+def eager_and_compiled(transformer_config, build, hf: dict, static_shapes: int | None = None):
     """Two copies of one seeded model (SDPA attention), the second's layers compiled (a fresh Dynamo cache)."""
     init_megatron()
     torch.manual_seed(0)
@@ -31,11 +31,18 @@ def eager_and_compiled(transformer_config, build, hf: dict, static_shapes: bool 
     return eager, compiled
 
 
-@pytest.mark.parametrize("static_shapes, graphs", [(False, 2), (True, 3)])
+@pytest.mark.parametrize("static_shapes, graphs", [(None, 2), (12, 3)])
 def test_compiled_decoder_matches_eager_for_three_widths(static_shapes, graphs):
     """Three bucket widths: with dynamic shapes the second compiles a dynamic graph the third reuses (2 graphs);
-    with static shapes each width has its own (3)."""
+    with static shapes each width has its own (3), and Dynamo's limits leave room for all the shapes asked for."""
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=8):  # restored afterwards
+        decoder_matches_eager_for_three_widths(static_shapes, graphs)
+
+
+def decoder_matches_eager_for_three_widths(static_shapes: int | None, graphs: int) -> None:
     eager, compiled = eager_and_compiled(llama_model.transformer_config, llama_model.build_gpt, TINY_LLAMA, static_shapes)
+    assert torch._dynamo.config.recompile_limit == (12 if static_shapes else 8)
+    assert torch._dynamo.config.accumulated_recompile_limit == (24 if static_shapes else 8)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     torch._dynamo.reset()
     counters.clear()

@@ -1,4 +1,5 @@
-"""Run storage on a real S3-compatible server (moto on 127.0.0.1): URIs, mirrors, push and pull, synced runs."""
+"""Run storage on a real S3-compatible server (moto on 127.0.0.1): URIs, mirrors, push and pull, synced runs; the
+listing that survives Arrow's local race."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from raytron.config import load_config
-from raytron.storage import filesystem, join, mirror_dir, pull, push, synced_run
+from raytron.storage import filesystem, join, listing, mirror_dir, pull, push, synced_run
 
 
 def remote_files(location: str) -> dict[str, bytes]:
@@ -72,3 +73,27 @@ def test_synced_run_pushes_changes_only_when_the_job_succeeds(s3_server, tmp_pat
     with synced_run(cfg) as local:
         (local / "eval" / "metrics.json").write_text('{"accuracy": 0.9}')
     assert remote_files(cfg.run_uri)["eval/metrics.json"] == b'{"accuracy": 0.9}'
+
+
+class RacingLocalFileSystem:
+    """Arrow's local filesystem whose next `failures` listings raise what Arrow raises when the folder appears
+    mid-call (tests/test_registry.py races the real one; this makes the race certain)."""
+
+    def __init__(self, failures: int):
+        self.local, self.failures, self.calls = pafs.LocalFileSystem(), failures, 0
+
+    def get_file_info(self, selector):
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise FileNotFoundError(f"[Errno 2] Cannot list directory '{selector.base_dir}'")
+        return self.local.get_file_info(selector)
+
+
+def test_a_listing_that_met_a_folder_being_made_is_taken_again(tmp_path):
+    (tmp_path / "model" / "v0001").mkdir(parents=True)
+    once = RacingLocalFileSystem(failures=1)
+    assert [i.base_name for i in listing(once, str(tmp_path / "model"))] == ["v0001"] and once.calls == 2
+    assert listing(pafs.LocalFileSystem(), str(tmp_path / "missing")) == []  # a missing folder is no error
+    with pytest.raises(FileNotFoundError, match="Cannot list directory"):  # twice is not that race: it stands
+        listing(RacingLocalFileSystem(failures=2), str(tmp_path / "model"))

@@ -127,8 +127,8 @@ class TrainConfig(Strict):
     compile_static_shapes: bool = False
     """With train.compile: one graph per micro-batch shape (`dynamic=False`) instead of Dynamo's automatic dynamic
     shapes, under which every bucketed width after the first shares one symbolic-shape graph. Faster steps, more
-    compile time: the SmolLM2 fine-tune at 128 x <=1,024 (3 widths) ran 3.5-4.1% more tokens/s in the Ray Train
-    loop and spent about 18 s more compiling (docs/gpu-fast-path.md, fourteenth session); worth it for long runs."""
+    compile time: the SmolLM2 fine-tune at micro-batch 128 x <=1,024 ran 3.5-4.1% more tokens/s in the Ray Train
+    loop and spent about 14.5 s more compiling (docs/gpu-fast-path.md, fourteenth session); worth it for long runs."""
     cuda_graphs: bool = False
     """Replay the model's training forward and backward from CUDA graphs, one pair per batch shape
     (raytron.train.cuda_graphs): one launch instead of hundreds for the encoder's host-bound small steps. GPU only,

@@ -138,9 +138,9 @@ def download(fs: pafs.FileSystem, remote: str, local: Path, expected: tuple[str,
 
 
 def listing(fs: pafs.FileSystem, folder: str, recursive: bool = False) -> list[pafs.FileInfo]:
-    """The entries under `folder`, none if it does not exist. Arrow's local filesystem reports a folder made
-    during the call as missing (it fails to list it, then finds it there: the error stands), so a listing
-    that met a folder just made, or one just moved away beneath it, is taken again."""
+    """The entries under `folder`, none if it does not exist. Arrow's local filesystem raises "cannot list
+    directory" for a folder made during the call (it fails to open it, then finds it there: the error stands), so
+    that listing is taken again; the folder exists by then."""
     selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
     try:
         return fs.get_file_info(selector)

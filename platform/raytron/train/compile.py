@@ -39,14 +39,9 @@ def _warn_outside_compiled_code(*args, **kwargs) -> None:
         warnings.warn(*args, **kwargs)
 
 
-RECOMPILE_LIMIT = 256
-"""Graphs per layer with static shapes: every micro-batch width (at most data.max_length / 64) in training and in
-evaluation, and the odd last batch; Dynamo's default (8) would run the rest eagerly."""
-
-
-def compile_layers(model: torch.nn.Module, device: torch.device, static_shapes: bool = False) -> int:
-    """Compile every TransformerLayer of `model` in place (compiled on first call; with `static_shapes`, once per
-    input shape); returns how many."""
+def compile_layers(model: torch.nn.Module, device: torch.device, static_shapes: int | None = None) -> int:
+    """Compile every TransformerLayer of `model` in place (compiled on first call); returns how many. With
+    `static_shapes`, one graph per input shape, for up to that many shapes (None: dynamic shapes)."""
     if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
         raise RaytronError("train.compile=true on a CPU needs a C++ compiler for torch.compile's CPU kernels "
                            "(none on PATH): install g++, or set train.compile=false")
@@ -61,10 +56,14 @@ def compile_layers(model: torch.nn.Module, device: torch.device, static_shapes: 
     if not getattr(megatron_random._set_cuda_rng_state, "_torchdynamo_disable", False):  # the module's docstring
         megatron_random._set_cuda_rng_state = torch.compiler.disable(megatron_random._set_cuda_rng_state)
     if static_shapes:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        # the layers share one code object, whose graphs Dynamo caps (default 8; past it, frames run eagerly), and
+        # it caps all code objects' graphs together (default 256): both must leave room for every shape
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, static_shapes)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * static_shapes)
     for layer in layers:
         layer.compile(dynamic=False if static_shapes else None)
     log.info("torch.compile: %d transformer layers of %s compile on their first step (%s)", len(layers),
-             type(model).__name__, "static shapes: once per micro-batch shape" if static_shapes else
-             "dynamic shapes after the first recompile")
+             type(model).__name__, f"static shapes: a graph per input shape, up to {static_shapes}" if static_shapes
+             else "dynamic shapes after the first recompile")
     return len(layers)

@@ -37,7 +37,15 @@ from raytron.train.compile import compile_layers
 from raytron.train.cuda_graphs import GraphedTraining
 from raytron.train.flops import peak_flops_per_device
 from raytron.train.optim import wrap_for_training
-from raytron.train.sampler import Rows, StepSampler, load_rows, row_lengths, to_device, validation_batches
+from raytron.train.sampler import (
+    Rows,
+    StepSampler,
+    bucket_widths,
+    load_rows,
+    row_lengths,
+    to_device,
+    validation_batches,
+)
 from raytron.train.step import train_step
 
 log = logging.getLogger("raytron.train")
@@ -178,7 +186,10 @@ def setup(config: dict) -> Worker:
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
     if cfg.train.compile:
-        compile_layers(model, device, cfg.train.compile_static_shapes)
+        # static: a graph per width (one, unbucketed) in training and in evaluation, at two micro-batch sizes (the
+        # recipe's, and validation's last)
+        widths = bucket_widths(cfg.data.max_length) if cfg.train.bucket_by_length else 1
+        compile_layers(model, device, static_shapes=4 * widths if cfg.train.compile_static_shapes else None)
     train_rows = load_rows(ray.train.get_dataset_shard("train"), task.columns)
     val_rows = load_rows(ray.train.get_dataset_shard("val"), task.columns)
     task.check_rows(train_rows, "train")

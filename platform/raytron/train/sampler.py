@@ -51,6 +51,11 @@ def padded_width(lengths: np.ndarray, full_width: int) -> int:
     return min(full_width, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
+def bucket_widths(full_width: int) -> int:
+    """How many widths `padded_width` can cut a micro-batch to."""
+    return -(-full_width // PAD_MULTIPLE)
+
+
 def to_device(rows: Rows, index: np.ndarray, device: torch.device, lengths: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The rows at `index` as device tensors; with `lengths` (bucketing), token columns cut to `padded_width`.
     To a GPU through pinned memory, asynchronously: a copy from pageable memory waits for the GPU's queue to drain."""
