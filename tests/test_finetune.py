@@ -163,6 +163,23 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
                                                                  "train.distributed_optimizer": True})))
 
 
+def test_a_run_stopped_mid_epoch_by_max_steps_goes_on_from_its_data_position(ray_cluster, tmp_path):
+    """One worker, 3 steps an epoch, constant LR, dropout on. Stopped by train.max_steps=2 (mid-epoch 1), then rerun
+    without it: the steps and their losses are the uninterrupted run's *bit for bit*, so the rerun trained epoch 1's
+    third batch next (it had gone to epoch 2's batches, one of them empty, when the stop counted as an epoch). With
+    log_every=2 each epoch's last step, which ends no window of 2, is logged too."""
+    overrides = {"resources.num_workers": 1, "train.epochs": 2, "train.log_every": 2, "train.decay_style": "constant"}
+    finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "whole", **overrides})))
+    finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "split", **overrides, "train.max_steps": 2})))
+    finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "split", **overrides})))
+    whole, split = ([(m["step"], m["train/loss"]) for m in read_metrics(tmp_path / run) if "train/loss" in m]
+                    for run in ("whole", "split"))
+    assert [step for step, _ in whole] == [2, 3, 4, 6]  # windows 1-2, 3 (epoch 1's last), 4, 5-6
+    assert split == whole
+    validated = [m["step"] for m in read_metrics(tmp_path / "split") if "val/loss" in m]
+    assert validated == [2, 3, 6]  # the stop at step 2 validated and checkpointed too
+
+
 def test_resume_check_compares_what_the_checkpoint_recorded(tmp_path):
     """(No Ray.) The same settings resume, on another machine too (the pretrained model is named by its files'
     content, not by the folder it was pinned to); a checkpoint that predates the recorded settings is not refused

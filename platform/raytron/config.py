@@ -98,7 +98,8 @@ class TrainConfig(Strict):
     epochs: int = Field(2, ge=1)
     """Passes over the training split."""
     max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps (smoke runs); unset runs all epochs."""
+    """Stop after this many optimizer steps (smoke runs); unset runs all epochs. A stop mid-epoch validates and
+    checkpoints there; rerun with a larger or no max_steps and training goes on at that data position."""
     micro_batch_size: int = Field(16, ge=1)
     """Rows per model replica per forward pass."""
     global_batch_size: int = Field(32, ge=1)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-"""Dense bf16 peak per GPU by the name CUDA reports (NVIDIA's datasheets, without sparsity)."""
+PEAK_BF16_TFLOPS = {"H200 NVL": 835.0, "H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0,
+                    "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+"""Dense bf16 peak per GPU by the name CUDA reports (NVIDIA's datasheets, without sparsity; the PCIe and NVL
+parts run at lower clocks than the SXM ones). The longest key that the name contains wins."""
 
 
 def layer_matmul_params(config) -> int:
@@ -36,5 +38,11 @@ def peak_flops_per_device(configured_tflops: float | None, device: torch.device)
         return configured_tflops * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+    tflops = datasheet_peak_tflops(torch.cuda.get_device_name(device))
+    return None if tflops is None else tflops * 1e12
+
+
+def datasheet_peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of the GPU CUDA calls `name`, None when it is not in PEAK_BF16_TFLOPS."""
+    matches = [key for key in PEAK_BF16_TFLOPS if key in name]
+    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None

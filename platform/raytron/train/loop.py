@@ -168,7 +168,7 @@ class Worker:
 
     @property
     def done(self) -> bool:
-        return self.state["epoch"] >= self.cfg.train.epochs or self.state["step"] >= self.plan.total_steps
+        return self.state["step"] >= self.plan.total_steps  # the epochs' steps, or max_steps if fewer
 
 
 def setup(config: dict) -> Worker:
@@ -247,9 +247,9 @@ def restore(worker: Worker, resume_from: str | None) -> None:
         metrics_file.write_text(metrics)
         changed = {k: (saved_schedule[k], getattr(worker.scheduler, k)) for k in SCHEDULE_KEYS
                    if saved_schedule[k] != getattr(worker.scheduler, k)}
+        epoch, done_in_epoch = divmod(worker.state["step"], worker.plan.steps_per_epoch)
         log.info("resumed at step %d (epoch %d, %d of its steps done) from %s; LR %.4g at this step%s",
-                 worker.state["step"], worker.state["epoch"] + 1,
-                 worker.state["step"] - worker.state["epoch"] * worker.plan.steps_per_epoch, restored.path,
+                 worker.state["step"], epoch + 1, done_in_epoch, restored.path,
                  worker.optimizer.param_groups[0]["lr"],
                  "; the schedule follows the current config: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
                  if changed else "")
@@ -258,16 +258,18 @@ def restore(worker: Worker, resume_from: str | None) -> None:
 
 
 def micro_batch_groups(worker: Worker):
-    """The rest of this epoch's optimizer steps from the data position: lists of `accumulation` micro-batches."""
-    epoch, first = worker.state["epoch"], worker.state["step"] - worker.state["epoch"] * worker.plan.steps_per_epoch
+    """The rest of this epoch's optimizer steps from the data position (the steps done: a run that `max_steps`
+    stopped mid-epoch goes on inside that epoch): lists of `accumulation` micro-batches."""
+    epoch, first = divmod(worker.state["step"], worker.plan.steps_per_epoch)
     for step_in_epoch in range(first, worker.plan.steps_per_epoch):
         yield [to_device(worker.train_rows, index, worker.device, worker.sampler.lengths)
                for index in worker.sampler.micro_batches(epoch, step_in_epoch)]
 
 
 def train_epoch(worker: Worker) -> None:
-    """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps, a checkpoint
-    every `train.checkpoint_every` steps (the epoch's last step is checkpointed by `end_epoch`)."""
+    """Steps until the epoch's data or the step budget ends; metrics every `train.log_every` steps and for the
+    epoch's last steps, a checkpoint every `train.checkpoint_every` steps (the epoch's last step is checkpointed by
+    `end_epoch`). Each window times its steps only: validation and checkpoints lie outside it."""
     cfg, state, plan = worker.cfg, worker.state, worker.plan
     window = new_window()
     for group in micro_batch_groups(worker):
@@ -280,9 +282,20 @@ def train_epoch(worker: Worker) -> None:
             window = new_window(start=log_window(worker, window, result.grad_norm))
         if state["step"] >= plan.total_steps:
             break
-        epoch_end = state["step"] == (state["epoch"] + 1) * plan.steps_per_epoch
+        epoch_end = state["step"] % plan.steps_per_epoch == 0
         if cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0 and not epoch_end:
+            paused = steps_finished(worker)
             save_checkpoint(worker, {"step": state["step"]})
+            window["start"] += time.perf_counter() - paused
+    if window["steps"]:  # the epoch's last steps, fewer than log_every
+        log_window(worker, window, result.grad_norm)
+
+
+def steps_finished(worker: Worker) -> float:
+    """The time once the GPU has finished the steps queued so far (so that a pause after it times the pause only)."""
+    if worker.device.type == "cuda":
+        torch.cuda.synchronize(worker.device)
+    return time.perf_counter()
 
 
 def new_window(start: float | None = None) -> dict:
@@ -335,7 +348,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
 def end_epoch(worker: Worker) -> None:
     """Validate, export the model when the selection metric improved, then checkpoint."""
     state, task = worker.state, worker.task
-    state["epoch"] += 1
+    state["epoch"] = state["step"] // worker.plan.steps_per_epoch  # completed epochs (a max_steps stop: not this one)
     val = validate(worker)
     improved = val[task.selection] > state["best_val"]
     if improved:
@@ -345,8 +358,8 @@ def end_epoch(worker: Worker) -> None:
             push(worker.cfg.run_dir / "model", join(worker.cfg.run_uri, "model"), last=META)
     val_metrics = {**{f"val/{k}": v for k, v in val.items()}, "step": state["step"]}
     if worker.rank0:
-        log.info("epoch %d: validation %s%s", state["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
-                 " (best so far: model exported)" if improved else "")
+        log.info("epoch %g: validation %s%s", round(state["step"] / worker.plan.steps_per_epoch, 2),
+                 ", ".join(f"{k} {v:.4f}" for k, v in val.items()), " (best so far: model exported)" if improved else "")
         record_metrics(worker.wandb_run, worker.cfg.run_dir, val_metrics)
     save_checkpoint(worker, {**val_metrics, "epoch": state["epoch"]})
 
