@@ -135,6 +135,10 @@ class Plan:
         total = steps_per_epoch * cfg.train.epochs
         return cls(accumulation, steps_per_epoch, min(total, cfg.train.max_steps or total))
 
+    def position(self, step: int) -> tuple[int, int]:
+        """The data position after `step` optimizer steps: (epochs completed, steps done in the next one)."""
+        return divmod(step, self.steps_per_epoch)
+
 
 @dataclass
 class Worker:
@@ -247,7 +251,7 @@ def restore(worker: Worker, resume_from: str | None) -> None:
         metrics_file.write_text(metrics)
         changed = {k: (saved_schedule[k], getattr(worker.scheduler, k)) for k in SCHEDULE_KEYS
                    if saved_schedule[k] != getattr(worker.scheduler, k)}
-        epoch, done_in_epoch = divmod(worker.state["step"], worker.plan.steps_per_epoch)
+        epoch, done_in_epoch = worker.plan.position(worker.state["step"])
         log.info("resumed at step %d (epoch %d, %d of its steps done) from %s; LR %.4g at this step%s",
                  worker.state["step"], epoch + 1, done_in_epoch, restored.path,
                  worker.optimizer.param_groups[0]["lr"],
@@ -260,7 +264,7 @@ def restore(worker: Worker, resume_from: str | None) -> None:
 def micro_batch_groups(worker: Worker):
     """The rest of this epoch's optimizer steps from the data position (the steps done: a run that `max_steps`
     stopped mid-epoch goes on inside that epoch): lists of `accumulation` micro-batches."""
-    epoch, first = divmod(worker.state["step"], worker.plan.steps_per_epoch)
+    epoch, first = worker.plan.position(worker.state["step"])
     for step_in_epoch in range(first, worker.plan.steps_per_epoch):
         yield [to_device(worker.train_rows, index, worker.device, worker.sampler.lengths)
                for index in worker.sampler.micro_batches(epoch, step_in_epoch)]
@@ -282,7 +286,7 @@ def train_epoch(worker: Worker) -> None:
             window = new_window(start=log_window(worker, window, result.grad_norm))
         if state["step"] >= plan.total_steps:
             break
-        epoch_end = state["step"] % plan.steps_per_epoch == 0
+        epoch_end = plan.position(state["step"])[1] == 0
         if cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0 and not epoch_end:
             paused = steps_finished(worker)
             save_checkpoint(worker, {"step": state["step"]})
@@ -348,7 +352,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
 def end_epoch(worker: Worker) -> None:
     """Validate, export the model when the selection metric improved, then checkpoint."""
     state, task = worker.state, worker.task
-    state["epoch"] = state["step"] // worker.plan.steps_per_epoch  # completed epochs (a max_steps stop: not this one)
+    state["epoch"] = worker.plan.position(state["step"])[0]  # completed epochs (a max_steps stop: not this one)
     val = validate(worker)
     improved = val[task.selection] > state["best_val"]
     if improved:
