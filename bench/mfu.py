@@ -1,7 +1,7 @@
 """Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
 
     python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--cuda-graphs off on]
-                        [--batch 32] [--seq 512]
+                        [--batch 32] [--seq 512] [--loss whole-vocab vocab-parallel]
 
 Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
@@ -10,8 +10,10 @@ The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` 
 `--compile on` compiles the transformer blocks first (`train.compile`, raytron.train.compile; the compile
 happens in the warm-up steps); `--cuda-graphs on` replays the model's forward and backward from CUDA graphs
 (`train.cuda_graphs`, raytron.train.cuda_graphs; captured in the first step; encoder with sdpa only, not with
-compile). Prints one row per attention, compile and graphs setting and, with --profile, the five
-CUDA kernels and the twelve host-side ops that took the most time.
+compile). `--loss` picks the decoder's cross entropy on one TP rank (raytron.train.summarization): the task's
+own (`whole-vocab`, compiled with the layers) or Megatron's `vocab-parallel` one, for comparison. Prints one row
+per attention, compile, graphs and loss setting and, with --profile, the twenty CUDA kernels and the twelve
+host-side ops that took the most time.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def run_steps(args: dict) -> dict:
     from raytron.train.flops import peak_flops_per_device
     from raytron.train.optim import wrap_for_training
     from raytron.train.step import train_step
+    from raytron.train.summarization import vocab_parallel_losses
     from raytron.train.tasks import make_task
 
     recipe = Path(__file__).resolve().parents[1] / TASKS[args["model"]]
@@ -62,6 +65,8 @@ def run_steps(args: dict) -> dict:
     bf16 = device.type == "cuda"
     task = make_task(cfg)
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
+    if args.get("loss") == "vocab-parallel":
+        task.chunk_losses = vocab_parallel_losses
     if cfg.train.compile:
         torch._dynamo.reset()  # a fresh compile per row, not a recompile of the previous row's model
         compile_layers(model, device)
@@ -93,7 +98,7 @@ def run_steps(args: dict) -> dict:
                 train_step(ddp, optimizer, scheduler, task, [batch], forward)
             sync()
         averages = prof.key_averages()
-        out["top_kernels"] = (averages.table(sort_by="self_cuda_time_total", row_limit=5, max_name_column_width=70)
+        out["top_kernels"] = (averages.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=70)
                               + averages.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))
     return out
 
@@ -107,20 +112,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
+    parser.add_argument("--loss", nargs="+", choices=["whole-vocab", "vocab-parallel"], default=["whole-vocab"],
+                        help="decoder: the cross entropy (see above)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
     args = vars(parser.parse_args())
     print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
-    print(f"{'attention':<14}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
-    settings = [(a, c, g) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
+    print(f"{'setting':<22}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
+    losses = args["loss"] if args["model"] == "decoder" else [None]
+    settings = [(a, c, g, loss) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
+                for loss in losses
                 if g == "off" or (c == "off" and a == "sdpa")]  # graphs: sdpa attention, not compiled (train.cuda_graphs)
-    for attention, compiled, graphed in settings:
-        row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed})
-        name = attention + ("+compile" if compiled == "on" else "") + ("+graphs" if graphed == "on" else "")
+    for attention, compiled, graphed, loss in settings:
+        row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed, "loss": loss})
+        name = (attention + ("+compile" if compiled == "on" else "") + ("+graphs" if graphed == "on" else "")
+                + ("+vp-loss" if loss == "vocab-parallel" else ""))
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-        print(f"{name:<14}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
+        print(f"{name:<22}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
               f"{row['tflops']:>9.1f}{mfu:>8}{memory:>9}  ({row['device']})", flush=True)
         if "top_kernels" in row:
             print(row["top_kernels"])

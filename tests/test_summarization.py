@@ -19,7 +19,12 @@ from raytron.errors import RaytronError
 from raytron.evaluate.summarization import evaluate
 from raytron.store import read_meta
 from raytron.train.launcher import finetune
-from raytron.train.summarization import next_token_targets, supervised_losses
+from raytron.train.summarization import (
+    next_token_targets,
+    supervised_losses,
+    vocab_parallel_losses,
+    whole_vocab_losses,
+)
 from raytron.train.tasks import make_task
 from tests.conftest import REPO
 
@@ -50,6 +55,29 @@ def test_loss_covers_only_labelled_positions(smollm2):
     assert supervised[1].tolist() == [True, True, False, False]
     expected = F.cross_entropy(logits[1, 9:11], ids[1, 10:12], reduction="none")
     assert torch.allclose(losses[1, :2], expected, rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_whole_vocabulary_loss_equals_megatrons_vocab_parallel_loss(smollm2, compiled):
+    """On one TP rank the loss is `F.cross_entropy` over the whole vocabulary (compiled with train.compile):
+    the same losses and gradients as Megatron's vocab-parallel cross entropy, through the checkpointed chunks."""
+    _, _, model, _, _ = smollm2
+    ids = torch.randint(100, 5000, (3, 20))
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 5:12], labels[1, 15:20], labels[2, 2:4] = ids[0, 5:12], ids[1, 15:20], ids[2, 2:4]
+    results = []
+    for chunk_losses in (vocab_parallel_losses, torch.compile(whole_vocab_losses) if compiled else whole_vocab_losses):
+        model.zero_grad()
+        losses, supervised = supervised_losses(model, ids, labels, 8, chunk_losses)
+        losses.sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])  # every parameter gets one
+        results.append((losses.detach(), supervised, grads))
+    (megatron, mask, megatron_grads), (ours, our_mask, our_grads) = results
+    assert mask.equal(our_mask) and int(mask.sum()) == 7 + 5 + 2  # each label, predicted from the position before it
+    assert megatron[mask].gt(0).all() and torch.allclose(ours, megatron, rtol=1e-5, atol=1e-6)
+    # fp32 sums in another order: equal to ~4e-6 of the gradient's norm (a wrong target or position: order 1)
+    assert (our_grads - megatron_grads).norm() < 2e-5 * megatron_grads.norm()
 
 
 def test_rows_whose_labels_outrun_the_summary_span_are_refused():

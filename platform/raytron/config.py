@@ -123,8 +123,9 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
     compile: bool = False
-    """torch.compile each Megatron-Core transformer layer (raytron.train.compile): fewer, fused kernels for
-    host-bound steps; the first steps (and the first of each new shape) pay the compile time."""
+    """torch.compile each Megatron-Core transformer layer (raytron.train.compile), and the summarization loss on one
+    TP rank (raytron.train.summarization.whole_vocab_losses): fewer, fused kernels; the first steps (and the first of
+    each new shape) pay the compile time."""
     compile_static_shapes: bool = False
     """With train.compile: one graph per micro-batch shape (`dynamic=False`) instead of Dynamo's automatic dynamic
     shapes, under which every bucketed width after the first shares one symbolic-shape graph. Faster steps, more

@@ -4,10 +4,11 @@ The fine-tune steps are host-bound (docs/gpu-fast-path.md: ~2,700 kernel launche
 busy under half of it), so fusing each layer's norms, rotary, activations and residual adds into Inductor
 kernels is where the time is. Each `TransformerLayer` is compiled, not the whole block: with Dynamo's
 inlined module parameters the layers of a model share one graph (compiled once, not once per layer), and
-the block's own contexts stay eager. The loss, DDP and the optimizer stay eager too; `nn.Module.compile`
-keeps the parameter names, so checkpoints and exports do not change. Automatic dynamic shapes make the
-bucketed widths (multiples of 64) share one graph after the first recompile; `static_shapes` compiles one
-graph per shape instead (faster kernels, more compile time: `train.compile_static_shapes`).
+the block's own contexts stay eager. DDP and the optimizer stay eager too (the summarization task compiles its
+loss itself, raytron.train.summarization); `nn.Module.compile` keeps the parameter names, so checkpoints and
+exports do not change. Automatic dynamic shapes make the bucketed widths (multiples of 64) share one graph
+after the first recompile; `static_shapes` compiles one graph per shape instead (faster kernels, more compile
+time: `train.compile_static_shapes`).
 
 Dropout in attention (the encoders, with TP > 1: one TP rank draws from the default stream, raytron.models.attention)
 switches the CUDA RNG state through Megatron's tracker `fork`, whose setter runs a callback under torch.cuda's

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.utils import unwrap_model
 from torch.utils.checkpoint import checkpoint
@@ -35,9 +36,18 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
 
 
-def _chunk_losses(output_layer, weight, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def vocab_parallel_losses(output_layer, weight, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token losses of `hidden` [n, h] with the vocabulary split over the tensor-parallel ranks (Megatron's
+    `vocab_parallel_cross_entropy`: max, exp and sum as separate passes over an fp32 copy of the logits)."""
     logits, _ = output_layer(hidden.unsqueeze(1), weight=weight)  # [n, 1, vocab / TP]
     return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), targets.unsqueeze(1)).squeeze(1)
+
+
+def whole_vocab_losses(output_layer, weight, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The same losses with the whole vocabulary on this rank (TP = 1): `F.cross_entropy` in fp32, which
+    `torch.compile` turns into one reduction over the bf16 logits (no fp32 [n x vocab] copy, no separate passes)."""
+    logits, _ = output_layer(hidden.unsqueeze(1), weight=weight)  # [n, 1, vocab]
+    return F.cross_entropy(logits.squeeze(1).float(), targets, reduction="none")
 
 
 def summary_span(labels: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,10 +63,11 @@ def summary_span(labels: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.
     return positions, targets.gather(1, positions)
 
 
-def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, width: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token losses (vocab-parallel cross entropy) over each row's summary span (`summary_span`), 0 where
-    nothing is supervised, and the mask of the supervised ones; both [rows, width].
+def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, width: int,
+                      chunk_losses=vocab_parallel_losses) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token losses (`chunk_losses`: `vocab_parallel_losses` or, on one TP rank, `whole_vocab_losses`) over
+    each row's summary span (`summary_span`), 0 where nothing is supervised, and the mask of the supervised
+    ones; both [rows, width].
 
     The decoder runs on every position, but the output layer and the loss only on the span (~128 of 1,024),
     in chunks recomputed in backward: logits never exist for the prompt, and never all at once."""
@@ -69,7 +80,7 @@ def supervised_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, widt
     span = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1)
     weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
     losses = torch.cat([
-        checkpoint(_chunk_losses, gpt.output_layer, weight, h, t, use_reentrant=False)
+        checkpoint(chunk_losses, gpt.output_layer, weight, h, t, use_reentrant=False)
         for h, t in zip(span.split(LOGIT_CHUNK), targets.clamp(min=0).flatten().split(LOGIT_CHUNK), strict=True)
     ]).view_as(targets)
     return torch.where(supervised, losses, 0.0), supervised
@@ -86,6 +97,10 @@ class SummarizationTask:
 
     def build(self, device, params_dtype):
         model, self.tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
+        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+            self.chunk_losses = vocab_parallel_losses
+        else:  # with train.compile, fused like the layers (raytron.train.compile)
+            self.chunk_losses = torch.compile(whole_vocab_losses) if self.cfg.train.compile else whole_vocab_losses
         return model.to(device), self.tconfig
 
     @property
@@ -94,7 +109,7 @@ class SummarizationTask:
         return self.cfg.data.max_summary_tokens + 1
 
     def loss(self, model, batch):
-        losses, _ = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width)
+        losses, _ = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width, self.chunk_losses)
         return losses.sum()
 
     def check_rows(self, rows, split):
@@ -122,7 +137,7 @@ class SummarizationTask:
                 "flops": training_flops(self.tconfig, lengths, items, self.hf_config["vocab_size"])}
 
     def validation_sums(self, model, batch):
-        losses, supervised = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width)
+        losses, supervised = supervised_losses(model, batch["input_ids"], batch["labels"], self.span_width, self.chunk_losses)
         return torch.stack([losses.sum().double(), supervised.sum().double()])
 
     def validation_metrics(self, sums):
