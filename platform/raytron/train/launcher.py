@@ -70,15 +70,28 @@ def resume_point(cfg: JobConfig, fs: pafs.FileSystem, path: str, num_train_rows:
     return where
 
 
-def prepare_datasets(cfg: JobConfig) -> tuple[dict[str, ray.data.Dataset], int]:
-    """The task's train and val splits, encoded once (or read from the tokenized-split cache), and the number of
-    training rows."""
+def prepare_datasets(cfg: JobConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+    """The task's train and val splits, encoded once (or read from the tokenized-split cache), and their row counts."""
     splits, rows = load_task_splits(cfg)
     columns = list(make_task(cfg).columns)
     # The data layer materialized each split in the object store, or left it to stream from its parquet cache
     # when large (raytron.data.cache, logged); either way every worker reads all of it, in one order (ORDERED_INGEST),
     # and takes its slices of each seeded global batch (raytron.train.sampler), so nothing is split here.
-    return {split: splits[split].select_columns(columns) for split in ("train", "val")}, rows["train"]
+    return ({split: splits[split].select_columns(columns) for split in ("train", "val")},
+            {split: rows[split] for split in ("train", "val")})
+
+
+def check_split_sizes(cfg: JobConfig, rows: dict[str, int]) -> None:
+    """Refuse, before any worker starts, splits the loop cannot use: fewer training rows than one global batch,
+    or fewer validation rows than data-parallel ranks (each rank validates its own share, raytron.train.sampler)."""
+    if rows["train"] < cfg.train.global_batch_size:
+        raise RaytronError(
+            f"{rows['train']} training rows make no full step of train.global_batch_size={cfg.train.global_batch_size}: "
+            "lower train.global_batch_size, or give more rows (data.train_rows)")
+    if rows["val"] < cfg.parallel.data:
+        raise RaytronError(
+            f"{rows['val']} validation rows for {cfg.parallel.data} data-parallel ranks: each rank validates its own "
+            f"share, so it needs at least {cfg.parallel.data} (data.val_rows), or fewer ranks (resources.num_workers)")
 
 
 def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] | None = None,
@@ -97,7 +110,9 @@ def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] |
             (cfg.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a URI run's local mirror
         fs.create_dir(run_path, recursive=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    datasets, num_train_rows = prepared or prepare_datasets(cfg)
+    datasets, rows = prepared or prepare_datasets(cfg)
+    check_split_sizes(cfg, rows)
+    num_train_rows = rows["train"]
     with reaching(cfg.run_uri, "run storage"):
         resume_from = resume_point(cfg, fs, run_path, num_train_rows)
     log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s; run state in %s", num_train_rows,
