@@ -1,7 +1,7 @@
 """Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
 
     python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--cuda-graphs off on]
-                        [--batch 32] [--seq 512] [--loss whole-vocab vocab-parallel]
+                        [--batch 32] [--seq 512] [--loss task whole-vocab vocab-parallel]
 
 Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
@@ -10,10 +10,10 @@ The decoder batch is a SmolLM2 summarization row: a prompt, then `--supervised` 
 `--compile on` compiles the transformer blocks first (`train.compile`, raytron.train.compile; the compile
 happens in the warm-up steps); `--cuda-graphs on` replays the model's forward and backward from CUDA graphs
 (`train.cuda_graphs`, raytron.train.cuda_graphs; captured in the first step; encoder with sdpa only, not with
-compile). `--loss` picks the decoder's cross entropy on one TP rank (raytron.train.summarization): the task's
-own (`whole-vocab`, compiled with the layers) or Megatron's `vocab-parallel` one, for comparison. Prints one row
-per attention, compile, graphs and loss setting and, with --profile, the twenty CUDA kernels and the twelve
-host-side ops that took the most time.
+compile). `--loss` picks the decoder's cross entropy per chunk of supervised positions (raytron.train.summarization):
+the task's own choice (`task`), or `whole-vocab` (compiled with `--compile on`) or Megatron's `vocab-parallel` one,
+for comparison. Prints one row per attention, compile, graphs and loss setting and, with --profile, the twenty
+CUDA kernels and the twelve host-side ops that took the most time.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def run_steps(args: dict) -> dict:
     from raytron.train.flops import peak_flops_per_device
     from raytron.train.optim import wrap_for_training
     from raytron.train.step import train_step
-    from raytron.train.summarization import vocab_parallel_losses
+    from raytron.train.summarization import vocab_parallel_losses, whole_vocab_losses
     from raytron.train.tasks import make_task
 
     recipe = Path(__file__).resolve().parents[1] / TASKS[args["model"]]
@@ -67,6 +67,8 @@ def run_steps(args: dict) -> dict:
     model, tconfig = task.build(device, torch.bfloat16 if bf16 else torch.float32)
     if args.get("loss") == "vocab-parallel":
         task.chunk_losses = vocab_parallel_losses
+    elif args.get("loss") == "whole-vocab":
+        task.chunk_losses = torch.compile(whole_vocab_losses) if cfg.train.compile else whole_vocab_losses
     if cfg.train.compile:
         torch._dynamo.reset()  # a fresh compile per row, not a recompile of the previous row's model
         compile_layers(model, device)
@@ -112,7 +114,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
-    parser.add_argument("--loss", nargs="+", choices=["whole-vocab", "vocab-parallel"], default=["whole-vocab"],
+    parser.add_argument("--loss", nargs="+", choices=["task", "whole-vocab", "vocab-parallel"], default=["task"],
                         help="decoder: the cross entropy (see above)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
@@ -127,7 +129,7 @@ def main() -> None:
     for attention, compiled, graphed, loss in settings:
         row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed, "loss": loss})
         name = (attention + ("+compile" if compiled == "on" else "") + ("+graphs" if graphed == "on" else "")
-                + ("+vp-loss" if loss == "vocab-parallel" else ""))
+                + {None: "", "task": "", "whole-vocab": "+wv-loss", "vocab-parallel": "+vp-loss"}[loss])
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
         print(f"{name:<22}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"

@@ -236,10 +236,14 @@ def test_labels_outside_the_classes_are_refused_before_training():
 def test_splits_too_small_for_the_run_are_refused_before_any_worker_starts(ray_cluster, tmp_path):
     """Fewer training rows than one global batch, or fewer validation rows than data-parallel ranks: the driver
     says which setting to change before Ray Train starts a worker (the workers found the second only at the first
-    validation, after an epoch of training, and Ray Train then retried the run once)."""
+    validation, after an epoch of training, and Ray Train then retried the run once), and before a rerun with
+    run.resume=false deletes the earlier run's metrics."""
     with pytest.raises(RaytronError, match=r"^12 training rows make no full step of train.global_batch_size=16: "):
         finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "few-train", "data.train_rows": 12})))
+    earlier = tmp_path / "few-val" / "metrics.jsonl"
+    earlier.parent.mkdir()
+    earlier.write_text('{"step": 1, "train/loss": 0.5}\n')
     with pytest.raises(RaytronError, match=r"^1 validation rows for 2 data-parallel ranks: .*\(data.val_rows\)"):
         finetune(load_config(RECIPE, tiny_overrides(tmp_path, **{"run.name": "few-val", "data.val_rows": 1,
-                                                                 "resources.num_workers": 2})))
-    assert not list(tmp_path.rglob("checkpoint_*")), "a worker trained"
+                                                                 "resources.num_workers": 2, "run.resume": "false"})))
+    assert earlier.read_text() == '{"step": 1, "train/loss": 0.5}\n'

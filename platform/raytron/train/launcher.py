@@ -94,7 +94,7 @@ def check_split_sizes(cfg: JobConfig, rows: dict[str, int]) -> None:
             f"share, so it needs at least {cfg.parallel.data} (data.val_rows), or fewer ranks (resources.num_workers)")
 
 
-def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] | None = None,
+def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], dict[str, int]] | None = None,
              callbacks: list = ()) -> ray.train.Result:
     """Fine-tune `cfg`'s task. `prepared`: `prepare_datasets`' result, shared by Ray Tune's trials; `callbacks`: Ray
     Train callbacks (Tune's report callback, `raytron.tune.trainable`)."""
@@ -103,6 +103,9 @@ def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] |
     gpu = use_gpu(cfg)
     fs, storage = filesystem(join(cfg.run_uri, "ray"))
     run_path = f"{storage}/{cfg.run.name}"
+    datasets, rows = prepared or prepare_datasets(cfg)
+    check_split_sizes(cfg, rows)  # before anything of an earlier run is deleted
+    num_train_rows = rows["train"]
     with reaching(cfg.run_uri, "run storage"):
         if not cfg.run.resume:
             delete(join(cfg.run_uri, "ray"))
@@ -110,9 +113,6 @@ def finetune(cfg: JobConfig, prepared: tuple[dict[str, ray.data.Dataset], int] |
             (cfg.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a URI run's local mirror
         fs.create_dir(run_path, recursive=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    datasets, rows = prepared or prepare_datasets(cfg)
-    check_split_sizes(cfg, rows)
-    num_train_rows = rows["train"]
     with reaching(cfg.run_uri, "run storage"):
         resume_from = resume_point(cfg, fs, run_path, num_train_rows)
     log.info("data: %d training rows from %s; %d workers (TP=%d, DP=%d), GPU=%s; run state in %s", num_train_rows,
