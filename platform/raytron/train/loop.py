@@ -89,7 +89,8 @@ class Task(Protocol):
 
 
 def validate(worker: "Worker") -> dict[str, float]:
-    """The task's validation metrics over the whole validation split (each DP rank scores its share)."""
+    """The task's validation metrics over the whole validation split (each DP rank scores its share: at least one row,
+    launcher.check_split_sizes)."""
     worker.ddp.eval()
     dp_group = parallel_state.get_data_parallel_group()
     num_rows = len(next(iter(worker.val_rows.values())))
@@ -100,9 +101,6 @@ def validate(worker: "Worker") -> dict[str, float]:
                                         dist.get_rank(dp_group), dist.get_world_size(dp_group), lengths):
             sums = worker.task.validation_sums(worker.ddp, to_device(worker.val_rows, index, worker.device, lengths))
             totals = sums if totals is None else totals + sums
-    if totals is None:
-        raise RuntimeError(f"the validation split has {num_rows} rows, fewer than the {dist.get_world_size(dp_group)} "
-                           "data-parallel ranks: give data.val_rows at least that many")
     dist.all_reduce(totals, group=dp_group)
     worker.ddp.train()
     return worker.task.validation_metrics(totals)
@@ -127,11 +125,7 @@ class Plan:
     @classmethod
     def of(cls, cfg: JobConfig, num_train_rows: int) -> "Plan":
         accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * cfg.parallel.data)
-        steps_per_epoch = num_train_rows // cfg.train.global_batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"{num_train_rows} training rows give no full step of global_batch_size={cfg.train.global_batch_size}"
-            )
+        steps_per_epoch = num_train_rows // cfg.train.global_batch_size  # >= 1: launcher.check_split_sizes
         total = steps_per_epoch * cfg.train.epochs
         return cls(accumulation, steps_per_epoch, min(total, cfg.train.max_steps or total))
 
