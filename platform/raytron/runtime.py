@@ -19,12 +19,6 @@ WORKER_START_TIMEOUT_S = "300"
 """Ray Train's default (60 s) is too short for 2 workers importing torch + Megatron-Core on a busy 2-core laptop."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def use_deterministic_kernels() -> None:
     """Make this process's GPU steps bit-reproducible (PyTorch's reproducibility notes,
     https://pytorch.org/docs/stable/notes/randomness.html): deterministic algorithms only, cuBLAS's fixed
@@ -52,10 +46,9 @@ def init_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
 
     on_cpu = megatron_cpu.enable()
     if not dist.is_initialized():
-        # A fresh port, not MASTER_PORT: a reused Ray worker process may carry a stale one.
-        dist.init_process_group(
-            "gloo" if on_cpu else "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
+        # An in-process store, no TCP port: a port picked free can be taken before it is bound (two Ray Data
+        # actors starting together both failed with EADDRINUSE), and a reused Ray worker may carry a stale MASTER_PORT.
+        dist.init_process_group("gloo" if on_cpu else "nccl", store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):
         raise ValueError(f"{world} ranks cannot be split into TP={tensor_parallel} x PP={pipeline_parallel}")
