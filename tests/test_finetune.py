@@ -19,6 +19,7 @@ from raytron.store import read_meta
 from raytron.train.launcher import finetune
 from raytron.train.tasks import make_task
 from tests.conftest import DATA_ROOT, REPO, tiny_overrides
+from tests.wandb_records import history_by_step, offline_runs
 
 RECIPE = REPO / "configs" / "sentiment.yaml"
 pytestmark = pytest.mark.slow
@@ -139,6 +140,14 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
     # the restarted rank 0 continued the W&B run it had started (its id is kept in the checkpoint)
     attempts = list((tmp_path / "killed" / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2 and len({run.name.rsplit("-", 1)[-1] for run in attempts}) == 1, attempts
+    # and W&B lost no step: the killed attempt's log missed its last rows (wandb-core writes a few seconds behind),
+    # the restarted rank 0 logged the restored rows it lacks, and none it holds (a step in both attempts can only be
+    # one trained again after the checkpoint at step 8, or 10)
+    first, again = offline_runs(tmp_path / "killed", "finetune")
+    for key in ("train/loss", "val/accuracy"):
+        assert history_by_step([first, again], key) == {
+            m["step"]: m[key] for m in read_metrics(tmp_path / "killed") if key in m}, key
+    assert min({row["_step"] for row in first.history} & {row["_step"] for row in again.history}, default=19) > 8
 
     # one more epoch: the new steps follow the schedule of 4 epochs (linear decay to 0 over 24 steps), not the
     # checkpoint's (which ended at lr 0 at step 18)

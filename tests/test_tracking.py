@@ -17,7 +17,7 @@ import pytest
 
 from raytron.config import load_config
 from tests.conftest import REPO, tiny_overrides
-from tests.wandb_records import manifest_paths, metadata, offline_runs
+from tests.wandb_records import history_by_step, manifest_paths, metadata, offline_runs
 from tests.wandb_server import WandbServer
 
 
@@ -36,10 +36,12 @@ def evaluated(ray_cluster, tmp_path_factory):
 
 def test_finetune_run_holds_metrics_system_metrics_and_the_model_artifact(evaluated):
     cfg, run_dir, _ = evaluated
-    (run,) = offline_runs(run_dir, "finetune")
+    attempts = offline_runs(run_dir, "finetune")  # one, or more if Ray Train restarted the workers
+    run = attempts[-1]
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert run.values("train/loss") == [m["train/loss"] for m in logged if "train/loss" in m]
-    assert run.values("val/accuracy") == [m["val/accuracy"] for m in logged if "val/accuracy" in m]
+    for key in ("train/loss", "val/accuracy"):
+        assert history_by_step(attempts, key) == {m["step"]: m[key] for m in logged if key in m}, (key, attempts)
+    assert {a.run.run_id for a in attempts} == {run.run.run_id}
     assert run.run.run_group == "tracked" and run.config["train"]["lr"] == cfg.train.lr
     assert run.stats and "proc.cpu.threads" in run.stats[0]  # system metrics are on
     model = run.artifacts["tracked-model"]
@@ -52,7 +54,7 @@ def test_finetune_run_holds_metrics_system_metrics_and_the_model_artifact(evalua
 
 def test_evaluate_run_holds_the_confusion_matrix_and_the_evaluation_with_its_lineage(evaluated):
     _, run_dir, result = evaluated
-    (finetuned,) = offline_runs(run_dir, "finetune")
+    finetuned = offline_runs(run_dir, "finetune")[-1]
     (run,) = offline_runs(run_dir, "evaluate")
     assert run.values("test/accuracy") == [result["accuracy"]]
     chart = run.config["_wandb/visualize/test/confusion_matrix"]["panel_config"]
@@ -155,7 +157,7 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
 
     _, run_dir, result = evaluated
     shutil.copytree(run_dir / "wandb", tmp_path / "runs" / run_dir.name / "wandb")  # sync marks what it uploaded
-    (finetuned,) = offline_runs(run_dir, "finetune")
+    finetuned = offline_runs(run_dir, "finetune")
     with WandbServer() as server:
         env = {**os.environ, "WANDB_API_KEY": secrets.token_hex(20), "WANDB_BASE_URL": server.url,
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv, as if activated
@@ -167,9 +169,34 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
     assert sorted(by_job) == ["evaluate", "finetune"] and len(server.runs) == 2  # one run each, both finished
     assert server.exit_codes == {name: 0 for name in server.runs}
     history = {job: server.history[name] for job, name in by_job.items()}
-    assert [row["train/loss"] for row in history["finetune"] if "train/loss" in row] == finetuned.values("train/loss")
+    assert ({row["_step"]: row["train/loss"] for row in history["finetune"] if "train/loss" in row}
+            == history_by_step(finetuned, "train/loss"))
     assert [row["test/accuracy"] for row in history["evaluate"] if "test/accuracy" in row] == [result["accuracy"]]
     # offline runs cannot record uses: the inputs are in each artifact's metadata (the tests above), not the graph
     committed = {a["name"]: a["type"] for a in server.artifacts.values() if a["state"] == "COMMITTED"}
     assert {name: kind for name, kind in committed.items() if kind != "run_table"} == {
         "tracked-model": "model", "tracked-eval": "evaluation"}
+
+
+def test_a_log_cut_short_or_damaged_yields_the_steps_before_the_cut(tmp_path):
+    """raytron.wandb_log on a real offline log of 1,000 steps (about 4 blocks of 32 KiB, so records cross blocks):
+    whole, every step; cut in half (a killed writer), or with one byte flipped, the steps before that point only."""
+    from raytron.tracking import start_run
+    from raytron.wandb_log import history_steps
+
+    cfg = load_config(REPO / "configs" / "sentiment.yaml", [f"run.output_dir={tmp_path}", "run.name=cut"])
+    run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", {})
+    for step in range(1, 1001):
+        run.log({"train/loss": 1.0 / step, "train/lr": 3.0e-4}, step=step)
+    run.finish()
+    (finished,) = offline_runs(cfg.run_dir, "finetune")
+    data = next(finished.folder.glob("run-*.wandb")).read_bytes()
+    assert len(data) > 3 * 32 * 1024
+    whole, cut, damaged = tmp_path / "whole.wandb", tmp_path / "cut.wandb", tmp_path / "damaged.wandb"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: len(data) // 2])
+    damaged.write_bytes(data[: len(data) * 3 // 4] + bytes([data[len(data) * 3 // 4] ^ 0xFF]) + data[len(data) * 3 // 4 + 1:])
+    assert history_steps(whole) == set(range(1, 1001))
+    for broken in (cut, damaged):
+        steps = history_steps(broken)
+        assert 100 < len(steps) < 1000 and steps == set(range(1, len(steps) + 1)), broken.name

@@ -1,50 +1,14 @@
-"""Read an offline W&B run back from its files: the records of `run-<id>.wandb` (W&B's LevelDB-log format of
-protobuf `Record`s, as wandb-core writes and `wandb sync` reads it), gathered per kind."""
+"""Read an offline W&B run back from its files: the records of `run-<id>.wandb` (raytron.wandb_log reads them),
+gathered per kind."""
 
 from __future__ import annotations
 
 import json
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BLOCK = 32 * 1024
-"""Records are cut into chunks that never cross a 32 KiB block (LevelDB's log format)."""
-FILE_HEADER = struct.Struct("<4sHB")  # ":W&B", magic 0xBEE1, version 0
-CHUNK_HEADER = struct.Struct("<IHB")  # CRC-32 of kind + data, length, kind
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def read_records(path: Path):
-    """Every protobuf Record in a .wandb file, in order (each chunk's checksum verified)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = Path(path).read_bytes()
-    ident, magic, _ = FILE_HEADER.unpack_from(data)
-    assert ident == b":W&B" and magic == 0xBEE1, f"{path} is not a W&B transaction log"
-    position, pending = FILE_HEADER.size, b""
-    while position + CHUNK_HEADER.size <= len(data):
-        left = BLOCK - position % BLOCK
-        if left < CHUNK_HEADER.size:  # the block's tail is padding
-            position += left
-            continue
-        checksum, length, kind = CHUNK_HEADER.unpack_from(data, position)
-        if kind == 0 and length == 0:  # zero padding to the block's end
-            position += left
-            continue
-        if position + CHUNK_HEADER.size + length > len(data):  # being written: read again later
-            return
-        chunk = data[position + CHUNK_HEADER.size: position + CHUNK_HEADER.size + length]
-        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF == checksum, f"{path}: damaged chunk"
-        position += CHUNK_HEADER.size + length
-        pending += chunk
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-            pending = b""
+from raytron.wandb_log import read_records
 
 
 @dataclass
@@ -70,22 +34,26 @@ def item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def finished_records(folder: Path, timeout_s: float = 60) -> list:
-    """The run's records once its exit record is written: `run.finish()` returns before wandb-core's writer has
-    flushed everything (an offline run's file is complete only when the exit record is in it)."""
-    deadline = time.monotonic() + timeout_s
+def finished_records(folder: Path, timeout_s: float = 60, killed: bool = False) -> list:
+    """The run's records once its exit record is written (`run.finish()` returns before wandb-core's writer has
+    flushed everything). An attempt killed mid-run (`killed`: a later attempt resumed its id) never writes one: its
+    records once the file has not grown for 5 s."""
+    deadline, size, changed = time.monotonic() + timeout_s, -1, time.monotonic()
     while True:
         logs = list(Path(folder).glob("run-*.wandb"))
         records = list(read_records(logs[0])) if len(logs) == 1 else []
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        if (now := logs[0].stat().st_size if len(logs) == 1 else -1) != size:
+            size, changed = now, time.monotonic()
+        if (any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline
+                or (killed and time.monotonic() - changed > 5)):
             return records
         time.sleep(0.2)
 
 
-def read_run(folder: Path) -> OfflineRun:
+def read_run(folder: Path, killed: bool = False) -> OfflineRun:
     """The records of the offline run in `folder` (`.../wandb/offline-run-<time>-<id>`)."""
     run = OfflineRun(Path(folder))
-    for record in finished_records(folder):
+    for record in finished_records(folder, killed=killed):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run = record.run
@@ -103,8 +71,15 @@ def read_run(folder: Path) -> OfflineRun:
 
 def offline_runs(run_dir: Path, job_type: str) -> list[OfflineRun]:
     """The offline runs of one job type under `<run_dir>/wandb`, oldest first."""
-    runs = [read_run(folder) for folder in sorted((Path(run_dir) / "wandb").glob("offline-run-*"))]
+    folders = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    ids = [folder.name.split("-")[-1] for folder in folders]
+    runs = [read_run(folder, killed=ids[i] in ids[i + 1:]) for i, folder in enumerate(folders)]
     return [run for run in runs if run.run is not None and run.run.job_type == job_type]
+
+
+def history_by_step(runs: list[OfflineRun], key: str) -> dict[int, object]:
+    """`key`'s value at each step over a run's attempts (oldest first: a later attempt's value wins)."""
+    return {row["_step"]: row[key] for run in runs for row in run.history if key in row}
 
 
 def metadata(artifact) -> dict:

@@ -79,6 +79,20 @@ class WandbServer:
             "project": {"id": node_id("Project", v["project"]), "name": v["project"],
                         "entity": {"id": node_id("Entity", v["entity"]), "name": v["entity"]}}}}}
 
+    def op_RunResumeStatus(self, v):
+        """What a resumed run continues from (W&B's `model.bucket`): its history's line count and tail (JSON lines,
+        the last one's `_step` + 1 is where it goes on), summary and config; no bucket for a run never seen."""
+        run, rows = self.runs.get(v["name"]), self.history.get(v["name"], [])
+        bucket = run and {
+            "id": node_id("Run", v["name"]), "name": v["name"], "displayName": run.get("displayName"),
+            "summaryMetrics": json.dumps(self.summary.get(v["name"], {})), "logLineCount": 0,
+            "historyLineCount": len(rows), "historyTail": json.dumps([json.dumps(row) for row in rows[-10:]]),
+            "eventsLineCount": 0, "eventsTail": "[]", "config": run.get("config") or "{}", "tags": [],
+            "wandbConfig": "{}"}
+        return {"model": {"id": node_id("Project", v.get("project") or ""), "name": v.get("project"),
+                          "entity": {"id": node_id("Entity", v.get("entity") or ""), "name": v.get("entity")},
+                          "bucket": bucket}}
+
     def op_CreateRunFiles(self, v):
         return {"createRunFiles": {"runID": node_id("Run", v["run"]), "uploadHeaders": [], "files": [
             {"name": f, "uploadUrl": f"{self.url}/storage/runs/{v['run']}/{f}"} for f in v["files"]]}}

@@ -44,6 +44,24 @@ def start_run(cfg: WandbConfig, run_dir: Path, name: str, job_type: str, config:
     )
 
 
+def log_missing_history(run, run_dir: Path, rows: list[dict]) -> int:
+    """After a restart, log the metrics rows restored from the checkpoint that no offline attempt of this run on this
+    disk holds; return how many. wandb-core writes an offline run's log a few seconds behind, so a killed attempt
+    loses its last rows (measured: killed after step 9, its log held steps 1-6 of a checkpoint at 8), and on another
+    pod it left nothing here at all. Online runs are left as W&B resumes them: what the killed attempt had streamed
+    is on the server; rows it had not sent yet are not logged again (the server's copy cannot be read here)."""
+    from raytron.wandb_log import history_steps
+
+    if not run.offline:
+        return 0
+    attempts = (run_dir / "wandb").glob(f"offline-run-*-{run.id}*/run-{run.id}.wandb")  # "-1": same-second starts
+    held = set().union(*(history_steps(log) for log in attempts))
+    missing = [row for row in rows if row["step"] not in held]
+    for row in missing:  # a step's train and validation rows are two lines: W&B merges them into its one row
+        run.log(row, step=row["step"])
+    return len(missing)
+
+
 def dataset_artifact(cfg: JobConfig):
     """The corpus a job read: its file under the data root (or the prepared shards) by reference, checksummed;
     the slice it took is the `data` section, in the metadata. Without a local file, the Hub dataset's address."""

@@ -204,13 +204,16 @@ def setup(config: dict) -> Worker:
                     peak_flops_per_device(cfg.train.peak_tflops, device))
     worker.state = {"step": 0, "epoch": 0, "best_val": -math.inf, "wandb_run_id": None,
                     **checkpoint.run_identity(cfg, num_rows)}
-    restore(worker, config["resume_from"])
+    restored_metrics = restore(worker, config["resume_from"])
     if worker.rank0:
-        from raytron.tracking import start_run
+        from raytron.tracking import log_missing_history, start_run
 
         worker.wandb_run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", cfg.model_dump(),
                                      run_id=worker.state["wandb_run_id"])
         worker.state["wandb_run_id"] = worker.wandb_run.id
+        if restored_metrics and (logged := log_missing_history(worker.wandb_run, cfg.run_dir, restored_metrics)):
+            log.info("W&B: logged again the %d restored metrics rows that no earlier attempt's offline run holds",
+                     logged)
     log.info(
         "rank %d: %s, TP=%d DP=%d, %d steps/epoch x %d epochs (%d total), micro %d x accumulation %d, %s",
         dist.get_rank(), type(task).__name__, cfg.parallel.tensor, cfg.parallel.data, plan.steps_per_epoch,
@@ -222,10 +225,11 @@ def setup(config: dict) -> Worker:
 SCHEDULE_KEYS = ("max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps", "lr_decay_style")
 
 
-def restore(worker: Worker, resume_from: str | None) -> None:
+def restore(worker: Worker, resume_from: str | None) -> list[dict]:
     """Continue from the newest checkpoint of this job (after a restart), else from `resume_from` (the launcher's
     pick from an earlier job), if any: weights, optimizer, RNG, data position and the run's metrics up to it.
-    The LR schedule is the current config's at the checkpoint's step (changes logged)."""
+    The LR schedule is the current config's at the checkpoint's step (changes logged). Returns the metrics rows
+    restored (none for a fresh run)."""
     restored = ray.train.get_checkpoint()
     if restored is None and resume_from is not None:
         fs, path = filesystem(resume_from)
@@ -235,7 +239,7 @@ def restore(worker: Worker, resume_from: str | None) -> None:
         if worker.rank0:  # a fresh run (or a retry before the first checkpoint) starts a fresh metrics file
             metrics_file.parent.mkdir(parents=True, exist_ok=True)
             metrics_file.write_text("")
-        return
+        return []
     with restored.as_directory() as path:
         state = checkpoint.load(Path(path), worker.model, worker.optimizer, worker.scheduler)
     saved_schedule, metrics = state.pop("scheduler"), state.pop("metrics")
@@ -253,6 +257,7 @@ def restore(worker: Worker, resume_from: str | None) -> None:
                  if changed else "")
     if worker.done:
         log.info("this run is already complete; use run.resume=false or a new run.name to train again")
+    return [json.loads(line) for line in metrics.splitlines() if line.strip()]
 
 
 def micro_batch_groups(worker: Worker):
