@@ -166,7 +166,8 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
                               capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     by_job = {run["jobType"]: name for name, run in server.runs.items()}
-    assert sorted(by_job) == ["evaluate", "finetune"] and len(server.runs) == 2  # one run each, both finished
+    # one run each, both finished
+    assert sorted(by_job) == ["evaluate", "finetune"] and len(server.runs) == 2, done.stdout + done.stderr
     assert server.exit_codes == {name: 0 for name in server.runs}
     history = {job: server.history[name] for job, name in by_job.items()}
     assert ({row["_step"]: row["train/loss"] for row in history["finetune"] if "train/loss" in row}
@@ -178,19 +179,22 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
         "tracked-model": "model", "tracked-eval": "evaluation"}
 
 
-def test_a_log_cut_short_or_damaged_yields_the_steps_before_the_cut(tmp_path):
-    """raytron.wandb_log on a real offline log of 1,000 steps (about 4 blocks of 32 KiB, so records cross blocks):
-    whole, every step; cut in half (a killed writer), or with one byte flipped, the steps before that point only."""
-    from raytron.tracking import start_run
-    from raytron.wandb_log import history_steps
+def test_finish_run_returns_with_the_log_written_and_a_cut_or_damaged_log_yields_the_steps_before(tmp_path):
+    """finish_run returns once the offline log holds its exit record (`run.finish()` returns with it still empty, and
+    a Ray worker is killed right after its loop). raytron.wandb_log on that real log of 1,000 steps (about 4 blocks
+    of 32 KiB, so records cross blocks): whole, every step; cut in half (a killed writer), or with one byte flipped,
+    the steps before that point only."""
+    from raytron.tracking import finish_run, start_run
+    from raytron.wandb_log import history_steps, read_records
 
     cfg = load_config(REPO / "configs" / "sentiment.yaml", [f"run.output_dir={tmp_path}", "run.name=cut"])
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "finetune", {})
     for step in range(1, 1001):
         run.log({"train/loss": 1.0 / step, "train/lr": 3.0e-4}, step=step)
-    run.finish()
-    (finished,) = offline_runs(cfg.run_dir, "finetune")
-    data = next(finished.folder.glob("run-*.wandb")).read_bytes()
+    log = Path(run.settings.sync_file)
+    finish_run(run)
+    assert [r.WhichOneof("record_type") for r in read_records(log)][-1] == "exit"  # at once, no waiting here
+    data = log.read_bytes()
     assert len(data) > 3 * 32 * 1024
     whole, cut, damaged = tmp_path / "whole.wandb", tmp_path / "cut.wandb", tmp_path / "damaged.wandb"
     whole.write_bytes(data)

@@ -54,7 +54,7 @@ def log_to_wandb(cfg: SentimentConfig, model_dir: Path, out_dir: Path, result: d
     (the corpus and the model artifact as its inputs)."""
     import wandb
 
-    from raytron.tracking import log_evaluation, start_run
+    from raytron.tracking import finish_run, log_evaluation, start_run
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
     run.log({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
@@ -65,4 +65,4 @@ def log_to_wandb(cfg: SentimentConfig, model_dir: Path, out_dir: Path, result: d
     errors = pd.read_json(out_dir / "errors.jsonl", lines=True)
     run.log({"test/errors": wandb.Table(dataframe=errors)})
     log_evaluation(run, cfg, model_dir, out_dir)
-    run.finish()
+    finish_run(run)

@@ -147,7 +147,7 @@ def log_to_wandb(cfg: SummarizationConfig, model_dir: Path, out_dir: Path, table
     artifact."""
     import wandb
 
-    from raytron.tracking import log_evaluation, start_run
+    from raytron.tracking import finish_run, log_evaluation, start_run
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "evaluate", cfg.model_dump())
     run.log({f"test/{name}/{metric}": values["mean"] for name, metrics in table.items()
@@ -158,4 +158,4 @@ def log_to_wandb(cfg: SummarizationConfig, model_dir: Path, out_dir: Path, table
              "test/rouge_chart": wandb.Plotly(rouge_figure(table, len(samples))),
              "test/samples": wandb.Table(dataframe=samples.head(20))})
     log_evaluation(run, cfg, model_dir, out_dir)
-    run.finish()
+    finish_run(run)

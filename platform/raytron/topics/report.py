@@ -182,7 +182,14 @@ def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots
     and the topics report as artifacts (inputs: the corpus and the run's fine-tuned encoder when used)."""
     import wandb
 
-    from raytron.tracking import dataset_artifact, evaluation_artifact, log_with_inputs, model_artifact, start_run
+    from raytron.tracking import (
+        dataset_artifact,
+        evaluation_artifact,
+        finish_run,
+        log_with_inputs,
+        model_artifact,
+        start_run,
+    )
 
     run = start_run(cfg.wandb, cfg.run_dir, cfg.run.name, "topics", cfg.model_dump())
     if len(table):
@@ -196,7 +203,7 @@ def log_to_wandb(cfg: TopicsConfig, table: pd.DataFrame, model, out: Path, plots
     tuned = [model_artifact(cfg, folder.parent) for name, folder in encoders.items() if name == "fine-tuned"]
     log_with_inputs(run, [model_artifact(cfg, cfg.run_dir / "topic_model"), evaluation_artifact(cfg, out)],
                     [dataset_artifact(cfg), *tuned])
-    run.finish()
+    finish_run(run)
 
 
 LOCAL_SCRIPT = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'

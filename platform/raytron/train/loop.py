@@ -410,11 +410,11 @@ def train_worker(config: dict) -> None:
         train_epoch(worker)
         end_epoch(worker)
     if worker.wandb_run is not None:
-        from raytron.tracking import log_model
+        from raytron.tracking import finish_run, log_model
 
         worker.wandb_run.summary[f"best_val_{worker.task.selection}"] = worker.state["best_val"]
         log_model(worker.wandb_run, worker.cfg)  # the exported best model, with the corpus as its input
-        worker.wandb_run.finish()
+        finish_run(worker.wandb_run)
         push_metrics(worker)
     if not math.isfinite(worker.state["best_val"]):
         raise RuntimeError(f"validation {worker.task.selection} is not finite")
