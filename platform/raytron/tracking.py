@@ -58,7 +58,11 @@ def finish_run(run, timeout_s: float = 120) -> None:
     run.finish()
     deadline = time.monotonic() + timeout_s
     while transactions is not None and time.monotonic() < deadline:
-        if transactions.is_file() and any(r.WhichOneof("record_type") == "exit" for r in read_records(transactions)):
+        try:
+            if transactions.is_file() and any(r.WhichOneof("record_type") == "exit" for r in read_records(transactions)):
+                return
+        except ValueError as damaged:
+            log.warning("W&B: %s; `wandb sync` will stop short of its end", damaged)
             return
         time.sleep(0.2)
     if transactions is not None:
@@ -77,7 +81,7 @@ def log_missing_history(run, run_dir: Path, rows: list[dict]) -> int:
     if not run.offline:
         return 0
     attempts = (run_dir / "wandb").glob(f"offline-run-*-{run.id}*/run-{run.id}.wandb")  # "-1": same-second starts
-    held = set().union(*(history_steps(log) for log in attempts))
+    held = set().union(*(history_steps(path) for path in attempts))
     missing = [row for row in rows if row["step"] not in held]
     for row in missing:  # a step's train and validation rows are two lines: W&B merges them into its one row
         run.log(row, step=row["step"])
