@@ -1,7 +1,7 @@
 """Model FLOPs utilization of the fine-tune step on fixed synthetic batches, per model and attention.
 
     python bench/mfu.py [--model encoder|decoder] [--attention sdpa local] [--compile off on] [--cuda-graphs off on]
-                        [--batch 32] [--seq 512] [--loss task whole-vocab vocab-parallel]
+                        [--batch 32] [--seq 512] [--loss task whole-vocab vocab-parallel] [--kernels fused megatron]
 
 Builds the task's model exactly as the fine-tune does (Megatron DDP, optimizer, bf16 on GPU) and times
 the job's own `train_step` (device-synchronized, median of the steps after `--warmup`). FLOPs are
@@ -12,7 +12,8 @@ happens in the warm-up steps); `--cuda-graphs on` replays the model's forward an
 (`train.cuda_graphs`, raytron.train.cuda_graphs; captured in the first step; encoder with sdpa only, not with
 compile). `--loss` picks the decoder's cross entropy per chunk of supervised positions (raytron.train.summarization):
 the task's own choice (`task`), or `whole-vocab` (compiled with `--compile on`) or Megatron's `vocab-parallel` one,
-for comparison. Prints one row per attention, compile, graphs and loss setting and, with --profile, the twenty
+for comparison. `--kernels` picks the decoder's QKV split with rotary embedding and its SwiGLU
+(`model.kernels`: raytron's fused ops or Megatron-Core's unfused ones). Prints one row per attention, compile, graphs and loss setting and, with --profile, the twenty
 CUDA kernels and the twelve host-side ops that took the most time.
 """
 
@@ -59,6 +60,7 @@ def run_steps(args: dict) -> dict:
     cfg = pin_pretrained(load_config(recipe, [*summary, f"train.micro_batch_size={args['batch']}",
                                               f"train.global_batch_size={args['batch']}",
                                               f"model.attention={args['attention']}", "resources.num_workers=1",
+                                              *([f"model.kernels={args['kernels']}"] if args.get("kernels") else []),
                                               f"train.compile={args.get('compile') == 'on'}",
                                               f"train.cuda_graphs={args.get('cuda_graphs') == 'on'}"]))
     device = init_megatron()
@@ -116,20 +118,25 @@ def main() -> None:
     parser.add_argument("--supervised", type=int, default=128, help="decoder: summary tokens at the end of each row")
     parser.add_argument("--loss", nargs="+", choices=["task", "whole-vocab", "vocab-parallel"], default=["task"],
                         help="decoder: the cross entropy (see above)")
+    parser.add_argument("--kernels", nargs="+", choices=["fused", "megatron"], default=["fused"],
+                        help="decoder: model.kernels (see above)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
     args = vars(parser.parse_args())
     print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
     print(f"{'setting':<22}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
-    losses = args["loss"] if args["model"] == "decoder" else [None]
-    settings = [(a, c, g, loss) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
-                for loss in losses
+    decoder = args["model"] == "decoder"
+    losses, kernels = (args["loss"], args["kernels"]) if decoder else ([None], [None])
+    settings = [(a, c, g, loss, k) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
+                for loss in losses for k in kernels
                 if g == "off" or (c == "off" and a == "sdpa")]  # graphs: sdpa attention, not compiled (train.cuda_graphs)
-    for attention, compiled, graphed, loss in settings:
-        row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed, "loss": loss})
+    for attention, compiled, graphed, loss, kernel in settings:
+        row = run_steps({**args, "attention": attention, "compile": compiled, "cuda_graphs": graphed, "loss": loss,
+                         "kernels": kernel})
         name = (attention + ("+compile" if compiled == "on" else "") + ("+graphs" if graphed == "on" else "")
-                + {None: "", "task": "", "whole-vocab": "+wv-loss", "vocab-parallel": "+vp-loss"}[loss])
+                + {None: "", "task": "", "whole-vocab": "+wv-loss", "vocab-parallel": "+vp-loss"}[loss]
+                + {None: "", "fused": "", "megatron": "+mc-kernels"}[kernel])
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
         print(f"{name:<22}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"

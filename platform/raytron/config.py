@@ -380,6 +380,9 @@ class DecoderConfig(Strict):
     attention: Literal["auto", "sdpa", "te", "local"] = "auto"
     """Core attention: sdpa (PyTorch's fused kernels), te (Transformer Engine), local (Megatron-Core's unfused
     reference); auto: te when installed, else sdpa."""
+    kernels: Literal["fused", "megatron"] = "fused"
+    """fused: raytron's ops for the QKV split with rotary embedding and for SwiGLU (`raytron.models.kernels`:
+    Triton on CUDA); megatron: Megatron-Core's unfused ones."""
 
 
 class ExtractiveConfig(Strict):

@@ -97,7 +97,8 @@ class SummarizationTask:
         self.pretrained = resolve_pretrained(cfg.model.pretrained)
 
     def build(self, device, params_dtype):
-        model, self.tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention)
+        model, self.tconfig, self.hf_config = decoder_from_hf(self.pretrained, params_dtype, self.cfg.model.attention,
+                                                                 self.cfg.model.kernels)
         return model.to(device), self.tconfig
 
     @functools.cached_property

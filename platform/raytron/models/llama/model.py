@@ -13,7 +13,10 @@ from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from raytron.models.attention import Attention, with_core_attention
+from raytron.models.kernels import Kernels
+from raytron.models.kernels.swiglu import SwiGLU
 from raytron.models.llama import state_dict_adapter as adapter
+from raytron.models.llama.self_attention import FusedRopeSelfAttention
 from raytron.models.runtime import runtime_fields
 from raytron.models.tensor_parallel_io import load_full_state_dict
 from raytron.models.vocab import padded_vocab_size
@@ -24,7 +27,9 @@ def rope_theta(hf: dict[str, Any]) -> float:
     return float((hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **overrides) -> TransformerConfig:
+def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, kernels: Kernels = "fused",
+                       **overrides) -> TransformerConfig:
+    """Megatron's config of an HF Llama config; `kernels=fused` turns on the MLP's activation module (SwiGLU)."""
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act {hf['hidden_act']!r}: only SwiGLU (silu) Llama checkpoints are supported")
     heads = hf["num_attention_heads"]
@@ -44,6 +49,7 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **over
         hidden_dropout=0.0,
         attention_dropout=hf.get("attention_dropout", 0.0),
         init_method_std=hf.get("initializer_range", 0.02),
+        use_te_activation_func=kernels == "fused",  # Megatron's switch for the spec's activation module
         **runtime_fields(params_dtype),
     )
     fields.update(overrides)
@@ -52,10 +58,15 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, **over
 
 def build_gpt(hf: dict[str, Any], config: TransformerConfig, attention: Attention = "auto") -> GPTModel:
     """A GPTModel for this pipeline stage with Llama's options: Megatron-Core's local layer spec (its norms
-    and linears need no Transformer Engine) with `attention`'s core attention."""
+    and linears need no Transformer Engine) with `attention`'s core attention, and raytron's fused kernels where
+    `transformer_config(kernels="fused")` made the config."""
+    spec = with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), attention)
+    if config.use_te_activation_func:
+        spec.submodules.self_attention.module = FusedRopeSelfAttention
+        spec.submodules.mlp.submodules.activation_func = SwiGLU
     return GPTModel(
         config=config,
-        transformer_layer_spec=with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), attention),
+        transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(hf["vocab_size"], config.tensor_model_parallel_size),
         max_sequence_length=hf["max_position_embeddings"],
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -66,12 +77,13 @@ def build_gpt(hf: dict[str, Any], config: TransformerConfig, attention: Attentio
     )
 
 
-def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: Attention = "auto", **config_overrides):
+def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: Attention = "auto",
+                    kernels: Kernels = "fused", **config_overrides):
     """A GPTModel holding this rank's TP shard of an HF Llama folder; returns it, its TransformerConfig and
     the HF config. The one builder of this family: training, inference and serving use it."""
     hf_config, weights = adapter.read_hf_folder(folder)
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    tconfig = transformer_config(hf_config, params_dtype=params_dtype, **config_overrides)
+    tconfig = transformer_config(hf_config, params_dtype=params_dtype, kernels=kernels, **config_overrides)
     model = build_gpt(hf_config, tconfig, attention)
     load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
     return model, tconfig, hf_config
