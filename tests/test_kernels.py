@@ -45,8 +45,8 @@ def test_rope_qkv_is_megatrons_split_and_rotary():
     emb, freqs = angles(12)
     mixed = torch.randn(12, 3, GROUPS * (Q_PER_GROUP + 2) * D)
     ours = rope_qkv(mixed, freqs, GROUPS, Q_PER_GROUP)
-    for got, want, shape in zip(ours, megatron_split_and_rotary(mixed, emb, tconfig),
-                                [(12, 3, GROUPS * Q_PER_GROUP, D), (12, 3, GROUPS, D), (12, 3, GROUPS, D)], strict=True):
+    shapes = [(12, 3, GROUPS * Q_PER_GROUP, D), (12, 3, GROUPS, D), (12, 3, GROUPS, D)]
+    for got, want, shape in zip(ours, megatron_split_and_rotary(mixed, emb, tconfig), shapes, strict=True):
         assert got.shape == shape
         assert (got - want).abs().max().item() <= TOLERANCE
     with pytest.raises(ValueError, match="11 positions' angles for a sequence of 12"):
@@ -107,7 +107,8 @@ def test_fused_decoder_matches_megatron(padded):
 
 
 def test_fused_rope_refuses_what_it_does_not_compute():
-    with pytest.raises(RaytronError, match="model.kernels=fused does not support rotary_interleaved: set model.kernels=megatron"):
+    with pytest.raises(RaytronError, match="model.kernels=fused does not support rotary_interleaved: set "
+                                           "model.kernels=megatron"):
         twins(rotary_interleaved=True)
 
 

@@ -14,7 +14,7 @@ ROWS = 4
 
 
 @triton.jit
-def _forward(mixed, freqs, q, k, v, tokens, batch, GROUPS: tl.constexpr, Q_PER_GROUP: tl.constexpr,
+def _rope_qkv_forward(mixed, freqs, q, k, v, tokens, batch, GROUPS: tl.constexpr, Q_PER_GROUP: tl.constexpr,
              HALF: tl.constexpr, SLOTS_POW2: tl.constexpr, ROWS: tl.constexpr):
     SLOTS: tl.constexpr = Q_PER_GROUP + 2
     D: tl.constexpr = 2 * HALF
@@ -43,7 +43,7 @@ def _forward(mixed, freqs, q, k, v, tokens, batch, GROUPS: tl.constexpr, Q_PER_G
 
 
 @triton.jit
-def _backward(dq, dk, dv, freqs, dmixed, tokens, batch, q_s, q_b, q_h, k_s, k_b, k_h, v_s, v_b, v_h,
+def _rope_qkv_backward(dq, dk, dv, freqs, dmixed, tokens, batch, q_s, q_b, q_h, k_s, k_b, k_h, v_s, v_b, v_h,
               GROUPS: tl.constexpr, Q_PER_GROUP: tl.constexpr, HALF: tl.constexpr, SLOTS_POW2: tl.constexpr,
               ROWS: tl.constexpr):
     SLOTS: tl.constexpr = Q_PER_GROUP + 2
@@ -87,7 +87,8 @@ def forward(mixed, freqs, groups: int, q_per_group: int):
     mixed, freqs = mixed.contiguous(), freqs.float().contiguous()
     q = mixed.new_empty(s, b, groups * q_per_group, d)
     k, v = mixed.new_empty(s, b, groups, d), mixed.new_empty(s, b, groups, d)
-    _forward[(triton.cdiv(s * b, ROWS),)](mixed, freqs, q, k, v, s * b, b, **_shape(freqs, groups, q_per_group))
+    _rope_qkv_forward[(triton.cdiv(s * b, ROWS),)](mixed, freqs, q, k, v, s * b, b,
+                                                   **_shape(freqs, groups, q_per_group))
     return q, k, v
 
 
@@ -102,6 +103,6 @@ def backward(dq, dk, dv, freqs, groups: int, q_per_group: int):
     freqs = freqs.float().contiguous()
     (dq, q_strides), (dk, k_strides), (dv, v_strides) = map(_unit_stride, (dq, dk, dv))
     dmixed = dq.new_empty(s, b, groups * (q_per_group + 2) * 2 * freqs.shape[-1])
-    _backward[(triton.cdiv(s * b, ROWS),)](dq, dk, dv, freqs, dmixed, s * b, b, *q_strides, *k_strides, *v_strides,
-                                          **_shape(freqs, groups, q_per_group))
+    _rope_qkv_backward[(triton.cdiv(s * b, ROWS),)](dq, dk, dv, freqs, dmixed, s * b, b, *q_strides, *k_strides,
+                                                    *v_strides, **_shape(freqs, groups, q_per_group))
     return dmixed

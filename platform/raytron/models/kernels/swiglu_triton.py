@@ -11,7 +11,7 @@ BLOCK = 2048
 
 
 @triton.jit
-def _forward(x, y, n, F: tl.constexpr, BLOCK: tl.constexpr):
+def _swiglu_forward(x, y, n, F: tl.constexpr, BLOCK: tl.constexpr):
     at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = at < n
     src = x + (at // F) * (2 * F) + at % F
@@ -21,7 +21,7 @@ def _forward(x, y, n, F: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _backward(dy, x, dx, n, F: tl.constexpr, BLOCK: tl.constexpr):
+def _swiglu_backward(dy, x, dx, n, F: tl.constexpr, BLOCK: tl.constexpr):
     at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = at < n
     half = (at // F) * (2 * F) + at % F
@@ -37,12 +37,12 @@ def forward(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     f = x.shape[-1] // 2
     y = x.new_empty(*x.shape[:-1], f)
-    _forward[(triton.cdiv(y.numel(), BLOCK),)](x, y, y.numel(), F=f, BLOCK=BLOCK)
+    _swiglu_forward[(triton.cdiv(y.numel(), BLOCK),)](x, y, y.numel(), F=f, BLOCK=BLOCK)
     return y
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     x, dy = x.contiguous(), dy.contiguous()
     dx = torch.empty_like(x)
-    _backward[(triton.cdiv(dy.numel(), BLOCK),)](dy, x, dx, dy.numel(), F=x.shape[-1] // 2, BLOCK=BLOCK)
+    _swiglu_backward[(triton.cdiv(dy.numel(), BLOCK),)](dy, x, dx, dy.numel(), F=x.shape[-1] // 2, BLOCK=BLOCK)
     return dx
