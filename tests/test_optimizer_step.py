@@ -67,8 +67,11 @@ def test_step_equals_megatrons(clip_grad, dtype, distributed_optimizer):
     initial = stepped(lambda optimizer: None, clip_grad, dtype, distributed_optimizer)[2]
     for ours_param, theirs_param, before in zip(our_params, their_params, initial, strict=True):
         assert not torch.equal(ours_param, before)  # the step moved every parameter
-        # Adam divides by sqrt(v): fp32 rounding of the clip coefficient shows up as ~1e-6 relative
-        torch.testing.assert_close(ours_param, theirs_param, rtol=1e-5, atol=1e-6)
+        # Adam divides by sqrt(v): fp32 rounding of the clip coefficient shows up as ~1e-6 relative in the fp32 main
+        # parameters; a bf16 model parameter copied from them may then round one bf16 ulp apart (2**-7 relative at
+        # most: seen once in 1,024 elements when model.kernels=fused changed the gradients' last bits)
+        rtol = 2**-7 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(ours_param, theirs_param, rtol=rtol, atol=1e-6)
 
 
 def test_no_clipping_still_reports_the_norm():
