@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = vars(parser.parse_args())
     print(f"{args['model']}: batch {args['batch']} x {args['seq']} tokens, {args['steps'] - args['warmup']} timed steps")
-    print(f"{'setting':<22}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
+    print(f"{'setting':<24}{'median ms':>10}{'p90 ms':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>9}")
     decoder = args["model"] == "decoder"
     losses, kernels = (args["loss"], args["kernels"]) if decoder else ([None], [None])
     settings = [(a, c, g, loss, k) for a in args["attention"] for c in args["compile"] for g in args["cuda_graphs"]
@@ -139,7 +139,7 @@ def main() -> None:
                 + {None: "", "fused": "", "megatron": "+mc-kernels"}[kernel])
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-        print(f"{name:<22}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
+        print(f"{name:<24}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}{row['tokens_per_s']:>11.0f}"
               f"{row['tflops']:>9.1f}{mfu:>8}{memory:>9}  ({row['device']})", flush=True)
         if "top_kernels" in row:
             print(row["top_kernels"])

@@ -34,10 +34,10 @@ def megatron_split_and_rotary(mixed, emb, tconfig):
     return apply_rotary_pos_emb(q, emb, tconfig), apply_rotary_pos_emb(k, emb, tconfig), v
 
 
-def angles(seq: int, dtype=torch.float32):
-    """Megatron's rotary embedding [s, 1, 1, D] (the angles twice along d) and the op's [s, D / 2]."""
-    emb = RotaryEmbedding(D, rotary_percent=1.0, rotary_base=10000).get_emb(seq).to(dtype)
-    return emb, emb[:, 0, 0, : D // 2]
+def angles(seq: int, dtype=torch.float32, d: int = D):
+    """Megatron's rotary embedding [s, 1, 1, d] (the angles twice along d) and the op's [s, d / 2]."""
+    emb = RotaryEmbedding(d, rotary_percent=1.0, rotary_base=10000).get_emb(seq).to(dtype)
+    return emb, emb[:, 0, 0, : d // 2]
 
 
 def test_rope_qkv_is_megatrons_split_and_rotary():
@@ -76,7 +76,7 @@ def twins(**overrides):
     """The same weights with Megatron-Core's unfused modules and with raytron's fused kernels."""
     torch.manual_seed(0)
     megatron, fused = (llama_model.build_gpt(TINY_LLAMA, llama_model.transformer_config(
-        TINY_LLAMA, kernels=kernels, **overrides), "sdpa") for kernels in ("megatron", "fused"))
+        TINY_LLAMA, kernels=kernels, **overrides), "sdpa", kernels) for kernels in ("megatron", "fused"))
     fused.load_state_dict(megatron.state_dict())
     for model, is_fused in ((megatron, False), (fused, True)):
         layer = model.decoder.layers[0]
@@ -106,16 +106,31 @@ def test_fused_decoder_matches_megatron(padded):
     assert_same_gradients(megatron, fused)
 
 
-def test_fused_rope_refuses_what_it_does_not_compute():
-    with pytest.raises(RaytronError, match="model.kernels=fused does not support rotary_interleaved: set "
-                                           "model.kernels=megatron"):
-        twins(rotary_interleaved=True)
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"rotary_interleaved": True}, "does not support rotary_interleaved"),
+    ({"attention_output_gate": True}, "does not support attention_output_gate"),
+    ({"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}, "does not support recomputed core"),
+    ({"kv_channels": 24}, "does not support a head_dim / 2 that is not a power of two"),
+    ({"activation_func_clamp_value": 7.0}, "computes SwiGLU only"),
+])
+def test_fused_kernels_refuse_what_they_do_not_compute(overrides, named):
+    with pytest.raises(RaytronError, match=f"model.kernels=fused {named}.*set model.kernels=megatron"):
+        twins(**overrides)
+
+
+def test_ops_refuse_inputs_of_the_wrong_shape():
+    _, freqs = angles(4)
+    with pytest.raises(ValueError, match="a fused QKV width of 150 is not 2 groups x .3 . 2. heads x 16"):
+        rope_qkv(torch.randn(4, 1, 150), freqs, GROUPS, Q_PER_GROUP)
+    with pytest.raises(ValueError, match="the last dimension .7. holds two halves"):
+        swiglu(torch.randn(2, 7))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a GPU (none here)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_kernels_match_the_torch_ops(dtype):
-    """At 1,024 positions (large angles) and, for SwiGLU, an f that is not a multiple of the kernel's block."""
+    """SmolLM2's head shape (3 groups of 3 query heads, d 64) at 1,023 positions (large angles) x 3 rows (tokens not a
+    multiple of a program's 4), and for SwiGLU an f that is not a multiple of the kernel's block."""
     from raytron.models.kernels import rope
     from raytron.models.kernels import swiglu as swiglu_op
 
@@ -123,16 +138,18 @@ def test_triton_kernels_match_the_torch_ops(dtype):
         tolerance = 1e-5 if dtype == torch.float32 else 1.6e-2  # bf16: one rounding of nearly equal fp32 values
         torch.testing.assert_close(got.cpu(), want.cpu(), rtol=tolerance, atol=tolerance)
 
-    _, freqs = angles(1024)
+    groups, q_per_group, d = 3, 3, 64
+    _, freqs = angles(1023, d=d)
     freqs = freqs.cuda()
-    mixed = torch.randn(1024, 2, GROUPS * (Q_PER_GROUP + 2) * D, dtype=dtype, device="cuda")
-    for got, want in zip(rope_qkv(mixed, freqs, GROUPS, Q_PER_GROUP),
-                         rope._reference_forward(mixed.cpu(), freqs.cpu(), GROUPS, Q_PER_GROUP), strict=True):
+    mixed = torch.randn(1023, 3, groups * (q_per_group + 2) * d, dtype=dtype, device="cuda")
+    for got, want in zip(rope_qkv(mixed, freqs, groups, q_per_group),
+                         rope._reference_forward(mixed.cpu(), freqs.cpu(), groups, q_per_group), strict=True):
         close(got, want)
-    grads = [torch.randn(1024, 2, n, D, dtype=dtype, device="cuda") for n in (GROUPS * Q_PER_GROUP, GROUPS, GROUPS)]
+    grads = [torch.randn(1023, 3, n, d, dtype=dtype, device="cuda") for n in (groups * q_per_group, groups, groups)]
     grads[0] = grads[0].permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)  # SDPA's [b, h, s, d] layout
-    close(rope.rope_qkv_backward(*grads, freqs, GROUPS, Q_PER_GROUP),
-          rope._reference_backward(*(g.cpu() for g in grads), freqs.cpu(), GROUPS, Q_PER_GROUP))
+    close(rope.rope_qkv_backward(*grads, freqs, groups, q_per_group),
+          rope._reference_backward(*(g.cpu() for g in grads), freqs.cpu(), groups, q_per_group))
+    torch.library.opcheck(rope_qkv, (mixed.float().requires_grad_(), freqs, groups, q_per_group))
     x = torch.randn(64, 5, 2 * 1000, dtype=dtype, device="cuda")
     dy = torch.randn(64, 5, 1000, dtype=dtype, device="cuda")
     close(swiglu(x), swiglu_op._reference_forward(x.cpu()))

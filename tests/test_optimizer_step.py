@@ -22,7 +22,8 @@ def megatron():
 
 def stepped(step, clip_grad: float, dtype: torch.dtype, distributed_optimizer: bool):
     """A tiny Llama after one backward and the optimizer step `step`: (what `step` returned, the main gradients
-    the optimizer stepped with, i.e. after clipping, and the parameters after the step)."""
+    the optimizer stepped with, i.e. after clipping, the parameters after the step, and the optimizer's fp32 main
+    parameters after it)."""
     torch.manual_seed(0)
     tconfig = transformer_config(HF_LLAMA, params_dtype=dtype, bf16=dtype == torch.bfloat16)
     model = build_gpt(HF_LLAMA, tconfig)
@@ -42,7 +43,8 @@ def stepped(step, clip_grad: float, dtype: torch.dtype, distributed_optimizer: b
 
     optimizer.step_with_ready_grads = record_then_step  # both steps call it once, after clipping
     returned = step(optimizer)
-    return returned, clipped, [param.detach().float().clone() for param in model.parameters()]
+    main = [param.detach().clone() for opt in optimizer.chained_optimizers for param in opt.get_parameters()]
+    return returned, clipped, [param.detach().float().clone() for param in model.parameters()], main
 
 
 def megatrons_step(optimizer):
@@ -54,8 +56,8 @@ def megatrons_step(optimizer):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("clip_grad", [1e-3, 1e3], ids=["clipping", "not-clipping"])
 def test_step_equals_megatrons(clip_grad, dtype, distributed_optimizer):
-    ours, our_grads, our_params = stepped(optimizer_step, clip_grad, dtype, distributed_optimizer)
-    theirs, their_grads, their_params = stepped(megatrons_step, clip_grad, dtype, distributed_optimizer)
+    ours, our_grads, our_params, our_main = stepped(optimizer_step, clip_grad, dtype, distributed_optimizer)
+    theirs, their_grads, their_params, their_main = stepped(megatrons_step, clip_grad, dtype, distributed_optimizer)
     assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float32  # on the device, not read back
     assert float(ours) == pytest.approx(theirs, rel=1e-5)
     assert (float(ours) > clip_grad) == (clip_grad < 1)  # so one case clips and the other does not
@@ -65,13 +67,15 @@ def test_step_equals_megatrons(clip_grad, dtype, distributed_optimizer):
     for ours_grad, theirs_grad in zip(our_grads, their_grads, strict=True):
         torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-6, atol=0)
     initial = stepped(lambda optimizer: None, clip_grad, dtype, distributed_optimizer)[2]
+    assert our_main and all(p.dtype == torch.float32 for p in our_main)
+    for ours_param, theirs_param in zip(our_main, their_main, strict=True):
+        # Adam divides by sqrt(v): fp32 rounding of the clip coefficient shows up as ~1e-6 relative
+        torch.testing.assert_close(ours_param, theirs_param, rtol=1e-5, atol=1e-6)
     for ours_param, theirs_param, before in zip(our_params, their_params, initial, strict=True):
         assert not torch.equal(ours_param, before)  # the step moved every parameter
-        # Adam divides by sqrt(v): fp32 rounding of the clip coefficient shows up as ~1e-6 relative in the fp32 main
-        # parameters; a bf16 model parameter copied from them may then round one bf16 ulp apart (2**-7 relative at
-        # most: seen once in 1,024 elements when model.kernels=fused changed the gradients' last bits)
-        rtol = 2**-7 if dtype == torch.bfloat16 else 1e-5
-        torch.testing.assert_close(ours_param, theirs_param, rtol=rtol, atol=1e-6)
+        # a bf16 copy of main parameters 1e-6 apart may round one bf16 ulp apart (2**-7 relative at most; seen once
+        # in 1,024 elements); fp32 parameters are the main parameters
+        torch.testing.assert_close(ours_param, theirs_param, rtol=2**-7 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
 
 
 def test_no_clipping_still_reports_the_norm():
@@ -82,8 +86,8 @@ def test_no_clipping_still_reports_the_norm():
         optimizer.config.clip_grad = 0.0
         return optimizer_step(optimizer)
 
-    unclipped, _, params = stepped(unclipped_step, 1e-3, torch.float32, False)
-    reference, _, reference_params = stepped(megatrons_step, 1e3, torch.float32, False)  # a clip it never reaches
+    unclipped, _, params, _ = stepped(unclipped_step, 1e-3, torch.float32, False)
+    reference, _, reference_params, _ = stepped(megatrons_step, 1e3, torch.float32, False)  # a clip it never reaches
     assert float(unclipped) == pytest.approx(reference, rel=1e-6) and reference > 1e-3
     for ours, theirs in zip(params, reference_params, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)

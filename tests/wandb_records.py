@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytron.wandb_log import read_records
+from raytron.wandb_log import has_exit_record, read_records
 
 
 @dataclass
@@ -44,7 +44,7 @@ def finished_records(folder: Path, timeout_s: float = 60, killed: bool = False) 
         records = list(read_records(logs[0])) if len(logs) == 1 else []
         if (now := logs[0].stat().st_size if len(logs) == 1 else -1) != size:
             size, changed = now, time.monotonic()
-        if (any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline
+        if (has_exit_record(records) or time.monotonic() > deadline
                 or (killed and time.monotonic() - changed > 5)):
             return records
         time.sleep(0.2)

@@ -52,14 +52,14 @@ def finish_run(run, timeout_s: float = 120) -> None:
     """`run.finish()`, then for an offline run wait until wandb-core has written its log through the exit record:
     `finish()` returns first (measured: 5 ms, the log still empty), and Ray tears a worker down as soon as its loop
     returns, which killed wandb-core with the records unwritten (CI: a fine-tune's log without its exit record)."""
-    from raytron.wandb_log import read_records
+    from raytron.wandb_log import has_exit_record, read_records
 
     transactions = Path(run.settings.sync_file) if run.offline else None
     run.finish()
     deadline = time.monotonic() + timeout_s
     while transactions is not None and time.monotonic() < deadline:
         try:
-            if transactions.is_file() and any(r.WhichOneof("record_type") == "exit" for r in read_records(transactions)):
+            if transactions.is_file() and has_exit_record(read_records(transactions)):
                 return
         except ValueError as damaged:
             log.warning("W&B: %s; `wandb sync` will stop short of its end", damaged)

@@ -58,6 +58,11 @@ def read_records(path: Path) -> Iterator:
             pending = b""
 
 
+def has_exit_record(records) -> bool:
+    """Whether the records hold the exit record wandb-core writes last, once `run.finish()` has flushed the run."""
+    return any(record.WhichOneof("record_type") == "exit" for record in records)
+
+
 def history_steps(path: Path) -> set[int]:
     """The `_step`s of the history rows a .wandb file holds (of a damaged file: those before the damage)."""
     steps = set()

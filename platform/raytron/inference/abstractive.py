@@ -10,6 +10,7 @@ import torch
 
 from raytron.data.cnn_dailymail import clean_article, prompt_ids
 from raytron.inference.generate import GenerationConfig, Stopped, generate
+from raytron.models.kernels import Kernels
 from raytron.models.llama.model import decoder_from_hf
 from raytron.runtime import init_megatron
 
@@ -18,12 +19,12 @@ class AbstractiveSummarizer:
     """Loads the decoder once; `summarize(articles)` prompts it as in training and decodes in batches."""
 
     def __init__(self, decoder_dir: str | Path, generation: dict | GenerationConfig | None = None,
-                 max_length: int = 1024, batch_size: int = 8):
+                 max_length: int = 1024, batch_size: int = 8, kernels: Kernels = "fused"):
         from transformers import AutoTokenizer
 
         self.device = init_megatron()
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        model, _, self.hf_config = decoder_from_hf(decoder_dir, dtype)
+        model, _, self.hf_config = decoder_from_hf(decoder_dir, dtype, kernels=kernels)
         self.model = model.eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
         self.generation = GenerationConfig.model_validate(generation or {})

@@ -53,7 +53,8 @@ def summarizer(cfg: SummarizationConfig, technique: str, model: str | None):
     if not (decoder / "config.json").is_file():
         raise RaytronError(f"no decoder at {decoder}: fine-tune one (jobs/finetune.py --config ...), pass --model "
                            f"DIR, or use model.pretrained's zero-shot decoder with --model {resolve_pretrained(cfg.model.pretrained)}")
-    return AbstractiveSummarizer(decoder, cfg.generation, max_length=cfg.data.max_length).summarize
+    return AbstractiveSummarizer(decoder, cfg.generation, max_length=cfg.data.max_length,
+                                 kernels=cfg.model.kernels).summarize
 
 
 @exit_on_user_error

@@ -52,7 +52,7 @@ def generation_trial(values: dict, job: dict, metric: str, decoder: str, article
 
     cfg = trial_config(SummarizationConfig.model_validate(job), values)
     summarizer = AbstractiveSummarizer(decoder, cfg.generation, cfg.data.max_length,
-                                       batch_size=16 if cfg.resources.use_gpu else 4)
+                                       batch_size=16 if cfg.resources.use_gpu else 4, kernels=cfg.model.kernels)
     scores = {name: [] for name in METRICS}
     for done, rows in enumerate(np.array_split(np.arange(len(articles)), parts(cfg)), 1):
         predictions = summarizer.summarize([articles[i] for i in rows])

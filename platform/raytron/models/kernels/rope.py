@@ -31,10 +31,10 @@ def _reference_forward(mixed, freqs, groups: int, q_per_group: int):
     half = freqs.shape[-1]
     heads = mixed.view(s, b, groups, q_per_group + 2, 2, half)
     rotated = _rotate(heads[:, :, :, : q_per_group + 1], freqs, 1.0).to(mixed.dtype)
-    q = rotated[:, :, :, :q_per_group].reshape(s, b, groups * q_per_group, 2 * half).contiguous()
-    k = rotated[:, :, :, q_per_group].reshape(s, b, groups, 2 * half).contiguous()
-    v = heads[:, :, :, q_per_group + 1].reshape(s, b, groups, 2 * half).clone()
-    return q, k, v
+    q = rotated[:, :, :, :q_per_group].reshape(s, b, groups * q_per_group, 2 * half)
+    k = rotated[:, :, :, q_per_group].reshape(s, b, groups, 2 * half)
+    v = heads[:, :, :, q_per_group + 1].reshape(s, b, groups, 2 * half)
+    return tuple(t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))  # an op's outputs alias nothing
 
 
 def _reference_backward(dq, dk, dv, freqs, groups: int, q_per_group: int):
@@ -55,6 +55,9 @@ def rope_qkv(mixed: torch.Tensor, freqs: torch.Tensor, groups: int, q_per_group:
     fp32; Megatron-Core's rotary embedding is this twice along d)."""
     if freqs.shape[0] != mixed.shape[0]:
         raise ValueError(f"rope_qkv: {freqs.shape[0]} positions' angles for a sequence of {mixed.shape[0]}")
+    if mixed.shape[-1] != groups * (q_per_group + 2) * 2 * freqs.shape[-1]:
+        raise ValueError(f"rope_qkv: a fused QKV width of {mixed.shape[-1]} is not {groups} groups x "
+                         f"({q_per_group} + 2) heads x {2 * freqs.shape[-1]}")
     if mixed.is_cuda:
         return triton_kernels("rope_triton").forward(mixed, freqs, groups, q_per_group)
     return _reference_forward(mixed, freqs, groups, q_per_group)

@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 ROWS = 4
-"""Tokens per program: with SmolLM2's 15 head slots of 64, a block of 4 x 16 x 32 elements per half."""
+"""Tokens per program: with SmolLM2's 15 head slots of 64, a block of 4 x 16 x 32 elements per half. Tuned for it
+only: a rank with many more heads (e.g. 80 slots of 128) gets blocks 16x larger, which would need a grid over heads."""
 
 
 @triton.jit
@@ -55,9 +56,10 @@ def _rope_qkv_backward(dq, dk, dv, freqs, dmixed, tokens, batch, q_s, q_b, q_h, 
     live = (token < tokens) & (slot < GROUPS * SLOTS)
     pos, row = token // batch, token % batch
     is_q, is_k, is_v = live & (j < Q_PER_GROUP), live & (j == Q_PER_GROUP), live & (j == Q_PER_GROUP + 1)
-    q_at = dq + pos * q_s + row * q_b + (group * Q_PER_GROUP + j) * q_h + col
-    k_at = dk + pos * k_s + row * k_b + group * k_h + col
-    v_at = dv + pos * v_s + row * v_b + group * v_h + col
+    head = (group * Q_PER_GROUP + j).to(tl.int64)  # times SDPA's [b, h, s, d] head stride: past int32
+    q_at = dq + pos * q_s + row * q_b + head * q_h + col
+    k_at = dk + pos * k_s + row * k_b + group.to(tl.int64) * k_h + col
+    v_at = dv + pos * v_s + row * v_b + group.to(tl.int64) * v_h + col
     g1 = (tl.load(q_at, mask=is_q, other=0.0).to(tl.float32) + tl.load(k_at, mask=is_k, other=0.0).to(tl.float32)
           + tl.load(v_at, mask=is_v, other=0.0).to(tl.float32))
     g2 = (tl.load(q_at + HALF, mask=is_q, other=0.0).to(tl.float32)

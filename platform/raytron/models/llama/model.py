@@ -56,12 +56,15 @@ def transformer_config(hf: dict[str, Any], *, params_dtype=torch.float32, kernel
     return TransformerConfig(**fields)
 
 
-def build_gpt(hf: dict[str, Any], config: TransformerConfig, attention: Attention = "auto") -> GPTModel:
+def build_gpt(hf: dict[str, Any], config: TransformerConfig, attention: Attention = "auto",
+              kernels: Kernels = "fused") -> GPTModel:
     """A GPTModel for this pipeline stage with Llama's options: Megatron-Core's local layer spec (its norms
-    and linears need no Transformer Engine) with `attention`'s core attention, and raytron's fused kernels where
-    `transformer_config(kernels="fused")` made the config."""
+    and linears need no Transformer Engine) with `attention`'s core attention and `kernels`' self-attention and
+    MLP activation (the config from `transformer_config(..., kernels=kernels)`)."""
+    if (kernels == "fused") != config.use_te_activation_func:
+        raise ValueError(f"build_gpt(kernels={kernels!r}) needs the config of transformer_config(kernels={kernels!r})")
     spec = with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), attention)
-    if config.use_te_activation_func:
+    if kernels == "fused":
         spec.submodules.self_attention.module = FusedRopeSelfAttention
         spec.submodules.mlp.submodules.activation_func = SwiGLU
     return GPTModel(
@@ -84,7 +87,7 @@ def decoder_from_hf(folder: str | Path, params_dtype=torch.float32, attention: A
     hf_config, weights = adapter.read_hf_folder(folder)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tconfig = transformer_config(hf_config, params_dtype=params_dtype, kernels=kernels, **config_overrides)
-    model = build_gpt(hf_config, tconfig, attention)
+    model = build_gpt(hf_config, tconfig, attention, kernels)
     load_full_state_dict(model, adapter.hf_to_mcore(hf_config, weights, padded_vocab_size(hf_config["vocab_size"], tp), tp))
     return model, tconfig, hf_config
 

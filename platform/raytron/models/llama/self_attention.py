@@ -28,6 +28,10 @@ class FusedRopeSelfAttention(SelfAttention):
             "q/k layernorm": not all(norm is None or isinstance(norm, IdentityOp)
                                      for norm in (self.q_layernorm, self.k_layernorm)),
             "recomputed core attention": self.checkpoint_core_attention,
+            "YaRN scaling": hasattr(config, "yarn_rotary_scaling_factor"),
+            "activation offloading": self.offload_qkv_linear or self.offload_core_attention or self.offload_attn_proj,
+            "a head_dim / 2 that is not a power of two (the Triton kernels' block)":
+                self.hidden_size_per_attention_head // 2 & (self.hidden_size_per_attention_head // 2 - 1),
         }
         if named := [name for name, on in unsupported.items() if on]:
             raise RaytronError(f"model.kernels=fused does not support {', '.join(named)}: set model.kernels=megatron")
@@ -37,7 +41,8 @@ class FusedRopeSelfAttention(SelfAttention):
         freqs = rotary_pos_emb[0] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb
         plain = (inference_context is None and kwargs.get("inference_params") is None and packed_seq_params is None
                  and key_value_states is None and not args and freqs is not None
-                 and freqs.shape[-1] == self.hidden_size_per_attention_head
+                 and freqs.shape[-1] == self.hidden_size_per_attention_head  # rotary_percent 1
+                 and freqs[0].numel() == freqs.shape[-1]  # one angle row per position (no mRoPE)
                  and (not isinstance(rotary_pos_emb, tuple) or rotary_pos_emb[1] is rotary_pos_emb[0]))
         if not plain:
             return super().forward(hidden_states, attention_mask, key_value_states, inference_context,
