@@ -25,6 +25,8 @@ class OfflineRun:
     """System-metric samples."""
     artifacts: dict[str, object] = field(default_factory=dict)
     """Logged artifacts (ArtifactRecord) by name."""
+    finished: bool = False
+    """Whether its log ends with the exit record (an attempt Ray Train killed has none)."""
 
     def values(self, key: str) -> list:
         return [step[key] for step in self.history if key in step]
@@ -53,7 +55,9 @@ def finished_records(folder: Path, timeout_s: float = 60, killed: bool = False) 
 def read_run(folder: Path, killed: bool = False) -> OfflineRun:
     """The records of the offline run in `folder` (`.../wandb/offline-run-<time>-<id>`)."""
     run = OfflineRun(Path(folder))
-    for record in finished_records(folder, killed=killed):
+    records = finished_records(folder, killed=killed)
+    run.finished = has_exit_record(records)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run = record.run
