@@ -54,7 +54,7 @@ report: setup
 # times in the clean-clone CI pre-check of 2026-11-30 12:00 UTC, 65 min in all: 1,405 s for test_serve down to 74 s
 # for test_cli; each module runs 1.4-2.5x slower than alone beside another; tests/run_modules.py says why two).
 TEST_JOBS ?= 2
-SLOW_TESTS := tests/test_serve.py tests/test_finetune.py tests/test_node_loss.py tests/test_tune.py tests/test_report.py \
+SLOW_TESTS := tests/test_serve.py tests/test_finetune.py tests/test_node_loss.py tests/test_tune.py tests/test_report.py tests/test_serve_haproxy.py \
 	tests/test_summarization.py tests/test_topics.py tests/test_tensor_parallel.py tests/test_data_cache.py \
 	tests/test_generate.py tests/test_tracking.py tests/test_data_storage.py tests/test_job_submit.py tests/test_imdb_data.py \
 	tests/test_megatron_cpu.py tests/test_cli.py

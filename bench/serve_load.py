@@ -6,6 +6,10 @@ nothing: a FastAPI ingress calling a deployment that answers at once).
     python bench/serve_load.py --sentiment-model runs/sentiment-demo/model --topic-model runs/topics-demo/topic_model
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
 
+`--ingress haproxy` runs the bench's Ray instance with `raytron.serving.ingress.HIGH_THROUGHPUT_ENV` (HAProxy on the
+HTTP port, direct ingress, gRPC between deployments: what k8s/overlays/gpu runs); `proxy` (the default) with Serve's
+proxy actor. Both rows of the floor are measured on the same ingress as the app's.
+
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
 `--profile DIR` samples the HTTP proxy, the ingress, classifier and Summarizer replicas with py-spy (`pip install
 py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment and
@@ -25,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,11 +66,23 @@ async def _load(url: str, body: dict, requests_total: int, concurrency: int) -> 
         return await _timed(one, requests_total, concurrency)
 
 
-def handle_load(runner: asyncio.Runner, deployment: str, method: str, argument, requests_total: int,
+class LoopThread:
+    """An asyncio event loop running on a thread for the bench's lifetime. DeploymentHandles are made and used on
+    it: under RAY_SERVE_THROUGHPUT_OPTIMIZED a handle's router runs on the loop that made it, and Serve disables its
+    long-poll for controller updates (so a handle made after a redeploy finds no replica) once that loop stops."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+def handle_load(runner: LoopThread, deployment: str, method: str, argument, requests_total: int,
                 concurrency: int) -> dict:
     """The same load sent to a deployment of the raytron app through a DeploymentHandle from this driver: the
-    replica's own throughput and batching, without the HTTP proxy and the ingress. The handle is made and used on
-    `runner`'s one event loop (under RAY_SERVE_THROUGHPUT_OPTIMIZED its router runs on the loop that made it)."""
+    replica's own throughput and batching, without the HTTP proxy and the ingress, on `runner`'s event loop."""
     from ray import serve
 
     async def measure() -> dict:
@@ -222,9 +239,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--profile", type=Path, help="a folder for py-spy profiles (sentiment, Lead-3)")
+    parser.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
+                        help="Serve's HTTP ingress: its proxy actor, or HAProxy in the high-throughput mode")
+    parser.add_argument("--batch-wait-s", type=float, help="the classifier's batch_wait_timeout_s (default: the config's)")
     args = parser.parse_args()
     if args.profile and shutil.which("py-spy") is None:
         parser.error("--profile needs py-spy on PATH: pip install py-spy")
+    if args.ingress == "haproxy":
+        from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
+
+        os.environ.update(HIGH_THROUGHPUT_ENV)  # before Ray starts: Serve's processes read them when they start
 
     import ray
     from ray import serve
@@ -245,10 +269,14 @@ def main() -> None:
               f"{result['req_per_s']:>8.1f}", flush=True)
         return result
 
+    print(f"\ningress: {args.ingress}" + (" (HIGH_THROUGHPUT_ENV)" if args.ingress == "haproxy" else " (Serve's proxy actor)"))
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
     configured = next(d for d in deployments if d["name"] == "SentimentClassifier")["user_config"]
-    handle_loop = asyncio.Runner()
+    if args.batch_wait_s is not None:
+        configured = {**configured, "batch_wait_timeout_s": args.batch_wait_s}
+    print(f"classifier: {configured}")
+    handle_loop = LoopThread()
     by_http, by_handle = {}, {}  # req/s of the classifier per max_batch_size
     for batch in (args.max_batch, 1):  # the config's own batch wait, one replica: batching alone compared
         classifier = {"user_config": {**configured, "max_batch_size": batch}, "autoscaling_config": None}
@@ -283,7 +311,6 @@ def main() -> None:
             measured(f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8))
         serve.delete("raytron")
-    handle_loop.close()
     serve.run(floor_app(args.concurrency), name="floor", route_prefix="/floor")
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
     floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
