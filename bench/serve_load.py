@@ -7,8 +7,8 @@ nothing: a FastAPI ingress calling a deployment that answers at once).
     python bench/serve_load.py --config serve/raytron-gpu.yaml --max-batch 128 --concurrency 128 ...   # on a GPU
 
 `--ingress haproxy` runs the bench's Ray instance with `raytron.serving.ingress.HIGH_THROUGHPUT_ENV` (HAProxy on the
-HTTP port, direct ingress, gRPC between deployments: what k8s/overlays/gpu runs); `proxy` (the default) with Serve's
-proxy actor. Both rows of the floor are measured on the same ingress as the app's.
+HTTP port, direct ingress, gRPC between deployments; serve/README.md); `proxy` (the default) with Serve's proxy
+actor. Both rows of the floor are measured on the same ingress as the app's.
 
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
 `--profile DIR` samples the HTTP proxy, the ingress, classifier and Summarizer replicas with py-spy (`pip install

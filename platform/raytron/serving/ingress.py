@@ -19,4 +19,4 @@ HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
-"""The variables, as serve/README.md exports them and k8s/overlays/gpu sets them (tests/test_k8s.py checks both)."""
+"""The variables, as serve/README.md exports them (tests/test_serve.py checks that it does)."""
