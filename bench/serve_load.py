@@ -79,10 +79,10 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
 
-def handle_load(runner: LoopThread, deployment: str, method: str, argument, requests_total: int,
+def handle_load(loop_thread: LoopThread, deployment: str, method: str, argument, requests_total: int,
                 concurrency: int) -> dict:
     """The same load sent to a deployment of the raytron app through a DeploymentHandle from this driver: the
-    replica's own throughput and batching, without the HTTP proxy and the ingress, on `runner`'s event loop."""
+    replica's own throughput and batching, without the HTTP proxy and the ingress, on `loop_thread`'s event loop."""
     from ray import serve
 
     async def measure() -> dict:
@@ -93,7 +93,7 @@ def handle_load(runner: LoopThread, deployment: str, method: str, argument, requ
 
         return await _timed(one, requests_total, concurrency)
 
-    return runner.run(measure())
+    return loop_thread.run(measure())
 
 
 async def _timed(one, requests_total: int, concurrency: int) -> dict:
@@ -245,10 +245,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile and shutil.which("py-spy") is None:
         parser.error("--profile needs py-spy on PATH: pip install py-spy")
-    if args.ingress == "haproxy":
-        from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
+    from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
 
-        os.environ.update(HIGH_THROUGHPUT_ENV)  # before Ray starts: Serve's processes read them when they start
+    for name in HIGH_THROUGHPUT_ENV:  # before Ray starts (Serve's processes read them then); the shell's own go
+        os.environ.pop(name, None)
+    if args.ingress == "haproxy":
+        os.environ.update(HIGH_THROUGHPUT_ENV)
 
     import ray
     from ray import serve
@@ -326,7 +328,7 @@ def main() -> None:
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
           f"= {one_in_flight - direct[1]:.1f} ms")
     lead3_ms = lead3_in_process_ms()
-    print(f"of which the path every call takes (proxy -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
+    print(f"of which the path every call takes (ingress -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
           f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "
           f"batching and its replica add {one_in_flight - direct[1] - (lead3_http - lead3_ms):.1f} ms")
     print(f"Serve's floor (the same two hops, no work): {floor_one:.1f} ms at 1 in flight, {floor_rate:.1f} req/s at "
