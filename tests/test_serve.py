@@ -268,7 +268,14 @@ class ServeRun:
             except requests.RequestException:
                 pass
             time.sleep(2)
-        pytest.fail(f"/healthz not 200 after {timeout} s:\n{self.log_tail()}")
+        pytest.fail(f"/healthz not 200 after {timeout} s:\n{self.log_tail()}\n{self.serve_log_tails()}")
+
+    def serve_log_tails(self, chars: int = 3000) -> str:
+        """The ends of this instance's Serve controller, proxy and HAProxy-manager logs (`stop()` removes the folder
+        they are in, so a start that never became healthy says here what Serve was doing)."""
+        return "\n".join(f"--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}"
+                         for path in sorted(self.temp.glob("ray/session_2*/logs/serve/*.log"))
+                         if path.name.startswith(("controller_", "proxy_", "haproxy")))
 
     def leftovers(self) -> list[int]:
         """Processes whose environment carries this instance's RAY_TMPDIR (the CLI, GCS, raylet, workers)."""
