@@ -1083,10 +1083,10 @@ def test_ingress_replica_killed_under_load(served):
     503 `{error, detail}` with Retry-After, never a bare 500 and never a hang (each client waits at most 60 s);
     requests sent after the kill are answered 200; /healthz stays 200 until Serve has replaced the replica. A kill
     that found the replica between requests (nothing to send again: seen once in CI at load 20) proves nothing
-    about the retry, so the kill is repeated, at most three times, until one did. HAProxy only: it reloads when the
-    replica set changes, and a request crossing that on a kept-alive connection can find the connection closed
-    with no answer (seen once in three runs on the 2-core CPU; serve/README.md): at most two such, sent after the
-    kill (one sent before it was held by the dead replica, and HAProxy's retry of it failed)."""
+    about the retry, so the kill is repeated, at most three times, until one did. HAProxy only: a request the dead
+    replica held is not always retried; HAProxy may close its client's connection with no answer instead (1-2 per
+    kill in 2 of 4 runs on the 2-core CPU; serve/README.md). Such closes are allowed for requests in flight at the
+    kill, never for one sent after it."""
     url, client, run = served
     for attempt in range(1, 4):
         retried_before, logged_before = _proxy_retries(run), len(run.haproxy_log.lines if run.haproxy_log else [])
@@ -1104,7 +1104,7 @@ def test_ingress_replica_killed_under_load(served):
               f"200, {statuses.count(503)} 503 + Retry-After, {len(closed)} connections closed with no answer, others "
               f"{len(statuses) - statuses.count(200) - statuses.count(503)}; {len(held)} in flight at the kill, "
               f"{retried} sent once more by the ingress; {len(after)} sent after it")
-        assert len(closed) <= (2 if run.haproxy_log else 0) and all(o[0] > killed for o in closed), closed
+        assert (closed == [] or run.haproxy_log) and all(o[0] < killed < o[1] for o in closed), closed
         assert after and [o for o in after if o[2] != 200] == [], len(after)
         for _, _, status, retry_after, body in outcomes:
             assert status in (200, 503), (status, body)
