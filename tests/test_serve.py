@@ -357,19 +357,24 @@ class HAProxyLog:
     def close(self) -> None:
         self.socket.close()
 
+    def requests(self, since: int = 0) -> list[tuple[float, str, int, str]]:
+        """The access-log lines from line `since` on, parsed: (accept time, epoch s; status; retries, `+N` when
+        redispatched; the line). HAProxy's httplog: `[accept date] frontend backend/server timers status bytes ...
+        act/fe/be/srv/retries queues "request"`."""
+        parsed = []
+        for line in self.lines[since:]:
+            m = re.search(r"\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d)\.(\d{3})\] \S+ \S+ \S+ (\d{3}) .* "
+                          r"\d+/\d+/\d+/\d+/\+?(\d+) \d+/\d+ ", line)
+            if m:
+                accepted = time.mktime(time.strptime(m[1], "%d/%b/%Y:%H:%M:%S")) + int(m[2]) / 1000
+                parsed.append((accepted, m[3], int(m[4]), line))
+        return parsed
+
     def retried(self, since: int, accepted_before: float) -> int:
         """Requests logged from line `since` on that HAProxy accepted before `accepted_before` (epoch s) and sent to
-        a server more than once (httplog's accept date, and its retries field, `+N` when redispatched, after the
-        act/fe/be/srv connection counts). A request accepted later and sent to a dead replica's closed port is
-        retried too, but was not held by it: the accept time tells them apart."""
-        count = 0
-        for line in self.lines[since:]:
-            accepted = re.search(r"\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d)\.(\d{3})\]", line)
-            retries = re.search(r" \d+/\d+/\d+/\d+/\+?(\d+) \d+/\d+ ", line)
-            if accepted and retries and int(retries[1]) and \
-                    time.mktime(time.strptime(accepted[1], "%d/%b/%Y:%H:%M:%S")) + int(accepted[2]) / 1000 < accepted_before:
-                count += 1
-        return count
+        a server more than once. A request accepted later and sent to a dead replica's closed port is retried too,
+        but was not held by it: the accept time tells them apart."""
+        return sum(1 for accepted, _, retries, _ in self.requests(since) if retries and accepted < accepted_before)
 
 
 def laptop_config_for_test(store: str) -> dict:
