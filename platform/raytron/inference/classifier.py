@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,41 @@ from raytron.inference.cuda_graphs import GraphedForward
 from raytron.models.classifier import classifier_from_hf
 from raytron.runtime import init_megatron
 from raytron.store import read_head, read_meta
+from raytron.train.sampler import PAD_MULTIPLE
+
+
+def graph_widths(max_length: int) -> list[int]:
+    """The widths the classifier's CUDA graphs are captured at: PAD_MULTIPLE times powers of two below
+    `max_length`, and `max_length` (a batch pads to at most twice its longest row, and 512 tokens take 4 graphs)."""
+    widths = [PAD_MULTIPLE]
+    while widths[-1] * 2 < max_length:
+        widths.append(widths[-1] * 2)
+    return sorted({min(width, max_length) for width in widths} | {max_length})
+
+
+@dataclass
+class Scored:
+    """A batch whose forward was issued: `wait()` blocks until its probabilities reached the host (releasing the GIL
+    while the GPU works), `result()` is the scored batch."""
+
+    batch: dict[str, np.ndarray]
+    probs: torch.Tensor
+    done: torch.cuda.Event | None
+
+    def wait(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+
+    def result(self) -> dict[str, np.ndarray]:
+        self.wait()
+        probs = self.probs.numpy()
+        return {**self.batch, "prob_positive": probs[:, 1], "prediction": probs.argmax(-1)}
 
 
 class SentimentPredictor:
-    """Builds the Megatron-Core classifier from `model_dir` once; each call scores an encoded batch."""
+    """Builds the Megatron-Core classifier from `model_dir` once; each call scores an encoded batch, cut to the width
+    of its longest review (rounded up to a multiple of PAD_MULTIPLE, or to the next captured graph's width): the
+    encoder pads every review to the recipe's `max_length`, and a short review need not cost 512 positions."""
 
     def __init__(self, model_dir: str | Path):
         model_dir = Path(model_dir)
@@ -26,7 +58,7 @@ class SentimentPredictor:
         )
         model.head.load_state_dict(read_head(model_dir))
         self.model = model.eval().to(self.device)
-        self.graphed: GraphedForward | None = None
+        self.graphed: dict[int, GraphedForward] = {}  # width -> the graphs of batches that wide
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The eager forward (bf16 autocast on a GPU) of `inputs`' tensors."""
@@ -35,21 +67,53 @@ class SentimentPredictor:
                             cache_enabled=False):
             return self.model(input_ids, attention_mask, features)
 
-    def inputs(self, batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
-        """An encoded batch (`raytron.data.imdb.ReviewEncoder`) as the model's device tensors."""
-        to = lambda name, dtype: torch.tensor(np.asarray(batch[name]), dtype=dtype, device=self.device)  # noqa: E731
-        features = torch.stack([to(name, torch.float32) for name in self.meta["features"]], dim=-1)
-        return [to("input_ids", torch.long), to("attention_mask", torch.long), features]
+    def width(self, attention_mask: np.ndarray) -> int:
+        """The width a batch is cut to: its longest row rounded up to a PAD_MULTIPLE, or to a captured width."""
+        full = attention_mask.shape[1]
+        longest = max(int(attention_mask.sum(1).max(initial=1)), 1)
+        if self.graphed:
+            return min(width for width in self.graphed if width >= min(longest, full))
+        return min(full, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+    def inputs(self, batch: dict[str, np.ndarray], width: int | None = None) -> list[torch.Tensor]:
+        """An encoded batch (`raytron.data.imdb.ReviewEncoder`) as the model's device tensors, `width` tokens wide (by
+        default `self.width`: rows are right-padded, so the cut drops padding only). To a GPU from pinned memory
+        without waiting: a copy from pageable memory would wait for the batches already queued on the GPU."""
+        mask = np.asarray(batch["attention_mask"])
+        width = width or self.width(mask)
+        features = np.stack([np.asarray(batch[name], dtype=np.float32) for name in self.meta["features"]], axis=-1)
+        host = [np.ascontiguousarray(np.asarray(batch["input_ids"])[:, :width]), np.ascontiguousarray(mask[:, :width]),
+                features]
+        if self.device.type == "cuda":
+            moved = [torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True) for a in host]
+        else:
+            moved = [torch.from_numpy(a) for a in host]
+        ids, mask, features = moved
+        return [ids.long(), mask.long(), features]
 
     @torch.no_grad()
     def capture_cuda_graphs(self, example: dict[str, np.ndarray], max_rows: int) -> None:
-        """From now on, batches run as CUDA graphs of up to `max_rows` rows (`raytron.inference.cuda_graphs`);
-        `example` (an encoded batch) gives the inputs' shapes and the values the captures are checked on."""
-        self.graphed = GraphedForward(self.logits, self.inputs(example), max_rows)
+        """From now on, batches run as CUDA graphs of up to `max_rows` rows at each of `graph_widths`
+        (`raytron.inference.cuda_graphs`, one memory pool, widest first); `example` (an encoded batch) gives the
+        inputs' shapes and the values the captures are checked on."""
+        shared = None
+        for width in reversed(graph_widths(np.asarray(example["attention_mask"]).shape[1])):
+            shared = GraphedForward(self.logits, self.inputs(example, width), max_rows, share=shared)
+            self.graphed[width] = shared
 
     @torch.no_grad()
+    def launch(self, batch: dict[str, np.ndarray]) -> Scored:
+        """Issues `batch`'s forward and the copy of its probabilities to the host, without waiting for the GPU."""
+        tensors = self.inputs(batch)
+        forward = self.graphed.get(tensors[0].shape[1], self.logits)
+        probs = torch.softmax(forward(*tensors).float(), dim=-1)
+        if self.device.type != "cuda":
+            return Scored(batch, probs, None)
+        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        host.copy_(probs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Scored(batch, host, done)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        forward = self.logits if self.graphed is None else self.graphed
-        logits = forward(*self.inputs(batch))
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return {**batch, "prob_positive": probs[:, 1], "prediction": probs.argmax(-1)}
+        return self.launch(batch).result()

@@ -40,15 +40,17 @@ def tiled(inputs: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
 class GraphedForward:
     """`forward(*inputs)` for inputs of any number of rows, their other dimensions those of `example`'s."""
 
-    def __init__(self, forward, example: list[torch.Tensor], max_rows: int):
+    def __init__(self, forward, example: list[torch.Tensor], max_rows: int, share: "GraphedForward | None" = None):
+        """`share`: graphs captured before (of the same forward at other input shapes) whose memory pool and lock these
+        use too: one pool, so one lock."""
         if not example[0].is_cuda:
             raise RaytronError("cuda_graphs=true needs the model on a GPU; set cuda_graphs: false in the "
                                "deployment's user_config on CPU replicas")
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
-        # One lock for every bucket: each batch's copies, replay and clone are issued under it on one stream, so
-        # no two graphs sharing the pool ever run at once, whatever the order of the buckets.
-        self.lock = threading.Lock()
-        pool = None
+        # One lock for every graph of the pool: each batch's copies, replay and clone are issued under it on one
+        # stream, so no two graphs sharing the pool ever run at once, whatever the order of the buckets.
+        self.lock = threading.Lock() if share is None else share.lock
+        self.pool = None if share is None else share.pool
         for rows in reversed(buckets_up_to(max_rows)):
             static = tiled(example, rows)
             side = torch.cuda.Stream()
@@ -57,9 +59,9 @@ class GraphedForward:
                 forward(*static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=self.pool):
                 output = forward(*static)
-            pool = graph.pool()
+            self.pool = graph.pool()
             self.graphs[rows] = (graph, static, output)
         self.largest = max(self.graphs)
         for rows in sorted({1, 3, self.largest, self.largest + 1}):  # a bucket, padding, the largest, chunks
