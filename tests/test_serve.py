@@ -5,6 +5,8 @@ generating for a client that left), schemathesis over its OpenAPI, an ingress re
 killed under load, the GPU config, and the page in Chromium; Serve's proxy actor as the HTTP ingress, with
 raytron's middleware (tests/test_serve_haproxy.py runs the tests that hold for HAProxy there)."""
 
+import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -30,6 +32,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
+from raytron.serving.app import COALESCED_CALLS, Waiting
 from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
 from raytron.serving.models import CONCURRENT_BATCHES
 from tests.conftest import REPO, require_tool
@@ -127,9 +130,11 @@ def test_configs_have_one_structure_and_batches_can_fill():
         assert {d.name for d in built.deployments} == set(_options(config))  # every configured name exists
         options = _options(config)
         batch = {name: o["user_config"]["max_batch_size"] for name, o in options.items() if "user_config" in o}
-        assert set(batch) == {"Summarizer", "SentimentClassifier", "Embedder"}
-        # Serve's default max_ongoing_requests (5) would cap every batch at 5; the encoders compute two at once
-        concurrent = {"Summarizer": 1, "SentimentClassifier": CONCURRENT_BATCHES, "Embedder": CONCURRENT_BATCHES}
+        assert set(batch) == {"Api", "Summarizer", "SentimentClassifier", "Embedder"}
+        # Serve's default max_ongoing_requests (5) would cap every batch at 5; the encoders compute two at once, the
+        # ingress makes that many coalesced calls at once
+        concurrent = {"Api": COALESCED_CALLS, "Summarizer": 1, "SentimentClassifier": CONCURRENT_BATCHES,
+                      "Embedder": CONCURRENT_BATCHES}
         for name, size in batch.items():
             assert options[name]["max_ongoing_requests"] >= size * concurrent[name] and size > 5, name
         # requests reach the classifier and the embedder through the ingress and TopicModel
@@ -514,6 +519,23 @@ def test_sentiment_is_the_model_in_process(url, client, store):
     assert one[0]["positive_probability"] == pytest.approx(expected[0], abs=1e-5)  # alone or batched, the same
 
 
+def test_a_coalesced_call_is_cancelled_once_every_request_in_it_left():
+    async def scenario() -> list[bool]:
+        call = asyncio.create_task(asyncio.sleep(60))  # a coalesced call, as Api.coalesce makes it
+        first, second = Waiting(["a"], 0.0), Waiting(["b"], 0.0)
+        for waiting in (first, second):
+            waiting.sharing, waiting.task = [first, second], call
+        first.leave()
+        await asyncio.sleep(0)
+        states = [call.cancelled() or call.done()]
+        second.leave()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        return [*states, call.cancelled()]
+
+    assert asyncio.run(scenario()) == [False, True]
+
+
 def test_topics_are_the_nearest_topic_embedding(url, client, store):
     import numpy as np
     from bertopic import BERTopic
@@ -651,7 +673,8 @@ def test_body_limit_applies_while_streaming(url):
 
 def test_batches_fill_under_concurrency(url, client):
     """max_ongoing_requests >= max_batch_size: one-text requests in flight together form batches larger than
-    Serve's default of 5 concurrent requests per replica would allow."""
+    Serve's default of 5 concurrent requests per replica would allow; and the ingress coalesced them: the classifier
+    and the embedder took the 48 texts in fewer Serve requests than the 48 HTTP requests."""
     def batching() -> dict:
         models = client.get(f"{url}/v1/models").json()
         return {"sentiment": models["sentiment"]["batching"], "embedder": models["topics"]["embedder"]["batching"]}
@@ -666,6 +689,29 @@ def test_batches_fill_under_concurrency(url, client):
     for name in ("sentiment", "embedder"):
         assert before[name]["largest_batch"] <= 5, (name, before)  # earlier tests sent fewer texts at once
         assert 5 < after[name]["largest_batch"] <= after[name]["max_batch_size"], (name, after)
+        assert after[name]["items"] - before[name]["items"] == len(texts), (name, before, after)
+        assert after[name]["requests"] - before[name]["requests"] < len(texts), (name, before, after)
+
+
+def test_coalesced_requests_get_their_own_answers_and_deadlines(url, client, store):
+    """(After test_batches_fill_under_concurrency, which needs the classifier's batches small before it.) Requests in
+    flight together are coalesced into shared classifier calls: each still gets the answers for its
+    own texts, in order (requests of 1 to 8 texts, rotated), and one whose deadline passes gets its 504 while the
+    others are answered."""
+    expected = dict(zip(REVIEWS, _in_process_sentiment(store, REVIEWS), strict=True))
+    bodies = [[REVIEWS[(i + k) % len(REVIEWS)] for k in range(1 + i % 8)] for i in range(24)]
+    before = client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["requests"]
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        answers = [pool.submit(client.post, f"{url}/v1/sentiment", json={"texts": texts}) for texts in bodies]
+        late = pool.submit(client.post, f"{url}/v1/sentiment", json={"texts": REVIEWS},
+                           headers={"X-Request-Timeout": "0.001"})
+    for texts, answer in zip(bodies, answers, strict=True):
+        assert answer.result().status_code == 200, answer.result().text
+        got = [r["positive_probability"] for r in answer.result().json()["results"]]
+        assert got == pytest.approx([expected[t] for t in texts], abs=1e-5)
+    assert late.result().status_code == 504 and late.result().json()["detail"] == {"timeout_s": 0.001}
+    calls = client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["requests"] - before
+    assert calls < len(bodies), f"{len(bodies)} requests in flight together made {calls} classifier calls"
 
 
 def test_refused_input_never_reaches_a_model(url, client):

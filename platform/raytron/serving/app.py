@@ -15,6 +15,13 @@ the client goes away, the call is cancelled downstream, and a request still queu
 dropped before the batch runs. Model versions are pinned when the application is built: `latest` is
 resolved once, so a replica that restarts later loads the same version as its peers.
 
+Sentiment and topic requests are coalesced in the ingress (`Api.coalesced`): the texts of the requests an ingress
+replica holds at once go to the model in one call, so the model's replica takes in one Serve request per batch
+rather than one per HTTP request (Serve's per-request work in a replica, about 1 ms of its one event loop, limited
+the GPU classifier to ~460 requests/s: docs/gpu-fast-path.md, eighteenth session); the ingress replicas, which scale
+out, pay it instead. A coalesced call is cancelled downstream once every request in it is gone; until then the texts
+of a request that left are computed with the others' and dropped.
+
 Authentication fails closed: the API starts only with a token in $RAYTRON_API_TOKEN (a K8s Secret in
 production), unless the config's args say `auth: none` (the laptop config, bound to 127.0.0.1).
 """
@@ -23,7 +30,8 @@ import asyncio
 import hmac
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,6 +191,28 @@ class Guard:
         return await self.app(scope, limited_receive, send)
 
 
+@dataclass(eq=False)
+class Waiting:
+    """One request's texts in a coalesced model call (`Api.coalesced`): its deadline (event-loop time), and once the
+    call is made, the requests sharing it and the task making it (cancelled when the last of them leaves)."""
+
+    texts: list[str]
+    deadline: float
+    gone: bool = False
+    sharing: list["Waiting"] = field(default_factory=list)
+    task: asyncio.Task | None = None
+
+    def leave(self) -> None:
+        self.gone = True
+        if self.task is not None and all(other.gone for other in self.sharing):
+            self.task.cancel()
+
+
+COALESCED_CALLS = 2
+"""Coalesced calls an ingress replica has in flight to one model at once: the requests arriving meanwhile queue and
+go together in the next call (with `batch_wait_timeout_s: 0`, coalescing then waits for nothing)."""
+
+
 class Unavailable(Exception):
     """A model has no live replica to answer (it died twice, or its deployment failed): 503 + Retry-After."""
 
@@ -291,6 +321,13 @@ class Api:
         api.state.settings = Settings(api_token(auth), max_body_bytes)  # raises without a token: fails closed
         api.openapi_schema = None
 
+    def reconfigure(self, config: dict) -> None:
+        """`user_config`: `max_batch_size` requests (default 32) and `batch_wait_timeout_s` (default 0) per coalesced
+        call to the classifier and to the topic model (1: every request its own call)."""
+        for coalesced in (self.classify_coalesced, self.assign_coalesced):
+            coalesced.set_max_batch_size(int(config.get("max_batch_size", 32)))
+            coalesced.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+
     async def call(self, method, *args, timeout: float | None = None):
         """`method.remote(*args)` within the request's deadline (`request_timeout_s`, or the client's shorter
         X-Request-Timeout), retried once when its replica dies; cancelled downstream when the deadline
@@ -315,6 +352,39 @@ class Api:
             except asyncio.CancelledError:  # the client went away: drop the work it asked for
                 response.cancel()
                 raise
+
+    async def coalesced(self, batched, texts: list[str], timeout: float | None) -> list[dict]:
+        """`texts`' results from the coalesced call `batched` (`classify_coalesced`, `assign_coalesced`) within this
+        request's deadline; a request that leaves (deadline, client gone) is dropped from its call if it is still
+        queued, and cancels the call if it was the last one in it."""
+        budget = min(self.timeout_s, timeout or self.timeout_s)
+        waiting = Waiting(texts, asyncio.get_running_loop().time() + budget)
+        try:
+            return await asyncio.wait_for(batched(waiting), budget)
+        except TimeoutError:
+            waiting.leave()
+            raise DeadlineExceeded(budget) from None
+        except asyncio.CancelledError:
+            waiting.leave()
+            raise
+
+    async def coalesce(self, method, requests: list[Waiting]) -> list[list[dict]]:
+        """One `method` call for the texts of `requests` (within the latest of their deadlines); each gets its own."""
+        task = asyncio.current_task()
+        for waiting in requests:
+            waiting.sharing, waiting.task = requests, task
+        remaining = max(w.deadline for w in requests) - asyncio.get_running_loop().time()
+        results = await self.call(method, [text for w in requests for text in w.texts], timeout=max(remaining, 1e-3))
+        ends = accumulate(len(w.texts) for w in requests)
+        return [results[end - len(w.texts):end] for w, end in zip(requests, ends, strict=True)]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=COALESCED_CALLS)
+    async def classify_coalesced(self, requests: list[Waiting]) -> list[list[dict]]:
+        return await self.coalesce(self.classifier.classify, requests)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=COALESCED_CALLS)
+    async def assign_coalesced(self, requests: list[Waiting]) -> list[list[dict]]:
+        return await self.coalesce(self.topic_model.assign, requests)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:
@@ -343,11 +413,11 @@ class Api:
 
     @api.post("/v1/sentiment", responses=ERRORS)
     async def sentiment(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.call(self.classifier.classify, body.texts, timeout=timeout)}
+        return {"results": await self.coalesced(self.classify_coalesced, body.texts, timeout)}
 
     @api.post("/v1/topics", responses=ERRORS)
     async def assign_topics(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.call(self.topic_model.assign, body.texts, timeout=timeout)}
+        return {"results": await self.coalesced(self.assign_coalesced, body.texts, timeout)}
 
     @api.get("/v1/topics", responses=READ_ERRORS)
     async def list_topics(self, timeout: Timeout = None) -> dict:

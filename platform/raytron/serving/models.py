@@ -28,10 +28,10 @@ from raytron.store import read_meta
 log = logging.getLogger("ray.serve")
 
 CONCURRENT_BATCHES = 2
-"""Batches an encoder replica (classifier, embedder) computes at once, each on its own thread: one is tokenized and
-its kernels launched while the other's run (both on the default CUDA stream, so their copies and kernels still queue
-one after the other: the overlap is the host work). `max_ongoing_requests` >= 2 x `max_batch_size` lets both fill;
-the decoder's generation keeps one. WARM_UP runs one batch at start, before any two can race."""
+"""Batches an encoder replica (classifier, embedder) computes at once: one is tokenized and its kernels launched while
+the other's run (both on the default CUDA stream, so their copies and kernels still queue one after the other: the
+overlap is the host work). `max_ongoing_requests` >= 2 x `max_batch_size` lets both fill; the decoder's generation
+keeps one. WARM_UP runs one batch at start, before any two can race."""
 
 LEAD3_THREADS = 2
 """Threads for Lead-3 (sentence splitting, no model), apart from the event loop's default executor, which runs the batches."""
@@ -52,15 +52,21 @@ def load(store: str, name: str, version: str | None):
     return resolve(store, name, version)
 
 
+def on_thread(work):
+    """`work(items)` on a worker thread, awaited: the replica's event loop keeps queueing requests and answering
+    Serve's health checks meanwhile."""
+    return lambda items: asyncio.to_thread(work, items)
+
+
 class Batched:
     """Batch bookkeeping for deployments whose `@serve.batch` method is named `batched`: batch size and
-    wait from `user_config` (`reconfigure`), the model work on a worker thread (the replica's event loop
-    keeps queueing requests and answering Serve's health checks meanwhile), the largest batch formed
+    wait from `user_config` (`reconfigure`), the model work awaited (`on_thread`, or a replica's own), the largest batch formed
     (in `info()`), and `check_health` failing after consecutive failed batches (Serve then replaces
     the replica; /healthz names the deployment while it has none running)."""
 
     largest_batch = 0
     items = 0
+    requests = 0  # Serve requests taken in (each a list of texts, or one article)
     running = 0
     failed_batches = 0
     last_failure = ""
@@ -77,7 +83,7 @@ class Batched:
         self.largest_batch = max(self.largest_batch, len(items))
         self.running += len(items)
         try:
-            result = await asyncio.to_thread(work, items)
+            result = await work(items)
         except Exception as exc:
             self.failed_batches += 1
             self.last_failure = f"{type(exc).__name__}: {exc}"
@@ -94,9 +100,10 @@ class Batched:
 
     def batch_info(self) -> dict:
         """This replica's batching: the configured limit, the largest batch it has formed so far, how many
-        items its batches have processed, and the items of the batches computing now (0: none)."""
+        items its batches have processed, the Serve requests it took in (each a list of texts for the encoders:
+        fewer than the items where the ingress coalesced requests), and the items of the batches computing now."""
         return {"max_batch_size": self.max_batch_size, "largest_batch": self.largest_batch, "items": self.items,
-                "running": self.running}
+                "requests": self.requests, "running": self.running}
 
 
 @serve.deployment
@@ -135,18 +142,33 @@ class SentimentClassifier(Batched):
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.encoder(pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts}))
 
-    def score(self, texts: list[str]) -> list[dict]:
-        scored = self.predictor(self.encode(texts))
+    def results(self, scored: dict[str, np.ndarray]) -> list[dict]:
         labels = self.meta["labels"]
         return [{"label": labels[int(p)], "probability": float(pos if p == 1 else 1 - pos),
                  "positive_probability": float(pos)}
                 for p, pos in zip(scored["prediction"], scored["prob_positive"], strict=True)]
 
+    def score(self, texts: list[str]) -> list[dict]:
+        return self.results(self.predictor(self.encode(texts)))
+
+    async def score_batch(self, texts: list[str]) -> list[dict]:
+        """On a GPU, the batch's host work (tokenizing, VADER, issuing the forward) runs on the event loop and only the
+        wait for the GPU on a thread. Host work on a thread made the two fight for the GIL: each of the thread's torch
+        calls gives it up and waits to take it back (up to the 5 ms switch interval) while the loop handles requests,
+        and the loop waits likewise (docs/gpu-fast-path.md, eighteenth session). On a CPU the forward is host work:
+        all of it on a thread, as the other deployments do."""
+        if self.predictor.device.type != "cuda":
+            return await asyncio.to_thread(self.score, texts)
+        scored = self.predictor.launch(self.encode(texts))
+        await asyncio.to_thread(scored.wait)
+        return self.results(scored.result())
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def batched(self, texts: list[str]) -> list[dict]:
-        return await self.run_batch(self.score, texts)
+        return await self.run_batch(self.score_batch, texts)
 
     async def classify(self, texts: list[str]) -> list[dict]:
+        self.requests += 1
         return await asyncio.gather(*(self.batched(t) for t in texts))
 
     def info(self) -> dict:
@@ -217,13 +239,14 @@ class Summarizer(Batched):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def batched(self, requests: list[tuple[str, str, int, threading.Event]]) -> list[str | None]:
-        return await self.run_batch(self.work, requests)
+        return await self.run_batch(on_thread(self.work), requests)
 
     def model_used(self, technique: str) -> dict | None:
         return {"abstractive": self.decoder, "extractive": self.extractive_model}.get(technique)
 
     async def summarize(self, text: str, technique: str, max_tokens: int) -> dict:
         """Lead-3 runs no model: it skips the batch queue (and its `batch_wait_timeout_s`), on threads of its own."""
+        self.requests += 1
         if technique == "lead-3":
             from raytron.evaluate.rouge import lead3
 
@@ -279,9 +302,10 @@ class Embedder(Batched):
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def batched(self, texts: list[str]) -> list[list[float]]:
-        return await self.run_batch(lambda items: self.embedder.embed(items).tolist(), texts)
+        return await self.run_batch(on_thread(lambda items: self.embedder.embed(items).tolist()), texts)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
+        self.requests += 1
         return await asyncio.gather(*(self.batched(t) for t in texts))
 
     def info(self) -> dict:
