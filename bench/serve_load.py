@@ -1,5 +1,6 @@
 """Load test of the Serve app on 127.0.0.1: p50/p99 latency and throughput per endpoint, the classifier batched
-vs unbatched (over HTTP, and by DeploymentHandle from the driver, without the proxy and the ingress), and Serve's
+vs unbatched (over HTTP with and without the ingress coalescing requests, and by DeploymentHandle from the driver,
+without the proxy and the ingress), and Serve's
 overhead over calling the model in-process, against Serve's own floor (the same two hops in an app that does
 nothing: a FastAPI ingress calling a deployment that answers at once).
 
@@ -203,9 +204,10 @@ def p50_ms(call, repeats: int, warm_up: int) -> float:
     return 1000 * statistics.median(times[warm_up:])
 
 
-def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats: int = 30) -> dict[int, float]:
+def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats: int = 30) -> tuple[dict[int, float], float]:
     """p50 ms of encoding + scoring 1 and `batch` reviews in-process (what a replica does per batch, minus Serve), as
-    the config runs it (with `cuda_graphs`, from CUDA graphs): the model's own batching gain, apart from Serve's."""
+    the config runs it (with `cuda_graphs`, from CUDA graphs): the model's own batching gain, apart from Serve's; and
+    the review's positive probability in-process (what the served answer must equal)."""
     import numpy as np
     import pandas as pd
 
@@ -219,7 +221,8 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats
     rows = {n: pd.DataFrame({"id": np.arange(n), "label": 0, "text": [REVIEW] * n}) for n in (1, batch)}
     if cuda_graphs:
         predictor.capture_cuda_graphs(encoder(rows[1]), max_rows=batch)
-    return {n: p50_ms(lambda frame=frame: predictor(encoder(frame)), repeats, warm_up=5) for n, frame in rows.items()}
+    times = {n: p50_ms(lambda frame=frame: predictor(encoder(frame)), repeats, warm_up=5) for n, frame in rows.items()}
+    return times, float(predictor(encoder(rows[1]))["prob_positive"][0])
 
 
 def lead3_in_process_ms(repeats: int = 200) -> float:
@@ -280,25 +283,35 @@ def main() -> None:
     print(f"classifier: {configured}")
     handle_loop = LoopThread()
     by_http, by_handle = {}, {}  # req/s of the classifier per max_batch_size
-    for batch in (args.max_batch, 1):  # the config's own batch wait, one replica: batching alone compared
-        classifier = {"user_config": {**configured, "max_batch_size": batch}, "autoscaling_config": None}
+    passes = [(args.max_batch, True), (args.max_batch, False), (1, False)]  # (classifier batch, ingress coalescing)
+    for batch, coalesce in passes:  # the config's own batch wait, one replica: batching alone compared
+        first = (batch, coalesce) == passes[0]
+        overrides = {"SentimentClassifier": {"user_config": {**configured, "max_batch_size": batch},
+                                             "autoscaling_config": None}}
+        if not coalesce:  # every request its own classifier call
+            overrides["Api"] = {"user_config": {"max_batch_size": 1}}
         # the bench store has no summarization model (it measures Lead-3 and extractive): allow the
         # pretrained decoder explicitly, as the app requires
-        application, _ = from_config_file(args.config, {"SentimentClassifier": classifier},
-                                          store=store, summarization_fallback="pretrained")
+        application, _ = from_config_file(args.config, overrides, store=store, summarization_fallback="pretrained")
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
-        with profiled(args.profile if batch == args.max_batch else None, f"batch{batch}"):
+        with profiled(args.profile if first else None, f"batch{batch}"):
             sentiment = load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
-        largest = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]["largest_batch"]
-        by_http[batch] = measured(f"POST /v1/sentiment (max_batch_size={batch}, largest formed {largest})",
-                                  args.concurrency, sentiment)["req_per_s"]
-        by_handle[batch] = measured(
-            f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
-            handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency),
-        )["req_per_s"]
-        if batch == args.max_batch:
+        if first:  # the answer to compare with the model in-process
+            served = requests.post(f"{base}/v1/sentiment", json={"texts": REVIEW}, headers=auth(),
+                                   timeout=60).json()["results"][0]["positive_probability"]
+        formed = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]
+        by_http[batch, coalesce] = measured(
+            f"POST /v1/sentiment (batch {batch}, {'coalesced' if coalesce else 'one call per request'}: largest "
+            f"{formed['largest_batch']}, {formed['items'] / formed['requests']:.1f} texts/call)", args.concurrency,
+            sentiment)["req_per_s"]
+        if not coalesce:  # a handle's calls never pass the ingress
+            by_handle[batch] = measured(
+                f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
+                handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency),
+            )["req_per_s"]
+        if first:
             with profiled(args.profile, "one-in-flight"):
                 one_in_flight = measured("POST /v1/sentiment, 1 in flight", 1, load(
                     f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
@@ -319,10 +332,13 @@ def main() -> None:
                           load(floor, {"texts": REVIEW}, args.requests, args.concurrency))["req_per_s"]
     floor_one = measured("Serve's floor, 1 in flight", 1, load(floor, {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
     serve.delete("floor")
-    direct = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
+    direct, positive = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
-    print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch] / by_http[1]:.1f}x over HTTP, "
-          f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (no proxy, no ingress)")
+    unbatched = by_http[1, False]
+    print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch, True] / unbatched:.1f}x over HTTP "
+          f"with the ingress coalescing, {by_http[args.max_batch, False] / unbatched:.1f}x without; "
+          f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (one call per request, no ingress)")
+    print(f"the review's positive probability: served {served:.4f}, in-process {positive:.4f}")
     print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
