@@ -293,7 +293,7 @@ def main() -> None:
         overrides = {"SentimentClassifier": {"user_config": {**configured, "max_batch_size": batch},
                                              "autoscaling_config": None}}
         if not coalesce:  # every request its own classifier call
-            overrides["Api"] = {"user_config": {"max_batch_size": 1}}
+            overrides["Api"] = {"user_config": {"coalesce": False}}
         # the bench store has no summarization model (it measures Lead-3 and extractive): allow the
         # pretrained decoder explicitly, as the app requires
         application, _ = from_config_file(args.config, overrides, store=store, summarization_fallback="pretrained")

@@ -1,6 +1,6 @@
 """The sentiment predictor (Serve's classifier and the evaluation's scorer) cuts each batch to the width of its longest
 review: the probabilities equal the full-width forward's, for a batch of short and long reviews, on CPU. The GPU's
-CUDA graphs per width are checked against the eager forward whenever a replica captures them (test_cuda_graphs.py)."""
+CUDA graphs per width are checked against the eager forward, each and interleaved, whenever a replica captures them."""
 
 import json
 

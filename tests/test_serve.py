@@ -5,8 +5,6 @@ generating for a client that left), schemathesis over its OpenAPI, an ingress re
 killed under load, the GPU config, and the page in Chromium; Serve's proxy actor as the HTTP ingress, with
 raytron's middleware (tests/test_serve_haproxy.py runs the tests that hold for HAProxy there)."""
 
-import asyncio
-import contextlib
 import copy
 import json
 import os
@@ -32,7 +30,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from raytron.config import load_config
 from raytron.registry import publish, resolve, versions
-from raytron.serving.app import COALESCED_CALLS, Waiting
+from raytron.serving.coalesce import Coalescing
 from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
 from raytron.serving.models import CONCURRENT_BATCHES
 from tests.conftest import REPO, require_tool
@@ -129,18 +127,24 @@ def test_configs_have_one_structure_and_batches_can_fill():
         built = serve_build_app(build(app["args"]), name=app["name"])  # the builder takes the args alone
         assert {d.name for d in built.deployments} == set(_options(config))  # every configured name exists
         options = _options(config)
-        batch = {name: o["user_config"]["max_batch_size"] for name, o in options.items() if "user_config" in o}
-        assert set(batch) == {"Api", "Summarizer", "SentimentClassifier", "Embedder"}
-        # Serve's default max_ongoing_requests (5) would cap every batch at 5; the encoders compute two at once, the
-        # ingress makes that many coalesced calls at once
-        concurrent = {"Api": COALESCED_CALLS, "Summarizer": 1, "SentimentClassifier": CONCURRENT_BATCHES,
-                      "Embedder": CONCURRENT_BATCHES}
+        batch = {name: o["user_config"]["max_batch_size"] for name, o in options.items()
+                 if "max_batch_size" in o.get("user_config", {})}
+        assert set(batch) == {"Summarizer", "SentimentClassifier", "Embedder"}
+        # Serve's default max_ongoing_requests (5) would cap every batch at 5; the encoders compute two at once
+        concurrent = {"Summarizer": 1, "SentimentClassifier": CONCURRENT_BATCHES, "Embedder": CONCURRENT_BATCHES}
         for name, size in batch.items():
             assert options[name]["max_ongoing_requests"] >= size * concurrent[name] and size > 5, name
         # requests reach the classifier and the embedder through the ingress and TopicModel
         assert options["Api"]["max_ongoing_requests"] >= batch["SentimentClassifier"] * CONCURRENT_BATCHES
         assert options["Api"]["num_replicas"] >= 2  # one dying leaves one to route to
         assert options["TopicModel"]["max_ongoing_requests"] >= batch["Embedder"] * CONCURRENT_BATCHES
+        # the ingress coalesces: the classifier and the embedder see at most calls_in_flight per ingress replica, so
+        # their autoscaling targets must lie below that for a second replica ever to be added
+        coalescing = Coalescing.model_validate(options["Api"]["user_config"])
+        assert coalescing.coalesce
+        for name in ("SentimentClassifier", "Embedder"):
+            target = options[name]["autoscaling_config"]["target_ongoing_requests"]
+            assert target < coalescing.calls_in_flight * options["Api"]["num_replicas"], name
     assert laptop.keys() == gpu.keys() and _options(laptop).keys() == _options(gpu).keys()
     assert set(_app(laptop)["args"]) - {"auth"} == set(_app(gpu)["args"])
     for name in _options(laptop):
@@ -519,23 +523,6 @@ def test_sentiment_is_the_model_in_process(url, client, store):
     assert one[0]["positive_probability"] == pytest.approx(expected[0], abs=1e-5)  # alone or batched, the same
 
 
-def test_a_coalesced_call_is_cancelled_once_every_request_in_it_left():
-    async def scenario() -> list[bool]:
-        call = asyncio.create_task(asyncio.sleep(60))  # a coalesced call, as Api.coalesce makes it
-        first, second = Waiting(["a"], 0.0), Waiting(["b"], 0.0)
-        for waiting in (first, second):
-            waiting.sharing, waiting.task = [first, second], call
-        first.leave()
-        await asyncio.sleep(0)
-        states = [call.cancelled() or call.done()]
-        second.leave()
-        with contextlib.suppress(asyncio.CancelledError):
-            await call
-        return [*states, call.cancelled()]
-
-    assert asyncio.run(scenario()) == [False, True]
-
-
 def test_topics_are_the_nearest_topic_embedding(url, client, store):
     import numpy as np
     from bertopic import BERTopic
@@ -714,6 +701,22 @@ def test_coalesced_requests_get_their_own_answers_and_deadlines(url, client, sto
     assert calls < len(bodies), f"{len(bodies)} requests in flight together made {calls} classifier calls"
 
 
+def test_coalesced_requests_that_all_left_are_never_computed(url, client):
+    """Requests whose deadline passes while their coalesced call waits in the classifier's batch queue (the test
+    config's BATCH_WAIT_S) leave it; once all of a call's requests have, the call is cancelled and Serve drops its
+    texts before the batch runs: the classifier's item count does not grow."""
+    def items() -> int:
+        return client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["items"]
+
+    before = items()
+    with ThreadPoolExecutor(4) as pool:
+        late = [pool.submit(client.post, f"{url}/v1/sentiment", json={"texts": [f"{REVIEWS[0]} ({i})"]},
+                            headers={"X-Request-Timeout": "0.3"}) for i in range(4)]
+    assert [f.result().status_code for f in late] == [504] * 4
+    time.sleep(BATCH_WAIT_S + 1)  # a batch holding their texts, had they been kept, would have run by now
+    assert items() == before
+
+
 def test_refused_input_never_reaches_a_model(url, client):
     before = client.get(f"{url}/v1/models").json()["sentiment"]["batching"]["items"]
     for body in ({"texts": ["fine", "x" * 20_001]}, {"texts": "x" * 300_000}, {"texts": []}):
@@ -846,7 +849,7 @@ def test_a_dead_replica_is_retried_once_then_503_with_retry_after():
 def test_replicas_turn_unhealthy_after_failed_batches():
     import asyncio
 
-    from raytron.serving.models import Batched
+    from raytron.serving.models import Batched, on_thread
 
     replica = Batched()
 
@@ -855,7 +858,7 @@ def test_replicas_turn_unhealthy_after_failed_batches():
 
     async def run(work):
         try:
-            await replica.run_batch(work, [1, 2])
+            await replica.run_batch(on_thread(work), [1, 2])
         except RuntimeError:
             pass
 

@@ -20,6 +20,7 @@ from tests.test_serve import (  # noqa: F401  (pytest collects the imported test
     test_bearer_token_on_the_deployed_app,
     test_body_limit_applies_while_streaming,
     test_coalesced_requests_get_their_own_answers_and_deadlines,
+    test_coalesced_requests_that_all_left_are_never_computed,
     test_every_error_has_one_shape,
     test_health_page_docs_and_models,
     test_ingress_replica_killed_under_load,

@@ -12,12 +12,13 @@ from raytron.inference.cuda_graphs import GraphedForward
 from raytron.models.classifier import classifier_from_hf
 from raytron.runtime import init_megatron
 from raytron.store import read_head, read_meta
-from raytron.train.sampler import PAD_MULTIPLE
+from raytron.train.sampler import PAD_MULTIPLE, padded_width
 
 
 def graph_widths(max_length: int) -> list[int]:
     """The widths the classifier's CUDA graphs are captured at: PAD_MULTIPLE times powers of two below
-    `max_length`, and `max_length` (a batch pads to at most twice its longest row, and 512 tokens take 4 graphs)."""
+    `max_length`, and `max_length` (a batch pads to at most twice its longest row or to PAD_MULTIPLE, and 512 tokens
+    take 4 graphs)."""
     widths = [PAD_MULTIPLE]
     while widths[-1] * 2 < max_length:
         widths.append(widths[-1] * 2)
@@ -67,22 +68,20 @@ class SentimentPredictor:
                             cache_enabled=False):
             return self.model(input_ids, attention_mask, features)
 
-    def width(self, attention_mask: np.ndarray) -> int:
-        """The width a batch is cut to: its longest row rounded up to a PAD_MULTIPLE, or to a captured width."""
-        full = attention_mask.shape[1]
-        longest = max(int(attention_mask.sum(1).max(initial=1)), 1)
-        if self.graphed:
-            return min(width for width in self.graphed if width >= min(longest, full))
-        return min(full, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    def cut_width(self, attention_mask: np.ndarray) -> int:
+        """The width a batch is cut to: its longest row rounded up to a PAD_MULTIPLE, and up to a captured width."""
+        width = padded_width(attention_mask.sum(1), attention_mask.shape[1])
+        return min((w for w in self.graphed if w >= width), default=width)
 
     def inputs(self, batch: dict[str, np.ndarray], width: int | None = None) -> list[torch.Tensor]:
         """An encoded batch (`raytron.data.imdb.ReviewEncoder`) as the model's device tensors, `width` tokens wide (by
-        default `self.width`: rows are right-padded, so the cut drops padding only). To a GPU from pinned memory
+        default `cut_width`: rows are right-padded, so the cut drops padding only). To a GPU from pinned memory
         without waiting: a copy from pageable memory would wait for the batches already queued on the GPU."""
         mask = np.asarray(batch["attention_mask"])
-        width = width or self.width(mask)
+        width = width or self.cut_width(mask)
         features = np.stack([np.asarray(batch[name], dtype=np.float32) for name in self.meta["features"]], axis=-1)
-        host = [np.ascontiguousarray(np.asarray(batch["input_ids"])[:, :width]), np.ascontiguousarray(mask[:, :width]),
+        # copies: Ray Data's arrays may be read-only, which torch.from_numpy warns about
+        host = [np.array(np.asarray(batch["input_ids"])[:, :width], order="C"), np.array(mask[:, :width], order="C"),
                 features]
         if self.device.type == "cuda":
             moved = [torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True) for a in host]
@@ -97,9 +96,13 @@ class SentimentPredictor:
         (`raytron.inference.cuda_graphs`, one memory pool, widest first); `example` (an encoded batch) gives the
         inputs' shapes and the values the captures are checked on."""
         shared = None
-        for width in reversed(graph_widths(np.asarray(example["attention_mask"]).shape[1])):
+        widths = graph_widths(np.asarray(example["attention_mask"]).shape[1])
+        for width in reversed(widths):
             shared = GraphedForward(self.logits, self.inputs(example, width), max_rows, share=shared)
             self.graphed[width] = shared
+        for width in widths[::2] + widths[1::2]:  # replayed after every capture into the pool, widths interleaved
+            inputs = self.inputs(example, width)
+            GraphedForward.check(self.graphed[width](*inputs), self.logits(*inputs), len(inputs[0]))
 
     @torch.no_grad()
     def launch(self, batch: dict[str, np.ndarray]) -> Scored:

@@ -15,12 +15,12 @@ the client goes away, the call is cancelled downstream, and a request still queu
 dropped before the batch runs. Model versions are pinned when the application is built: `latest` is
 resolved once, so a replica that restarts later loads the same version as its peers.
 
-Sentiment and topic requests are coalesced in the ingress (`Api.coalesced`): the texts of the requests an ingress
-replica holds at once go to the model in one call, so the model's replica takes in one Serve request per batch
-rather than one per HTTP request (Serve's per-request work in a replica, about 1 ms of its one event loop, limited
-the GPU classifier to ~460 requests/s: docs/gpu-fast-path.md, eighteenth session); the ingress replicas, which scale
-out, pay it instead. A coalesced call is cancelled downstream once every request in it is gone; until then the texts
-of a request that left are computed with the others' and dropped.
+Sentiment and topic requests are coalesced in the ingress (`raytron.serving.coalesce`): requests that queue while
+an ingress replica's calls to a model are out go together in its next call, so the model's replica takes in one
+Serve request per call rather than one per HTTP request (Serve's per-request work in a replica, about 1 ms of its one
+event loop, limited the GPU classifier to ~460 requests/s: docs/gpu-fast-path.md, eighteenth session). A coalesced
+call is cancelled downstream once every request in it is gone; until then the texts of a request that left are
+computed with the others' and dropped.
 
 Authentication fails closed: the API starts only with a token in $RAYTRON_API_TOKEN (a K8s Secret in
 production), unless the config's args say `auth: none` (the laptop config, bound to 127.0.0.1).
@@ -30,8 +30,7 @@ import asyncio
 import hmac
 import logging
 import os
-from dataclasses import dataclass, field
-from itertools import accumulate
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raytron.errors import RaytronError
 from raytron.registry import versions
+from raytron.serving.coalesce import Coalescer, Coalescing
 from raytron.serving.models import Embedder, SentimentClassifier, Summarizer, TopicModel
 
 log = logging.getLogger("ray.serve")
@@ -191,26 +191,10 @@ class Guard:
         return await self.app(scope, limited_receive, send)
 
 
-@dataclass(eq=False)
-class Waiting:
-    """One request's texts in a coalesced model call (`Api.coalesced`): its deadline (event-loop time), and once the
-    call is made, the requests sharing it and the task making it (cancelled when the last of them leaves)."""
-
-    texts: list[str]
-    deadline: float
-    gone: bool = False
-    sharing: list["Waiting"] = field(default_factory=list)
-    task: asyncio.Task | None = None
-
-    def leave(self) -> None:
-        self.gone = True
-        if self.task is not None and all(other.gone for other in self.sharing):
-            self.task.cancel()
-
-
-COALESCED_CALLS = 2
-"""Coalesced calls an ingress replica has in flight to one model at once: the requests arriving meanwhile queue and
-go together in the next call (with `batch_wait_timeout_s: 0`, coalescing then waits for nothing)."""
+def waiting_budget(configured_s: float, asked_s: float | None) -> float:
+    """Seconds a request may wait for its model: the config's `request_timeout_s`, or the client's shorter
+    X-Request-Timeout."""
+    return min(configured_s, asked_s or configured_s)
 
 
 class Unavailable(Exception):
@@ -320,19 +304,23 @@ class Api:
         self.timeout_s = request_timeout_s
         api.state.settings = Settings(api_token(auth), max_body_bytes)  # raises without a token: fails closed
         api.openapi_schema = None
+        self.coalescing = Coalescing()  # until Serve passes the user_config (reconfigure)
+        self.classify_texts, self.assign_texts = (
+            Coalescer(lambda texts, timeout_s, method=method: self.call(method, texts, timeout=timeout_s),
+                      self.coalescing.max_texts_per_call, self.coalescing.calls_in_flight)
+            for method in (classifier.classify, topic_model.assign))
 
     def reconfigure(self, config: dict) -> None:
-        """`user_config`: `max_batch_size` requests (default 32) and `batch_wait_timeout_s` (default 0) per coalesced
-        call to the classifier and to the topic model (1: every request its own call)."""
-        for coalesced in (self.classify_coalesced, self.assign_coalesced):
-            coalesced.set_max_batch_size(int(config.get("max_batch_size", 32)))
-            coalesced.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+        """`user_config`: how sentiment and topic requests are coalesced (`Coalescing`; a wrong key is refused)."""
+        self.coalescing = Coalescing.model_validate(config)
+        for coalescer in (self.classify_texts, self.assign_texts):
+            coalescer.configure(self.coalescing.max_texts_per_call, self.coalescing.calls_in_flight)
 
     async def call(self, method, *args, timeout: float | None = None):
         """`method.remote(*args)` within the request's deadline (`request_timeout_s`, or the client's shorter
         X-Request-Timeout), retried once when its replica dies; cancelled downstream when the deadline
         passes or the client goes away (the proxy cancels this request then)."""
-        budget = min(self.timeout_s, timeout or self.timeout_s)
+        budget = waiting_budget(self.timeout_s, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         for attempt in (1, 2):
@@ -353,38 +341,16 @@ class Api:
                 response.cancel()
                 raise
 
-    async def coalesced(self, batched, texts: list[str], timeout: float | None) -> list[dict]:
-        """`texts`' results from the coalesced call `batched` (`classify_coalesced`, `assign_coalesced`) within this
-        request's deadline; a request that leaves (deadline, client gone) is dropped from its call if it is still
-        queued, and cancels the call if it was the last one in it."""
-        budget = min(self.timeout_s, timeout or self.timeout_s)
-        waiting = Waiting(texts, asyncio.get_running_loop().time() + budget)
+    async def texts_call(self, method, coalescer: Coalescer, texts: list[str], timeout: float | None) -> list[dict]:
+        """`method(texts)` through `coalescer` (or on its own without `coalesce`), within this request's deadline: 504
+        past it, and the request leaves its coalesced call (`raytron.serving.coalesce`)."""
+        if not self.coalescing.coalesce:
+            return await self.call(method, texts, timeout=timeout)
+        budget = waiting_budget(self.timeout_s, timeout)
         try:
-            return await asyncio.wait_for(batched(waiting), budget)
-        except TimeoutError:
-            waiting.leave()
+            return await coalescer(texts, budget)
+        except (TimeoutError, DeadlineExceeded):  # this request's own deadline, whichever timer saw it first
             raise DeadlineExceeded(budget) from None
-        except asyncio.CancelledError:
-            waiting.leave()
-            raise
-
-    async def coalesce(self, method, requests: list[Waiting]) -> list[list[dict]]:
-        """One `method` call for the texts of `requests` (within the latest of their deadlines); each gets its own."""
-        task = asyncio.current_task()
-        for waiting in requests:
-            waiting.sharing, waiting.task = requests, task
-        remaining = max(w.deadline for w in requests) - asyncio.get_running_loop().time()
-        results = await self.call(method, [text for w in requests for text in w.texts], timeout=max(remaining, 1e-3))
-        ends = accumulate(len(w.texts) for w in requests)
-        return [results[end - len(w.texts):end] for w, end in zip(requests, ends, strict=True)]
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=COALESCED_CALLS)
-    async def classify_coalesced(self, requests: list[Waiting]) -> list[list[dict]]:
-        return await self.coalesce(self.classifier.classify, requests)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=COALESCED_CALLS)
-    async def assign_coalesced(self, requests: list[Waiting]) -> list[list[dict]]:
-        return await self.coalesce(self.topic_model.assign, requests)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:
@@ -413,11 +379,11 @@ class Api:
 
     @api.post("/v1/sentiment", responses=ERRORS)
     async def sentiment(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.coalesced(self.classify_coalesced, body.texts, timeout)}
+        return {"results": await self.texts_call(self.classifier.classify, self.classify_texts, body.texts, timeout)}
 
     @api.post("/v1/topics", responses=ERRORS)
     async def assign_topics(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.coalesced(self.assign_coalesced, body.texts, timeout)}
+        return {"results": await self.texts_call(self.topic_model.assign, self.assign_texts, body.texts, timeout)}
 
     @api.get("/v1/topics", responses=READ_ERRORS)
     async def list_topics(self, timeout: Timeout = None) -> dict:

@@ -33,6 +33,11 @@ the other's run (both on the default CUDA stream, so their copies and kernels st
 overlap is the host work). `max_ongoing_requests` >= 2 x `max_batch_size` lets both fill; the decoder's generation
 keeps one. WARM_UP runs one batch at start, before any two can race."""
 
+LOOP_HOST_CHARS = 100_000
+"""Characters of a graphed classifier batch whose host work may run on the replica's event loop (`score_batch`): 128
+short reviews, a few ms of VADER and tokenizing; a batch of long reviews (IMDb's run to 14,000 characters) goes to a
+thread instead, so it never holds up requests and health checks for long."""
+
 LEAD3_THREADS = 2
 """Threads for Lead-3 (sentence splitting, no model), apart from the event loop's default executor, which runs the batches."""
 
@@ -60,8 +65,8 @@ def on_thread(work):
 
 class Batched:
     """Batch bookkeeping for deployments whose `@serve.batch` method is named `batched`: batch size and
-    wait from `user_config` (`reconfigure`), the model work awaited (`on_thread`, or a replica's own), the largest batch formed
-    (in `info()`), and `check_health` failing after consecutive failed batches (Serve then replaces
+    wait from `user_config` (`reconfigure`), the model work awaited (`on_thread`, or a replica's own), the largest
+    batch formed (in `info()`), and `check_health` failing after consecutive failed batches (Serve then replaces
     the replica; /healthz names the deployment while it has none running)."""
 
     largest_batch = 0
@@ -124,7 +129,7 @@ class SentimentClassifier(Batched):
     def reconfigure(self, config: dict) -> None:
         """Batching as `Batched`; `cuda_graphs: true` captures the classifier's forward as CUDA graphs for batches
         of up to `max_batch_size` rows at the replica's first configuration, which Serve runs before the replica
-        takes requests (a capture must not overlap this process's other CUDA work: batches run on threads). A later,
+        takes requests (a capture must not overlap this process's other CUDA work: batches may run on threads). A later,
         larger `max_batch_size` runs in graph-sized chunks. Checked before anything changes."""
         wanted = bool(config.get("cuda_graphs", False))
         if self.cuda_graphs is not None and wanted != self.cuda_graphs:
@@ -152,12 +157,13 @@ class SentimentClassifier(Batched):
         return self.results(self.predictor(self.encode(texts)))
 
     async def score_batch(self, texts: list[str]) -> list[dict]:
-        """On a GPU, the batch's host work (tokenizing, VADER, issuing the forward) runs on the event loop and only the
-        wait for the GPU on a thread. Host work on a thread made the two fight for the GIL: each of the thread's torch
-        calls gives it up and waits to take it back (up to the 5 ms switch interval) while the loop handles requests,
-        and the loop waits likewise (docs/gpu-fast-path.md, eighteenth session). On a CPU the forward is host work:
-        all of it on a thread, as the other deployments do."""
-        if self.predictor.device.type != "cuda":
+        """With CUDA graphs, a batch of up to LOOP_HOST_CHARS characters does its host work (tokenizing, VADER,
+        issuing the graph and the copy back) on the event loop and only waits for the GPU on a thread. Host work on a
+        thread made the two fight for the GIL: each of the thread's torch calls gives it up and waits to take it back
+        (up to the 5 ms switch interval) while the loop handles requests, and the loop waits likewise
+        (docs/gpu-fast-path.md, eighteenth session). Longer batches, an eager forward (hundreds of launches) and a
+        CPU forward run on a thread, as the other deployments' batches do: they would hold up the loop's intake."""
+        if not self.predictor.graphed or sum(map(len, texts)) > LOOP_HOST_CHARS:
             return await asyncio.to_thread(self.score, texts)
         scored = self.predictor.launch(self.encode(texts))
         await asyncio.to_thread(scored.wait)

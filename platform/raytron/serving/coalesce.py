@@ -1,0 +1,106 @@
+"""Requests coalesced into shared model calls in the ingress: a model replica then takes in one Serve request per
+call instead of one per HTTP request (docs/gpu-fast-path.md, eighteenth session, has the profile that asked for it).
+
+Written here rather than with `@serve.batch`: Serve's batcher forms the next batch as soon as a request arrives, then
+queues it behind its concurrency limit, so with no batch wait a burst still goes out one request per call; here a
+call is formed only when a loop is free to make it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Coalescing(BaseModel):
+    """The ingress deployment's `user_config`: how it coalesces sentiment and topic requests."""
+
+    model_config = ConfigDict(extra="forbid")
+    coalesce: bool = Field(True, description="false: every request makes its own model call")
+    max_texts_per_call: int = Field(128, ge=1, description="texts of the requests one call takes, at most (a "
+                                    "request with more goes alone)")
+    calls_in_flight: int = Field(2, ge=1, description="calls an ingress replica has out to one model at once")
+
+
+@dataclass(eq=False)
+class CoalescedRequest:
+    """One request's texts, its deadline (event-loop time) and the future its answers arrive on (cancelled when the
+    request leaves: its deadline passed or its client went away)."""
+
+    texts: list[str]
+    deadline: float
+    answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Coalescer:
+    """Queued requests' texts to one model method in shared calls. Each of `calls` loops, when free, takes the requests
+    queued (up to `max_texts` texts, at least one request), makes one `send(texts, timeout_s)` and hands each request
+    its slice of the answers, in order. Nothing waits for a call to fill: a lone request goes at once, and requests
+    that arrive while every loop's call is out go together in the next. A request that leaves is skipped while
+    queued; a call whose requests have all left is cancelled (Serve then cancels the model's work)."""
+
+    def __init__(self, send: Callable[[list[str], float], Awaitable[list]], max_texts: int, calls: int):
+        self.send = send
+        self.waiting: deque[CoalescedRequest] = deque()
+        self.arrived = asyncio.Event()
+        self.loops: list[asyncio.Task] = []
+        self.configure(max_texts, calls)
+
+    def configure(self, max_texts: int, calls: int) -> None:
+        """New limits, for the next calls; loops past `calls` end once their call is answered."""
+        self.max_texts, self.calls = max_texts, calls
+
+    async def __call__(self, texts: list[str], timeout_s: float) -> list:
+        """`texts`' answers within `timeout_s` (TimeoutError past it)."""
+        self.loops = [loop for loop in self.loops if not loop.done()]
+        while len(self.loops) < self.calls:  # on the replica's event loop, from its first request on
+            self.loops.append(asyncio.create_task(self.run(len(self.loops))))
+        request = CoalescedRequest(texts, asyncio.get_running_loop().time() + timeout_s)
+        self.waiting.append(request)
+        self.arrived.set()
+        return await asyncio.wait_for(request.answer, timeout_s)
+
+    def take(self) -> list[CoalescedRequest]:
+        """The queue's first requests that are still waited for, up to `max_texts` texts (at least one request)."""
+        taken, count = [], 0
+        while self.waiting and (not taken or count + len(self.waiting[0].texts) <= self.max_texts):
+            request = self.waiting.popleft()
+            if not request.answer.done():
+                taken.append(request)
+                count += len(request.texts)
+        return taken
+
+    async def run(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while index < self.calls:
+            if not self.waiting:
+                self.arrived.clear()
+                await self.arrived.wait()
+                continue
+            requests = self.take()
+            if not requests:
+                continue
+            timeout_s = max(max(r.deadline for r in requests) - loop.time(), 1e-3)
+            call = asyncio.ensure_future(self.send([text for r in requests for text in r.texts], timeout_s))
+
+            def left(_, requests=requests, call=call) -> None:
+                if all(r.answer.cancelled() for r in requests):
+                    call.cancel()
+
+            for request in requests:
+                request.answer.add_done_callback(left)
+            await asyncio.wait([call])
+            if call.cancelled():
+                continue
+            error, start = call.exception(), 0
+            for request in requests:
+                if not request.answer.done():
+                    if error is not None:
+                        request.answer.set_exception(error)
+                    else:
+                        request.answer.set_result(call.result()[start:start + len(request.texts)])
+                start += len(request.texts)
