@@ -5,10 +5,11 @@ call, and a call is cancelled only once every request in it has left. The deploy
 tests/test_serve.py (answers and deadlines under load, Serve's cancellation downstream)."""
 
 import asyncio
+import contextvars
 
 import pytest
 
-from raytron.serving.coalesce import Coalescer, Coalescing
+from raytron.serving.coalesce import CallFailed, Coalescer, Coalescing
 
 
 class Model:
@@ -100,3 +101,64 @@ def test_the_ingress_user_config_refuses_unknown_keys_and_bad_values():
     for bad in ({"max_batch_size": 32}, {"calls_in_flight": 0}, {"max_texts_per_call": -1}):
         with pytest.raises(ValueError):
             Coalescing.model_validate(bad)
+
+
+def test_a_call_cancelled_from_outside_fails_its_requests_at_once():
+    """Serve cancels a call whose replica went away: its requests fail now (a 503 from the ingress), not at their
+    deadline, and the next request is served."""
+    async def scenario():
+        cancel = [False, True]  # popped from the end: the first call is cancelled
+
+        async def send(texts, timeout_s):
+            await asyncio.sleep(0.01)
+            if cancel.pop():
+                raise asyncio.CancelledError  # as a cancelled DeploymentResponse raises it
+            return texts
+
+        coalescer = Coalescer(send, max_texts=8, calls=1)
+        start = asyncio.get_running_loop().time()
+        failed = await asyncio.gather(coalescer(["a"], 30.0), coalescer(["b"], 30.0), return_exceptions=True)
+        return failed, asyncio.get_running_loop().time() - start, await coalescer(["c"], 30.0)
+
+    failed, seconds, served = asyncio.run(scenario())
+    assert all(isinstance(f, CallFailed) and "cancelled" in str(f) for f in failed) and seconds < 5
+    assert served == ["c"]
+
+
+def test_a_loop_that_fails_fails_its_requests_and_keeps_serving():
+    async def scenario():
+        answers = [["too", "many", "answers"], ["fine"]]
+
+        async def send(texts, timeout_s):
+            return answers.pop(0)
+
+        coalescer = Coalescer(send, max_texts=8, calls=1)
+        failed = await asyncio.gather(coalescer(["a"], 30.0), return_exceptions=True)
+        return failed, await coalescer(["b"], 30.0)
+
+    (failed,), served = asyncio.run(scenario())
+    assert isinstance(failed, CallFailed) and "3 answers for 1 texts" in str(failed) and served == ["fine"]
+
+
+def test_calls_do_not_run_in_the_context_of_the_request_that_started_the_loops():
+    """Serve keeps a request's identity in contextvars and cancels the calls made in it when that request is
+    cancelled: the loops must not carry the first request's context into everyone's calls."""
+    request_id = contextvars.ContextVar("request_id", default=None)
+
+    async def scenario():
+        seen = []
+
+        async def send(texts, timeout_s):
+            seen.append(request_id.get())
+            return texts
+
+        coalescer = Coalescer(send, max_texts=8, calls=1)
+
+        async def request(name):
+            request_id.set(name)
+            return await coalescer([name], 5.0)
+
+        await asyncio.gather(asyncio.create_task(request("first")), asyncio.create_task(request("second")))
+        return seen
+
+    assert asyncio.run(scenario()) == [None]

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raytron.errors import RaytronError
 from raytron.registry import versions
-from raytron.serving.coalesce import Coalescer, Coalescing
+from raytron.serving.coalesce import CallFailed, Coalescer, Coalescing
 from raytron.serving.models import Embedder, SentimentClassifier, Summarizer, TopicModel
 
 log = logging.getLogger("ray.serve")
@@ -351,6 +351,8 @@ class Api:
             return await coalescer(texts, budget)
         except (TimeoutError, DeadlineExceeded):  # this request's own deadline, whichever timer saw it first
             raise DeadlineExceeded(budget) from None
+        except CallFailed as exc:
+            raise Unavailable(f"model call failed: {exc}") from exc
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:

@@ -9,11 +9,15 @@ call is formed only when a loop is free to make it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("ray.serve")
 
 
 class Coalescing(BaseModel):
@@ -24,6 +28,11 @@ class Coalescing(BaseModel):
     max_texts_per_call: int = Field(128, ge=1, description="texts of the requests one call takes, at most (a "
                                     "request with more goes alone)")
     calls_in_flight: int = Field(2, ge=1, description="calls an ingress replica has out to one model at once")
+
+
+class CallFailed(Exception):
+    """A coalesced call ended without answers its requests could use: cancelled by something other than all of them
+    leaving (Serve cancels a call when its replica goes away), or the loop making it failed."""
 
 
 @dataclass(eq=False)
@@ -41,13 +50,14 @@ class Coalescer:
     queued (up to `max_texts` texts, at least one request), makes one `send(texts, timeout_s)` and hands each request
     its slice of the answers, in order. Nothing waits for a call to fill: a lone request goes at once, and requests
     that arrive while every loop's call is out go together in the next. A request that leaves is skipped while
-    queued; a call whose requests have all left is cancelled (Serve then cancels the model's work)."""
+    queued; a call whose requests have all left is cancelled (Serve then cancels the model's work). A call cancelled
+    otherwise, an error of the call, or a failure of the loop reaches each of its requests at once (`CallFailed`)."""
 
     def __init__(self, send: Callable[[list[str], float], Awaitable[list]], max_texts: int, calls: int):
         self.send = send
         self.waiting: deque[CoalescedRequest] = deque()
         self.arrived = asyncio.Event()
-        self.loops: list[asyncio.Task] = []
+        self.loops: dict[int, asyncio.Task] = {}  # slot -> its loop
         self.configure(max_texts, calls)
 
     def configure(self, max_texts: int, calls: int) -> None:
@@ -56,9 +66,10 @@ class Coalescer:
 
     async def __call__(self, texts: list[str], timeout_s: float) -> list:
         """`texts`' answers within `timeout_s` (TimeoutError past it)."""
-        self.loops = [loop for loop in self.loops if not loop.done()]
-        while len(self.loops) < self.calls:  # on the replica's event loop, from its first request on
-            self.loops.append(asyncio.create_task(self.run(len(self.loops))))
+        for slot in range(self.calls):  # on the replica's event loop, from its first request on
+            if slot not in self.loops or self.loops[slot].done():
+                # a fresh context: not this request's, whose cancellation Serve passes on to the calls made in it
+                self.loops[slot] = asyncio.create_task(self.run(slot), context=contextvars.Context())
         request = CoalescedRequest(texts, asyncio.get_running_loop().time() + timeout_s)
         self.waiting.append(request)
         self.arrived.set()
@@ -67,40 +78,60 @@ class Coalescer:
     def take(self) -> list[CoalescedRequest]:
         """The queue's first requests that are still waited for, up to `max_texts` texts (at least one request)."""
         taken, count = [], 0
-        while self.waiting and (not taken or count + len(self.waiting[0].texts) <= self.max_texts):
-            request = self.waiting.popleft()
-            if not request.answer.done():
-                taken.append(request)
-                count += len(request.texts)
+        while self.waiting:
+            if self.waiting[0].answer.done():  # left while queued
+                self.waiting.popleft()
+            elif taken and count + len(self.waiting[0].texts) > self.max_texts:
+                break
+            else:
+                taken.append(self.waiting.popleft())
+                count += len(taken[-1].texts)
         return taken
 
-    async def run(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        while index < self.calls:
+    async def run(self, slot: int) -> None:
+        """Calls, one at a time, while `slot` is within `calls`; a failure fails its call's requests, not the loop."""
+        while slot < self.calls:
             if not self.waiting:
                 self.arrived.clear()
                 await self.arrived.wait()
                 continue
             requests = self.take()
-            if not requests:
-                continue
-            timeout_s = max(max(r.deadline for r in requests) - loop.time(), 1e-3)
-            call = asyncio.ensure_future(self.send([text for r in requests for text in r.texts], timeout_s))
+            try:
+                await self.answer(requests)
+            except Exception as exc:  # a bug here must not leave its requests waiting for their deadline
+                log.exception("coalesced call of %d requests failed", len(requests))
+                fail(requests, CallFailed(f"{type(exc).__name__}: {exc}"))
 
-            def left(_, requests=requests, call=call) -> None:
-                if all(r.answer.cancelled() for r in requests):
-                    call.cancel()
+    async def answer(self, requests: list[CoalescedRequest]) -> None:
+        """One call for `requests` (cancelled once they have all left); each gets its slice of the answers."""
+        if not requests:
+            return
+        timeout_s = max(max(r.deadline for r in requests) - asyncio.get_running_loop().time(), 1e-3)
+        texts = [text for r in requests for text in r.texts]
+        call = asyncio.ensure_future(self.send(texts, timeout_s))
 
-            for request in requests:
-                request.answer.add_done_callback(left)
-            await asyncio.wait([call])
-            if call.cancelled():
-                continue
-            error, start = call.exception(), 0
+        def left(_) -> None:
+            if all(r.answer.cancelled() for r in requests):
+                call.cancel()
+
+        for request in requests:
+            request.answer.add_done_callback(left)
+        await asyncio.wait([call])
+        if call.cancelled():
+            fail(requests, CallFailed("the model call was cancelled"))  # a no-op when they all left
+        elif call.exception() is not None:
+            fail(requests, call.exception())
+        else:
+            answers, start = call.result(), 0
+            if len(answers) != len(texts):
+                raise ValueError(f"{len(answers)} answers for {len(texts)} texts")
             for request in requests:
                 if not request.answer.done():
-                    if error is not None:
-                        request.answer.set_exception(error)
-                    else:
-                        request.answer.set_result(call.result()[start:start + len(request.texts)])
+                    request.answer.set_result(answers[start:start + len(request.texts)])
                 start += len(request.texts)
+
+
+def fail(requests: list[CoalescedRequest], error: BaseException) -> None:
+    for request in requests:
+        if not request.answer.done():
+            request.answer.set_exception(error)
