@@ -341,12 +341,12 @@ class Api:
                 response.cancel()
                 raise
 
-    async def texts_call(self, method, coalescer: Coalescer, texts: list[str], timeout: float | None) -> list[dict]:
-        """`method(texts)` through `coalescer` (or on its own without `coalesce`), within this request's deadline: 504
-        past it, and the request leaves its coalesced call (`raytron.serving.coalesce`)."""
-        if not self.coalescing.coalesce:
-            return await self.call(method, texts, timeout=timeout)
+    async def texts_call(self, coalescer: Coalescer, texts: list[str], timeout: float | None) -> list[dict]:
+        """`texts`' answers through `coalescer` (or its model call on its own without `coalesce`), within this
+        request's deadline: 504 past it, and the request leaves its coalesced call (`raytron.serving.coalesce`)."""
         budget = waiting_budget(self.timeout_s, timeout)
+        if not self.coalescing.coalesce:
+            return await coalescer.send(texts, budget)
         try:
             return await coalescer(texts, budget)
         except (TimeoutError, DeadlineExceeded):  # this request's own deadline, whichever timer saw it first
@@ -381,11 +381,11 @@ class Api:
 
     @api.post("/v1/sentiment", responses=ERRORS)
     async def sentiment(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.texts_call(self.classifier.classify, self.classify_texts, body.texts, timeout)}
+        return {"results": await self.texts_call(self.classify_texts, body.texts, timeout)}
 
     @api.post("/v1/topics", responses=ERRORS)
     async def assign_topics(self, body: TextsRequest, timeout: Timeout = None) -> dict:
-        return {"results": await self.texts_call(self.topic_model.assign, self.assign_texts, body.texts, timeout)}
+        return {"results": await self.texts_call(self.assign_texts, body.texts, timeout)}
 
     @api.get("/v1/topics", responses=READ_ERRORS)
     async def list_topics(self, timeout: Timeout = None) -> dict:
