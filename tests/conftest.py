@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,11 @@ def environment():
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-tag writes to the GCS from tests
-    from raytron.runtime import WORKER_START_TIMEOUT_S
+    from raytron.runtime import REPORT_POLL_S, WORKER_START_TIMEOUT_S
 
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)  # before ray.init
+    # before ray.init, as raytron.runtime.connect_ray sets them: the cluster's processes (Tune's trials too) inherit them
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
 
 
 @pytest.fixture(scope="session")
@@ -111,17 +115,46 @@ def smollm2():
     return config, weights, ours.eval(), reference, tokenizer
 
 
+SHARED_BUILDS = "RAYTRON_TEST_SHARED"
+"""tests/run_modules.py sets it to one folder for all the modules of its run: what `built_once` builds is kept there."""
+
+
+def built_once(name: str, build: Callable[[Path], None], into: Path) -> Path:
+    """`into`, filled as `build(folder)` fills a folder, which happens once per tests/run_modules.py run: the first
+    module to ask builds it in the run's shared folder (the others wait for it, on a file lock) and each module gets
+    its own copy, so what a test changes stays in its module. A module run alone builds into `into` itself."""
+    shared = os.environ.get(SHARED_BUILDS)
+    if not shared:
+        build(into)
+        return into
+    folder, built = Path(shared) / name, Path(shared) / f"{name}.built"
+    with open(Path(shared) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when this process ends, however it ends
+        if not built.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a module that died building it left
+            build(folder)
+            built.touch()
+    shutil.copytree(folder, into, dirs_exist_ok=True)
+    return into
+
+
+SENTIMENT_RUN = {"train.epochs": 3, "run.name": "dp2"}
+
+
 @pytest.fixture(scope="session")
 def sentiment_run(ray_cluster, tmp_path_factory):
-    """A real 2-worker (DP=2) IMDb fine-tune, 3 epochs of 48 reviews: its config, run folder, Ray result."""
+    """A real 2-worker (DP=2) IMDb fine-tune, 3 epochs of 48 reviews (built once per test run): its config and run
+    folder."""
     from raytron.config import load_config
     from raytron.train.launcher import finetune
 
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{"train.epochs": 3, "run.name": "dp2"}))
+    def config(root: Path):
+        return load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **SENTIMENT_RUN))
+
+    root = built_once("sentiment-run", lambda folder: finetune(config(folder)), tmp_path_factory.mktemp("runs"))
+    cfg = config(root)
     assert cfg.resources.num_workers == 2 and cfg.parallel.data == 2
-    result = finetune(cfg)
-    return cfg, root / "dp2", result
+    return cfg, root / "dp2"
 
 
 @pytest.fixture(scope="session")

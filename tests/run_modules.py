@@ -6,14 +6,17 @@ start-up (CI's 2-core machine, two at a time: the suite 18 min 45 s -> 16 min 49
 1.4-2.5x slower beside another: 2026-11-30, test_imdb_data 77 s alone against 108 s in CI, test_job_submit 100 / 162 s,
 test_generate 73 / 195 s, test_serve 553 / 1,405 s; so more lanes than cores buy nothing). Modules run in the order
 given (list the slowest first); each one's output is printed whole when it ends. Exit status 1 if
-any module failed or ran past `--timeout`.
+any module failed or ran past `--timeout`. What several modules need built (a fine-tuned run, a model store) is
+built once for all of them, in a folder this run shares with its modules (conftest.built_once).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -37,7 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     modules = list(dict.fromkeys(args.modules))  # the slow ones named first also match tests/test_*.py
     failed = []
-    with ThreadPoolExecutor(args.jobs) as pool:
+    with tempfile.TemporaryDirectory(prefix="raytron-test-shared-") as shared, ThreadPoolExecutor(args.jobs) as pool:
+        os.environ["RAYTRON_TEST_SHARED"] = shared  # conftest.SHARED_BUILDS, inherited by the modules
         for future in as_completed([pool.submit(run_module, m, args.timeout) for m in modules]):
             module, status, output, seconds = future.result()
             print(f"== {module} ({seconds:.0f} s, {'ok' if status == 0 else 'FAILED'})\n{output}", flush=True)

