@@ -128,13 +128,14 @@ def built_once(name: str, build: Callable[[Path], None], into: Path) -> Path:
         build(into)
         return into
     folder, built = Path(shared) / name, Path(shared) / f"{name}.built"
+    Path(shared).mkdir(parents=True, exist_ok=True)
     with open(Path(shared) / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when this process ends, however it ends
         if not built.is_file():
             shutil.rmtree(folder, ignore_errors=True)  # what a module that died building it left
             build(folder)
             built.touch()
-    shutil.copytree(folder, into, dirs_exist_ok=True)
+    shutil.copytree(folder, into, symlinks=True, dirs_exist_ok=True)  # W&B's links are relative
     return into
 
 

@@ -147,7 +147,9 @@ def test_killed_worker_resumes_exactly_mid_epoch(ray_cluster, tmp_path):
     # lacks, and none it holds (a step in both attempts can only be one trained again after the checkpoint at step 8,
     # or 10)
     first, again = read_run(sorted(attempts)[0], killed=True), read_run(sorted(attempts)[1])
-    assert again.run.job_type == "finetune" and again.finished
+    assert again.run.job_type == "finetune" and again.finished and (first.run is None or first.run.job_type == "finetune")
+    logged_again = [row["_step"] for row in again.history]
+    assert len(logged_again) == len(set(logged_again)), logged_again  # each step once in the restarted attempt
     for key in ("train/loss", "val/accuracy"):
         assert history_by_step([first, again], key) == {
             m["step"]: m[key] for m in read_metrics(tmp_path / "killed") if key in m}, key

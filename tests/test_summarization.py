@@ -131,7 +131,7 @@ def test_finetune_loss_falls_and_exports_an_hf_decoder(trained):
     assert all(0 < m["train/real_token_fraction"] <= 1 for m in metrics if "train/loss" in m), metrics
     assert [m["val/loss"] for m in metrics if "val/loss" in m]
     # Ray Train takes the two epoch-end reports only: the log windows go to metrics.jsonl and W&B, not through
-    # ray.train.report, which waits for the controller's poll (every 2 s) when called more often
+    # ray.train.report, which waits for the controller's poll (raytron.runtime.REPORT_POLL_S) when called more often
     reports = [json.loads(line) for line in (run_dir.parent / "reports.jsonl").read_text().splitlines()]
     assert len(reports) == 2 and all("val/loss" in names for names in reports), reports
     meta = read_meta(run_dir / "model")

@@ -21,9 +21,11 @@ WORKER_START_TIMEOUT_S = "300"
 REPORT_POLL_S = "0.2"
 """How often Ray Train's controller polls its workers (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`, Ray's default 2 s). It takes
 a worker's report (an epoch's end, a checkpoint) only when it polls, and `raytron.train.loop.save_checkpoint` waits
-for the checkpoint to be registered, so each checkpoint held training for up to the interval: at 2 s the tiny CPU
-recipe's checkpoints took 2.7 s each, at 0.1 s 0.7 s (a 3-epoch fine-tune with 9 checkpoints 56 -> 38 s, 2-core
-machine, 2026-12-02). The driver sets it; Ray Train passes it on to its controller and workers."""
+for the checkpoint to be registered, so each checkpoint held training for about the interval (up to twice it: a poll
+itself waits up to the interval for the workers). At 2 s the tiny CPU recipe's checkpoints took 2.7 s each, at 0.1 s
+0.7 s (a 3-epoch fine-tune with 9 checkpoints 56 -> 38 s, 2-core machine, 2026-12-02). Each poll is one small call per
+worker. The driver sets it (a value already in the environment wins); Ray Train passes it on to its controller and
+workers."""
 
 
 def use_deterministic_kernels() -> None:
