@@ -16,25 +16,25 @@ import pytest
 import yaml
 
 from raytron.config import load_config
-from tests.conftest import REPO, require_tool, tiny_overrides
+from tests.conftest import REPO, SENTIMENT_RUN, require_tool
 from tests.wandb_records import metadata, offline_runs
 
+SENTIMENT = SENTIMENT_RUN["run.name"]
 TUNED = {"task": "sentiment", "recipe": "configs/sentiment.yaml", "search": "tune-0001", "metric": "val/accuracy",
          "best": 0.875, "date": "2026-11-29T06:00:00Z", "commit": "abc123",
          "values": {"train.lr": 3.0e-5, "train.warmup_fraction": 0.1}}
 
 
 @pytest.fixture(scope="module")
-def runs_root(ray_cluster, tmp_path_factory):
-    """Real tiny runs: sentiment fine-tuned and evaluated; summarization's baselines and zero-shot decoder on 2
-    test rows without a fine-tune (a missing part); topics on 300 dated Reuters articles (topics over time)."""
+def runs_root(sentiment_run):
+    """Real tiny runs in one folder: the shared DP=2 sentiment fine-tune (conftest.sentiment_run, this module's copy)
+    evaluated; summarization's baselines and zero-shot decoder on 2 test rows without a fine-tune (a missing part);
+    topics on 300 dated Reuters articles (topics over time)."""
     from raytron.evaluate import sentiment, summarization
     from raytron.topics.pipeline import run as topics
-    from raytron.train.launcher import finetune
 
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{"run.name": "sentiment-tiny"}))
-    finetune(cfg)
+    cfg, run_dir = sentiment_run
+    root = run_dir.parent
     sentiment.evaluate(cfg)
     summarization.evaluate(load_config(REPO / "configs" / "summarization.yaml", [
         f"run.output_dir={root}", "run.name=summarization-tiny", "data.train_rows=4", "data.test_rows=2",
@@ -71,7 +71,7 @@ def cells(page: str) -> dict[str, str]:
 def test_numbers_equal_the_runs_own_files(runs_root, report):
     page = report[0].read_text()
     shown = cells(page)
-    sentiment = json.loads((runs_root / "sentiment-tiny" / "eval" / "metrics.json").read_text())
+    sentiment = json.loads((runs_root / SENTIMENT / "eval" / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1"):
         assert shown[f"sentiment.{key}"] == f"{100 * sentiment[key]:.2f}%"
     rouge = json.loads((runs_root / "summarization-tiny" / "eval" / "rouge.json").read_text())
@@ -88,7 +88,7 @@ def test_numbers_equal_the_runs_own_files(runs_root, report):
         assert shown[f"topics.{row.model}.diversity"] == f"{row.diversity:.3f}"
         assert shown[f"topics.{row.model}.npmi"] == (f"{row.npmi:.3f}" if pd.notna(row.npmi) else "—")
     # tokens/s over the optimizer steps: each log window weighs by its time
-    windows = [json.loads(line) for line in (runs_root / "sentiment-tiny" / "metrics.jsonl").read_text().splitlines()]
+    windows = [json.loads(line) for line in (runs_root / SENTIMENT / "metrics.jsonl").read_text().splitlines()]
     windows = [w for w in windows if "train/tokens_per_s" in w]
     seconds = [w["train/step_time_ms"] * (w["step"] - p["step"]) / 1000 for p, w in zip([{"step": 0}, *windows[:-1]], windows, strict=True)]
     tokens = sum(w["train/tokens_per_s"] * s for w, s in zip(windows, seconds, strict=True))
@@ -109,7 +109,7 @@ def test_missing_parts_tuning_and_provenance_are_shown(runs_root, report):
     assert re.search(r"<td>train.lr</td><td>3e-05</td><td>0.0001</td>", tuned)  # best trial vs configs/sentiment.yaml
     assert re.search(r"<td>train.warmup_fraction</td><td>0.1</td><td>0.06</td>", tuned)  # vs the default
     assert f"not tuned (no {configs}/tuned/topics.yaml): <code>python jobs/tune.py --config configs/topics.yaml" in page
-    meta = json.loads((runs_root / "sentiment-tiny" / "model" / "raytron.json").read_text())
+    meta = json.loads((runs_root / SENTIMENT / "model" / "raytron.json").read_text())
     assert f"Provenance: commit {meta['commit']}, data imdb" in page
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="(?!data:)', page)  # nothing fetched: all inline
 

@@ -16,22 +16,21 @@ import pandas as pd
 import pytest
 
 from raytron.config import load_config
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, SENTIMENT_RUN
 from tests.wandb_records import history_by_step, manifest_paths, metadata, offline_runs
 from tests.wandb_server import WandbServer
 
+NAME = SENTIMENT_RUN["run.name"]
+
 
 @pytest.fixture(scope="module")
-def evaluated(ray_cluster, tmp_path_factory):
-    """A real 2-worker IMDb fine-tune (1 epoch of 48 reviews), then its evaluation on 40 test reviews."""
+def evaluated(sentiment_run):
+    """The shared 2-worker IMDb fine-tune (conftest.sentiment_run: 3 epochs of 48 reviews, this module's copy), then
+    its evaluation on 40 test reviews."""
     from raytron.evaluate.sentiment import evaluate
-    from raytron.train.launcher import finetune
 
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **{"run.name": "tracked"}))
-    finetune(cfg)
-    result = evaluate(cfg)
-    return cfg, root / "tracked", result
+    cfg, run_dir = sentiment_run
+    return cfg, run_dir, evaluate(cfg)
 
 
 def test_finetune_run_holds_metrics_system_metrics_and_the_model_artifact(evaluated):
@@ -42,9 +41,9 @@ def test_finetune_run_holds_metrics_system_metrics_and_the_model_artifact(evalua
     for key in ("train/loss", "val/accuracy"):
         assert history_by_step(attempts, key) == {m["step"]: m[key] for m in logged if key in m}, (key, attempts)
     assert {a.run.run_id for a in attempts} == {run.run.run_id}
-    assert run.run.run_group == "tracked" and run.config["train"]["lr"] == cfg.train.lr
+    assert run.run.run_group == NAME and run.config["train"]["lr"] == cfg.train.lr
     assert run.stats and "proc.cpu.threads" in run.stats[0]  # system metrics are on
-    model = run.artifacts["tracked-model"]
+    model = run.artifacts[f"{NAME}-model"]
     assert model.type == "model"
     files = {p.relative_to(run_dir / "model").as_posix() for p in (run_dir / "model").rglob("*") if p.is_file()}
     assert set(manifest_paths(model)) == files and "encoder/model.safetensors" in files
@@ -64,11 +63,11 @@ def test_evaluate_run_holds_the_confusion_matrix_and_the_evaluation_with_its_lin
     counts = table.pivot(index="Actual", columns="Predicted", values="nPredictions").loc[
         ["negative", "positive"], ["negative", "positive"]]
     assert counts.to_numpy().tolist() == result["confusion_matrix"]  # the evaluation's own matrix, same cells
-    evaluation = run.artifacts["tracked-eval"]
+    evaluation = run.artifacts[f"{NAME}-eval"]
     assert evaluation.type == "evaluation" and "metrics.json" in manifest_paths(evaluation)
     dataset, model = metadata(evaluation)["inputs"]
-    model_artifact = finetuned.artifacts["tracked-model"]
-    assert (model["name"], model["type"], model["digest"]) == ("tracked-model", "model", model_artifact.digest)
+    model_artifact = finetuned.artifacts[f"{NAME}-model"]
+    assert (model["name"], model["type"], model["digest"]) == (f"{NAME}-model", "model", model_artifact.digest)
     assert dataset == metadata(model_artifact)["inputs"][0]  # the same corpus file, the same digest
 
 
@@ -137,15 +136,15 @@ def test_with_an_api_key_the_evaluation_logs_online_with_its_lineage(evaluated, 
             wandb.teardown()
     (run,) = server.runs
     assert server.exit_codes == {run: 0}
-    assert server.runs[run]["displayName"] == "tracked-evaluate" and server.runs[run]["jobType"] == "evaluate"
+    assert server.runs[run]["displayName"] == f"{NAME}-evaluate" and server.runs[run]["jobType"] == "evaluate"
     assert [row["test/accuracy"] for row in server.history[run] if "test/accuracy" in row] == [result["accuracy"]]
     assert server.summary[run]["test/confusion_matrix_table"]["_type"] == "table-file"
     committed = {a["name"]: a for a in server.artifacts.values() if a["state"] == "COMMITTED"}
     assert {name: a["type"] for name, a in committed.items() if a["type"] != "run_table"} == {
-        "imdb": "dataset", "tracked-model": "model", "tracked-eval": "evaluation"}  # (the tables are run_table ones)
-    assert committed["tracked-eval"]["run"] == run  # logged (an output of this run) ...
-    assert sorted(name for user, name in server.used if user == run) == ["imdb", "tracked-model"]  # ... from inputs
-    evaluation = next(i for i, a in server.artifacts.items() if a["name"] == "tracked-eval")
+        "imdb": "dataset", f"{NAME}-model": "model", f"{NAME}-eval": "evaluation"}  # (the tables are run_table ones)
+    assert committed[f"{NAME}-eval"]["run"] == run  # logged (an output of this run) ...
+    assert sorted(name for user, name in server.used if user == run) == sorted(["imdb", f"{NAME}-model"])  # ... from inputs
+    evaluation = next(i for i, a in server.artifacts.items() if a["name"] == f"{NAME}-eval")
     assert "metrics.json" in json.loads(server.uploads[f"manifests/{evaluation}"])["contents"]
     uploaded = {path.rsplit("/", 1)[-1] for path in server.uploads if path.startswith("artifacts/")}
     assert "metrics.json" in uploaded and "model.safetensors" in uploaded
@@ -183,7 +182,7 @@ def test_wandb_sync_uploads_the_offline_runs_as_the_readme_says(evaluated, tmp_p
     # offline runs cannot record uses: the inputs are in each artifact's metadata (the tests above), not the graph
     committed = {a["name"]: a["type"] for a in server.artifacts.values() if a["state"] == "COMMITTED"}
     assert {name: kind for name, kind in committed.items() if kind != "run_table"} == {
-        "tracked-model": "model", "tracked-eval": "evaluation"}
+        f"{NAME}-model": "model", f"{NAME}-eval": "evaluation"}
 
 
 def test_finish_run_returns_with_the_log_written_and_a_cut_or_damaged_log_yields_the_steps_before(tmp_path):
