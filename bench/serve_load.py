@@ -14,7 +14,8 @@ actor. Both rows of the floor are measured on the same ingress as the app's.
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
 `--profile DIR` samples the HTTP proxy, the ingress, classifier and Summarizer replicas with py-spy (`pip install
 py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment and
-Lead-3 at one in flight, one collapsed-stack file per process and phase (`<phase>-<process>-<pid>.txt`, threads apart).
+Lead-3 at one in flight (the first pass of each, with `--repeats`), one collapsed-stack file per process and phase
+(`<phase>-<process>-<pid>.txt`, threads apart).
 
 Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the
 machine's load average before and after: other work on the machine shows in the figures); writes nothing else.
@@ -23,6 +24,7 @@ machine's load average before and after: other work on the machine shows in the 
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -204,12 +206,15 @@ def p50_ms(call, repeats: int, warm_up: int) -> float:
     return 1000 * statistics.median(times[warm_up:])
 
 
-def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats: int = 30) -> tuple[dict[int, float], float]:
+def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, threads: int,
+                         repeats: int = 30) -> tuple[dict[int, float], float]:
     """p50 ms of encoding + scoring 1 and `batch` reviews in-process (what a replica does per batch, minus Serve), as
-    the config runs it (with `cuda_graphs`, from CUDA graphs): the model's own batching gain, apart from Serve's; and
-    the review's positive probability in-process (what the served answer must equal)."""
+    the config runs it (with `cuda_graphs`, from CUDA graphs; on `threads` torch threads, as the replica has them):
+    the model's own batching gain, apart from Serve's; and the review's positive probability in-process (what the
+    served answer must equal)."""
     import numpy as np
     import pandas as pd
+    import torch
 
     from raytron.data.imdb import ReviewEncoder
     from raytron.inference.classifier import SentimentPredictor
@@ -221,6 +226,7 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, repeats
     rows = {n: pd.DataFrame({"id": np.arange(n), "label": 0, "text": [REVIEW] * n}) for n in (1, batch)}
     if cuda_graphs:
         predictor.capture_cuda_graphs(encoder(rows[1]), max_rows=batch)
+    torch.set_num_threads(threads)
     times = {n: p50_ms(lambda frame=frame: predictor(encoder(frame)), repeats, warm_up=5) for n, frame in rows.items()}
     return times, float(predictor(encoder(rows[1]))["prob_positive"][0])
 
@@ -246,7 +252,8 @@ def main() -> None:
                         help="Serve's HTTP ingress: its proxy actor, or HAProxy in the high-throughput mode")
     parser.add_argument("--batch-wait-s", type=float, help="the classifier's batch_wait_timeout_s (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="measure each sentiment throughput pass this many times; the table shows the median")
+                        help="measure each sentiment throughput pass, and each pass at one in flight (sentiment and "
+                             "Lead-3 alternating, then the floor), this many times; each row is the median pass")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
@@ -278,10 +285,22 @@ def main() -> None:
               f"{result['req_per_s']:>8.1f}", flush=True)
         return result
 
+    def median_pass(name: str, concurrency: int, runs: list[dict], key: str) -> dict:
+        """The row of the median of `runs` (passes of one measurement) by `key`, then each pass's `key` when there
+        are several; returns that pass."""
+        median = measured(name, concurrency, sorted(runs, key=lambda run: run[key])[len(runs) // 2])
+        if len(runs) > 1:
+            print(f"  {key} of the {len(runs)} passes (the row is the median): "
+                  + ", ".join(f"{run[key]:.1f}" for run in runs), flush=True)
+        return median
+
     print(f"\ningress: {args.ingress}" + (" (HIGH_THROUGHPUT_ENV)" if args.ingress == "haproxy" else " (Serve's proxy actor)"))
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
-    configured = next(d for d in deployments if d["name"] == "SentimentClassifier")["user_config"]
+    classifier = next(d for d in deployments if d["name"] == "SentimentClassifier")
+    configured = classifier["user_config"]
+    # Ray starts an actor with OMP_NUM_THREADS = its num_cpus, rounded down, at least 1 (Serve's default: 1 CPU)
+    replica_threads = max(math.floor(classifier.get("ray_actor_options", {}).get("num_cpus", 1)), 1)
     if args.batch_wait_s is not None:
         configured = {**configured, "batch_wait_timeout_s": args.batch_wait_s}
     print(f"classifier: {configured}")
@@ -303,30 +322,29 @@ def main() -> None:
         with profiled(args.profile if first else None, f"batch{batch}"):
             runs = [load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
                     for _ in range(args.repeats)]
-        sentiment = sorted(runs, key=lambda run: run["req_per_s"])[len(runs) // 2]  # the median run
         if first:  # the answer to compare with the model in-process
             served = requests.post(f"{base}/v1/sentiment", json={"texts": REVIEW}, headers=auth(),
                                    timeout=60).json()["results"][0]["positive_probability"]
         formed = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]
-        by_http[batch, coalesce] = measured(
+        by_http[batch, coalesce] = median_pass(
             f"POST /v1/sentiment (batch {batch}, {'coalesced' if coalesce else 'one call per request'}: largest "
             f"{formed['largest_batch']}, {formed['items'] / formed['requests']:.1f} texts/call)", args.concurrency,
-            sentiment)["req_per_s"]
-        if args.repeats > 1:
-            print(f"  req/s of the {args.repeats} repeats (the row is the median): "
-                  + ", ".join(f"{run['req_per_s']:.1f}" for run in runs), flush=True)
+            runs, "req_per_s")["req_per_s"]
         if not coalesce:  # a handle's calls never pass the ingress
             by_handle[batch] = measured(
                 f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
                 handle_load(handle_loop, "SentimentClassifier", "classify", [REVIEW], args.requests, args.concurrency),
             )["req_per_s"]
-        if first:
-            with profiled(args.profile, "one-in-flight"):
-                one_in_flight = measured("POST /v1/sentiment, 1 in flight", 1, load(
-                    f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
-            with profiled(args.profile, "lead3-one-in-flight"):
-                lead3_http = measured("POST /v1/summarize lead-3, 1 in flight", 1, load(
-                    f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"}, args.requests // 4, 1))["p50_ms"]
+        if first:  # the two alternate, so that a machine's drift between passes reaches both
+            alone: dict[str, list[dict]] = {"sentiment": [], "lead3": []}
+            for i in range(args.repeats):
+                with profiled(args.profile if i == 0 else None, "one-in-flight"):
+                    alone["sentiment"].append(load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests // 4, 1))
+                with profiled(args.profile if i == 0 else None, "lead3-one-in-flight"):
+                    alone["lead3"].append(load(f"{base}/v1/summarize", {"text": ARTICLE, "technique": "lead-3"},
+                                               args.requests // 4, 1))
+            one_in_flight = median_pass("POST /v1/sentiment, 1 in flight", 1, alone["sentiment"], "p50_ms")["p50_ms"]
+            lead3_http = median_pass("POST /v1/summarize lead-3, 1 in flight", 1, alone["lead3"], "p50_ms")["p50_ms"]
             measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                               args.requests, args.concurrency))
             measured("POST /v1/summarize lead-3", args.concurrency, load(
@@ -339,16 +357,19 @@ def main() -> None:
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
     floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
                           load(floor, {"texts": REVIEW}, args.requests, args.concurrency))["req_per_s"]
-    floor_one = measured("Serve's floor, 1 in flight", 1, load(floor, {"texts": REVIEW}, args.requests // 4, 1))["p50_ms"]
+    floor_one = median_pass("Serve's floor, 1 in flight", 1, [load(floor, {"texts": REVIEW}, args.requests // 4, 1)
+                                                               for _ in range(args.repeats)], "p50_ms")["p50_ms"]
     serve.delete("floor")
-    direct, positive = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch)
+    direct, positive = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch,
+                                            replica_threads)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
     unbatched = by_http[1, False]
     print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch, True] / unbatched:.1f}x over HTTP "
           f"with the ingress coalescing, {by_http[args.max_batch, False] / unbatched:.1f}x without; "
           f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (one call per request, no ingress)")
     print(f"the review's positive probability: served {served:.4f}, in-process {positive:.4f}")
-    print(f"in-process: 1 review {direct[1]:.1f} ms, {args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
+    print(f"in-process, {replica_threads} torch thread(s) as the replica: 1 review {direct[1]:.1f} ms, "
+          f"{args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
           f"batching gain {args.max_batch * direct[1] / direct[args.max_batch]:.1f}x in reviews/s (Serve's ceiling)")
     print(f"Serve overhead at 1 in flight: HTTP p50 {one_in_flight:.1f} ms - in-process p50 {direct[1]:.1f} ms "
           f"= {one_in_flight - direct[1]:.1f} ms")
