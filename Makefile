@@ -51,8 +51,9 @@ report: setup
 	$(BIN)/python jobs/report.py
 
 # One pytest process (and one local Ray cluster) per test module, TEST_JOBS at a time, slowest first (their
-# times in the clean-clone CI pre-check of 2026-11-30 12:00 UTC, 65 min in all: 1,405 s for test_serve down to 74 s
-# for test_cli; each module runs 1.4-2.5x slower than alone beside another; tests/run_modules.py says why two).
+# times in the clean-clone CI pre-check of 2026-12-02 03:03 UTC, 45 min in all with the setup, 5,108 s of modules:
+# 877 s for test_finetune and 813 s for test_serve down to 57 s for test_cli; each module runs 1.4-2.9x slower than
+# alone beside another; tests/run_modules.py says why two).
 TEST_JOBS ?= 2
 SLOW_TESTS := tests/test_serve.py tests/test_finetune.py tests/test_node_loss.py tests/test_tune.py tests/test_report.py tests/test_serve_haproxy.py \
 	tests/test_summarization.py tests/test_topics.py tests/test_tensor_parallel.py tests/test_data_cache.py \
