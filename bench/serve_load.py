@@ -13,9 +13,9 @@ actor. Both rows of the floor are measured on the same ingress as the app's.
 
 A config that requires a token (`auth: token`, the GPU one) gets a random one for the run, sent with every request.
 `--profile DIR` samples the HTTP proxy, the ingress, classifier and Summarizer replicas with py-spy (`pip install
-py-spy`; it must be allowed to ptrace them) during the two sentiment measurements of the batched deployment and
-Lead-3 at one in flight (the first pass of each, with `--repeats`), one collapsed-stack file per process and phase
-(`<phase>-<process>-<pid>.txt`, threads apart).
+py-spy`; it must be allowed to ptrace them) during the batched deployment's sentiment throughput and one-in-flight
+passes and Lead-3's one-in-flight pass (the first pass of each, with `--repeats`), one collapsed-stack file per process
+and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
 Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the
 machine's load average before and after: other work on the machine shows in the figures); writes nothing else.
@@ -253,10 +253,10 @@ def main() -> None:
     parser.add_argument("--batch-wait-s", type=float, help="the classifier's batch_wait_timeout_s (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure each sentiment throughput pass, and each pass at one in flight (sentiment and "
-                             "Lead-3 alternating, then the floor), this many times; each row is the median pass")
+                             "Lead-3 alternating, then the floor), this many times (odd); each row is the median pass")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error(f"--repeats must be odd (1, 3, 5, ...): each row is the median pass, not {args.repeats}")
     if args.profile and shutil.which("py-spy") is None:
         parser.error("--profile needs py-spy on PATH: pip install py-spy")
     from raytron.serving.ingress import HIGH_THROUGHPUT_ENV
@@ -319,9 +319,10 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
-        with profiled(args.profile if first else None, f"batch{batch}"):
-            runs = [load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency)
-                    for _ in range(args.repeats)]
+        runs = []
+        for i in range(args.repeats):
+            with profiled(args.profile if first and i == 0 else None, f"batch{batch}"):
+                runs.append(load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency))
         if first:  # the answer to compare with the model in-process
             served = requests.post(f"{base}/v1/sentiment", json={"texts": REVIEW}, headers=auth(),
                                    timeout=60).json()["results"][0]["positive_probability"]

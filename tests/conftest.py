@@ -120,17 +120,21 @@ SHARED_BUILDS = "RAYTRON_TEST_SHARED"
 """tests/run_modules.py sets it to one folder for all the modules of its run: what `built_once` builds is kept there."""
 
 
-def built_once(name: str, build: Callable[[Path], None], into: Path) -> Path:
-    """`into`, filled as `build(folder)` fills a folder, which happens once per tests/run_modules.py run: the first
-    module to ask builds it in the run's shared folder (the others wait for it, on a file lock) and each module gets
-    its own copy, so what a test changes stays in its module. A module run alone builds into `into` itself."""
-    shared = os.environ.get(SHARED_BUILDS)
-    if not shared:
-        build(into)
-        return into
-    folder, built = Path(shared) / name, Path(shared) / f"{name}.built"
-    Path(shared).mkdir(parents=True, exist_ok=True)
-    with open(Path(shared) / f"{name}.lock", "w") as lock:
+@pytest.fixture(scope="session")
+def shared_builds(tmp_path_factory) -> Path:
+    """Where `built_once` keeps what it builds: the folder tests/run_modules.py shares with all its modules, else one of
+    this pytest process's own (for the modules it runs)."""
+    return Path(os.environ.get(SHARED_BUILDS) or tmp_path_factory.mktemp("shared-builds"))
+
+
+def built_once(shared: Path, name: str, build: Callable[[Path], None], into: Path) -> Path:
+    """`into`, filled as `build(folder)` fills a folder, which happens once per `shared` folder (`shared_builds`): the
+    first module to ask builds it there (the others wait for it, on a file lock) and each module gets its own copy, so
+    what a test changes stays in its module. What the build recorded by absolute path (the files of W&B's offline
+    artifact manifests) still points into `shared`, which outlives the modules."""
+    folder, built = shared / name, shared / f"{name}.built"
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when this process ends, however it ends
         if not built.is_file():
             shutil.rmtree(folder, ignore_errors=True)  # what a module that died building it left
@@ -143,17 +147,18 @@ def built_once(name: str, build: Callable[[Path], None], into: Path) -> Path:
 SENTIMENT_RUN = {"train.epochs": 3, "run.name": "dp2"}
 
 
-@pytest.fixture(scope="session")
-def sentiment_run(ray_cluster, tmp_path_factory):
-    """A real 2-worker (DP=2) IMDb fine-tune, 3 epochs of 48 reviews (built once per test run): its config and run
-    folder."""
+@pytest.fixture(scope="module")
+def sentiment_run(ray_cluster, shared_builds, tmp_path_factory):
+    """A real 2-worker (DP=2) IMDb fine-tune, 3 epochs of 48 reviews, built once per test run (`built_once`): this
+    module's copy, its config and run folder."""
     from raytron.config import load_config
     from raytron.train.launcher import finetune
 
     def config(root: Path):
         return load_config(REPO / "configs" / "sentiment.yaml", tiny_overrides(root, **SENTIMENT_RUN))
 
-    root = built_once("sentiment-run", lambda folder: finetune(config(folder)), tmp_path_factory.mktemp("runs"))
+    root = built_once(shared_builds, "sentiment-run", lambda folder: finetune(config(folder)),
+                      tmp_path_factory.mktemp("runs"))
     cfg = config(root)
     assert cfg.resources.num_workers == 2 and cfg.parallel.data == 2
     return cfg, root / "dp2"

