@@ -24,11 +24,9 @@ def environment():
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-tag writes to the GCS from tests
-    from raytron.runtime import REPORT_POLL_S, WORKER_START_TIMEOUT_S
+    from raytron.runtime import set_ray_train_defaults
 
-    # before ray.init, as raytron.runtime.connect_ray sets them: the cluster's processes (Tune's trials too) inherit them
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    set_ray_train_defaults()  # before ray.init, as connect_ray: the test clusters' processes (Tune's trials too) inherit them
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from raytron.evaluate.sentiment import evaluate
 from raytron.store import read_meta
 from raytron.train.launcher import finetune
 from raytron.train.tasks import make_task
-from tests.conftest import DATA_ROOT, REPO, tiny_overrides
+from tests.conftest import DATA_ROOT, REPO, SENTIMENT_RUN, tiny_overrides
 from tests.wandb_records import history_by_step, read_run
 
 RECIPE = REPO / "configs" / "sentiment.yaml"
@@ -62,7 +62,7 @@ def test_rerunning_a_finished_run_ends_with_its_model(trained, capsys):
     from raytron.jobs.finetune import main
 
     cfg, run_dir = trained
-    overrides = tiny_overrides(run_dir.parent, **{"train.epochs": 3, "run.name": "dp2"})
+    overrides = tiny_overrides(run_dir.parent, **SENTIMENT_RUN)
     assert main(["--config", str(RECIPE), *overrides]) == 0
     assert capsys.readouterr().out.strip().endswith(f"already finished (run.resume=false trains again); best model in "
                                                     f"{run_dir / 'model'}")
@@ -227,7 +227,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_its_advice_works(trained):
     latest = sorted(p for p in (run_dir / "ray" / "dp2").glob("checkpoint_*") if p.is_dir())[-1]
     for shard in latest.glob("*.distcp"):
         shard.write_bytes(b"not a checkpoint")
-    cfg = load_config(RECIPE, tiny_overrides(run_dir.parent, **{"train.epochs": 5, "run.name": "dp2"}))
+    cfg = load_config(RECIPE, tiny_overrides(run_dir.parent, **{**SENTIMENT_RUN, "train.epochs": 5}))
     with pytest.raises(RaytronError) as error:
         finetune(cfg)
     message = str(error.value)

@@ -109,12 +109,18 @@ def check_ray_address(address: str) -> None:
                 "or unset RAY_ADDRESS to run the job on a local Ray instance it starts itself") from None
 
 
+def set_ray_train_defaults() -> None:
+    """WORKER_START_TIMEOUT_S and REPORT_POLL_S into this process's environment, where it sets neither (before Ray
+    starts: a local cluster's processes, Ray Train's controller and workers, inherit them)."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+
+
 def connect_ray() -> None:
     """Join the cluster `ray job submit` or RAY_ADDRESS points at, else start a local one."""
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    set_ray_train_defaults()
     if not ray.is_initialized():
         check_ray_address(os.environ.get("RAY_ADDRESS", ""))
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
