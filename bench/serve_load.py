@@ -17,6 +17,9 @@ py-spy`; it must be allowed to ptrace them) during the batched deployment's sent
 passes and Lead-3's one-in-flight pass (the first pass of each, with `--repeats`), one collapsed-stack file per process
 and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
+`--latency-only` measures only the one-in-flight rows (sentiment and Lead-3 alternating, Serve's floor) and the
+in-process call, in one deployment: the overhead and its split, in about a third of the time.
+
 Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the
 machine's load average before and after: other work on the machine shows in the figures); writes nothing else.
 """
@@ -212,8 +215,6 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, threads
     the config runs it (with `cuda_graphs`, from CUDA graphs; on `threads` torch threads, as the replica has them):
     the model's own batching gain, apart from Serve's; and the review's positive probability in-process (what the
     served answer must equal)."""
-    import numpy as np
-    import pandas as pd
     import torch
 
     from raytron.data.imdb import ReviewEncoder
@@ -223,12 +224,12 @@ def direct_classifier_ms(model_dir: Path, cuda_graphs: bool, batch: int, threads
     meta = read_meta(model_dir)
     encoder = ReviewEncoder(str(model_dir / "encoder"), meta["max_length"], meta["head_tokens"])
     predictor = SentimentPredictor(model_dir)
-    rows = {n: pd.DataFrame({"id": np.arange(n), "label": 0, "text": [REVIEW] * n}) for n in (1, batch)}
+    rows = {n: [REVIEW] * n for n in (1, batch)}
     if cuda_graphs:
-        predictor.capture_cuda_graphs(encoder(rows[1]), max_rows=batch)
+        predictor.capture_cuda_graphs(encoder.texts(rows[1]), max_rows=batch)
     torch.set_num_threads(threads)
-    times = {n: p50_ms(lambda frame=frame: predictor(encoder(frame)), repeats, warm_up=5) for n, frame in rows.items()}
-    return times, float(predictor(encoder(rows[1]))["prob_positive"][0])
+    times = {n: p50_ms(lambda texts=texts: predictor(encoder.texts(texts)), repeats, warm_up=5) for n, texts in rows.items()}
+    return times, float(predictor(encoder.texts(rows[1]))["prob_positive"][0])
 
 
 def lead3_in_process_ms(repeats: int = 200) -> float:
@@ -254,6 +255,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure each sentiment throughput pass, and each pass at one in flight (sentiment and "
                              "Lead-3 alternating, then the floor), this many times (odd); each row is the median pass")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the rows at one in flight (sentiment, Lead-3, Serve's floor) and the in-process "
+                             "call: the overhead and its split, without the throughput passes")
     args = parser.parse_args()
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error(f"--repeats must be odd (1, 3, 5, ...): each row is the median pass, not {args.repeats}")
@@ -307,6 +311,9 @@ def main() -> None:
     handle_loop = LoopThread()
     by_http, by_handle = {}, {}  # req/s of the classifier per max_batch_size
     passes = [(args.max_batch, True), (args.max_batch, False), (1, False)]  # (classifier batch, ingress coalescing)
+    throughput = not args.latency_only
+    if not throughput:
+        passes = passes[:1]
     for batch, coalesce in passes:  # the config's own batch wait, one replica: batching alone compared
         first = (batch, coalesce) == passes[0]
         overrides = {"SentimentClassifier": {"user_config": {**configured, "max_batch_size": batch},
@@ -320,17 +327,18 @@ def main() -> None:
         serve.run(application, name="raytron", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
         runs = []
-        for i in range(args.repeats):
+        for i in range(args.repeats if throughput else 0):
             with profiled(args.profile if first and i == 0 else None, f"batch{batch}"):
                 runs.append(load(f"{base}/v1/sentiment", {"texts": REVIEW}, args.requests, args.concurrency))
         if first:  # the answer to compare with the model in-process
             served = requests.post(f"{base}/v1/sentiment", json={"texts": REVIEW}, headers=auth(),
                                    timeout=60).json()["results"][0]["positive_probability"]
-        formed = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]
-        by_http[batch, coalesce] = median_pass(
-            f"POST /v1/sentiment (batch {batch}, {'coalesced' if coalesce else 'one call per request'}: largest "
-            f"{formed['largest_batch']}, {formed['items'] / formed['requests']:.1f} texts/call)", args.concurrency,
-            runs, "req_per_s")["req_per_s"]
+        if throughput:
+            formed = requests.get(f"{base}/v1/models", headers=auth(), timeout=60).json()["sentiment"]["batching"]
+            by_http[batch, coalesce] = median_pass(
+                f"POST /v1/sentiment (batch {batch}, {'coalesced' if coalesce else 'one call per request'}: largest "
+                f"{formed['largest_batch']}, {formed['items'] / formed['requests']:.1f} texts/call)", args.concurrency,
+                runs, "req_per_s")["req_per_s"]
         if not coalesce:  # a handle's calls never pass the ingress
             by_handle[batch] = measured(
                 f"SentimentClassifier.classify by DeploymentHandle (max_batch_size={batch})", args.concurrency,
@@ -346,6 +354,7 @@ def main() -> None:
                                                args.requests // 4, 1))
             one_in_flight = median_pass("POST /v1/sentiment, 1 in flight", 1, alone["sentiment"], "p50_ms")["p50_ms"]
             lead3_http = median_pass("POST /v1/summarize lead-3, 1 in flight", 1, alone["lead3"], "p50_ms")["p50_ms"]
+        if first and throughput:
             measured("POST /v1/topics", args.concurrency, load(f"{base}/v1/topics", {"texts": ARTICLE},
                                                               args.requests, args.concurrency))
             measured("POST /v1/summarize lead-3", args.concurrency, load(
@@ -356,18 +365,20 @@ def main() -> None:
         serve.delete("raytron")
     serve.run(floor_app(args.concurrency), name="floor", route_prefix="/floor")
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
-    floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
-                          load(floor, {"texts": REVIEW}, args.requests, args.concurrency))["req_per_s"]
+    if throughput:
+        floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
+                              load(floor, {"texts": REVIEW}, args.requests, args.concurrency))["req_per_s"]
     floor_one = median_pass("Serve's floor, 1 in flight", 1, [load(floor, {"texts": REVIEW}, args.requests // 4, 1)
                                                                for _ in range(args.repeats)], "p50_ms")["p50_ms"]
     serve.delete("floor")
     direct, positive = direct_classifier_ms(Path(args.sentiment_model), bool(configured.get("cuda_graphs")), args.max_batch,
                                             replica_threads)
     print(f"\n{os.cpu_count()} CPUs; load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
-    unbatched = by_http[1, False]
-    print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch, True] / unbatched:.1f}x over HTTP "
-          f"with the ingress coalescing, {by_http[args.max_batch, False] / unbatched:.1f}x without; "
-          f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (one call per request, no ingress)")
+    if throughput:
+        unbatched = by_http[1, False]
+        print(f"\nclassifier throughput, batched / unbatched: {by_http[args.max_batch, True] / unbatched:.1f}x over "
+              f"HTTP with the ingress coalescing, {by_http[args.max_batch, False] / unbatched:.1f}x without; "
+              f"{by_handle[args.max_batch] / by_handle[1]:.1f}x by DeploymentHandle (one call per request, no ingress)")
     print(f"the review's positive probability: served {served:.4f}, in-process {positive:.4f}")
     print(f"in-process, {replica_threads} torch thread(s) as the replica: 1 review {direct[1]:.1f} ms, "
           f"{args.max_batch} reviews {direct[args.max_batch]:.1f} ms: "
@@ -378,9 +389,10 @@ def main() -> None:
     print(f"of which the path every call takes (ingress -> Api -> a model replica), from Lead-3 at 1 in flight: HTTP p50 "
           f"{lead3_http:.1f} ms - in-process {lead3_ms:.2f} ms = {lead3_http - lead3_ms:.1f} ms; the classifier's "
           f"batching and its replica add {one_in_flight - direct[1] - (lead3_http - lead3_ms):.1f} ms")
-    print(f"Serve's floor (the same two hops, no work): {floor_one:.1f} ms at 1 in flight, {floor_rate:.1f} req/s at "
-          f"{args.concurrency} in flight; raytron's path above it at 1 in flight: {lead3_http - lead3_ms - floor_one:.1f} "
-          f"ms (Lead-3), {one_in_flight - direct[1] - floor_one:.1f} ms (sentiment)")
+    print(f"Serve's floor (the same two hops, no work): {floor_one:.1f} ms at 1 in flight"
+          + (f", {floor_rate:.1f} req/s at {args.concurrency} in flight" if throughput else "")
+          + f"; raytron's path above it at 1 in flight: {lead3_http - lead3_ms - floor_one:.1f} ms (Lead-3), "
+          f"{one_in_flight - direct[1] - floor_one:.1f} ms (sentiment)")
     serve.shutdown()
 
 

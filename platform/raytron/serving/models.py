@@ -17,7 +17,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pandas as pd
 from ray import serve
 
 from raytron.errors import RaytronError
@@ -140,12 +139,9 @@ class SentimentClassifier(Batched):
                                "user_config): Serve replaces it with a replica started with it")
         super().reconfigure(config)
         if self.cuda_graphs is None and wanted:
-            self.predictor.capture_cuda_graphs(self.encode(WARM_UP), self.max_batch_size)
+            self.predictor.capture_cuda_graphs(self.encoder.texts(WARM_UP), self.max_batch_size)
             log.info("SentimentClassifier: CUDA graphs captured for batches of up to %d", self.max_batch_size)
         self.cuda_graphs = wanted
-
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.encoder(pd.DataFrame({"id": np.arange(len(texts)), "label": 0, "text": texts}))
 
     def results(self, scored: dict[str, np.ndarray]) -> list[dict]:
         labels = self.meta["labels"]
@@ -154,7 +150,7 @@ class SentimentClassifier(Batched):
                 for p, pos in zip(scored["prediction"], scored["prob_positive"], strict=True)]
 
     def score(self, texts: list[str]) -> list[dict]:
-        return self.results(self.predictor(self.encode(texts)))
+        return self.results(self.predictor(self.encoder.texts(texts)))
 
     async def score_batch(self, texts: list[str]) -> list[dict]:
         """With CUDA graphs, a batch of up to LOOP_HOST_CHARS characters does its host work (tokenizing, VADER,
@@ -165,7 +161,7 @@ class SentimentClassifier(Batched):
         CPU forward run on a thread, as the other deployments' batches do: they would hold up the loop's intake."""
         if not self.predictor.graphed or sum(map(len, texts)) > LOOP_HOST_CHARS:
             return await asyncio.to_thread(self.score, texts)
-        scored = self.predictor.launch(self.encode(texts))
+        scored = self.predictor.launch(self.encoder.texts(texts))
         await asyncio.to_thread(scored.wait)
         return self.results(scored.result())
 
