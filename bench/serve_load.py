@@ -18,7 +18,8 @@ passes and Lead-3's one-in-flight pass (the first pass of each, with `--repeats`
 and phase (`<phase>-<process>-<pid>.txt`, threads apart).
 
 `--latency-only` measures only the one-in-flight rows (sentiment and Lead-3 alternating, Serve's floor) and the
-in-process call, in one deployment: the overhead and its split, in about a third of the time.
+in-process call, in one deployment: the overhead and its split (on the H200 about 150 s against 350 s for the whole
+bench, start-up included).
 
 Bounded: a fixed number of requests per measurement. Prints a table, each row as its measurement ends (with the
 machine's load average before and after: other work on the machine shows in the figures); writes nothing else.

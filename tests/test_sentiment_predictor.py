@@ -67,6 +67,7 @@ def test_served_texts_encode_as_ray_datas_pandas_batches_do():
     assert served.keys() == frame.keys()
     for name, values in frame.items():
         np.testing.assert_array_equal(served[name], values, err_msg=name)
+        assert served[name].dtype == values.dtype, name
     assert served["attention_mask"].sum(1).tolist() != [served["attention_mask"].sum(1)[0]] * len(REVIEWS)
 
 
@@ -74,8 +75,10 @@ def test_served_texts_encode_as_ray_datas_pandas_batches_do():
 def test_on_a_gpu_the_inputs_arrive_exactly_as_encoded(model_dir):
     predictor = SentimentPredictor(model_dir)
     batch = ReviewEncoder(str(model_dir / "encoder"), MAX_LENGTH, 64).texts(REVIEWS)
-    ids, mask, features = (t.cpu() for t in predictor.inputs(batch, MAX_LENGTH))
-    assert (ids.dtype, mask.dtype, features.dtype) == (torch.int64, torch.int64, torch.float32)
-    np.testing.assert_array_equal(ids.numpy(), batch["input_ids"])
-    np.testing.assert_array_equal(mask.numpy(), batch["attention_mask"])
-    np.testing.assert_array_equal(features.numpy(), np.stack([batch["log_length"], batch["vader_compound"]], -1))
+    for rows, width in (([0, 1, 2], MAX_LENGTH), ([0, 1], 128)):  # at full width, and cut to the longest row's
+        part = {name: values[rows] for name, values in batch.items()}
+        ids, mask, features = (t.cpu() for t in predictor.inputs(part))
+        assert (ids.dtype, mask.dtype, features.dtype) == (torch.int64, torch.int64, torch.float32)
+        np.testing.assert_array_equal(ids.numpy(), part["input_ids"][:, :width])
+        np.testing.assert_array_equal(mask.numpy(), part["attention_mask"][:, :width])
+        np.testing.assert_array_equal(features.numpy(), np.stack([part["log_length"], part["vader_compound"]], -1))
