@@ -171,7 +171,8 @@ def profiled(folder: Path | None, phase: str):
 
 def floor_app(concurrency: int, ingress_replicas: int):
     """Serve's floor on this machine: raytron's topology (proxy -> `ingress_replicas` FastAPI ingress replicas, as
-    the config's Api -> one handle call -> 1 model replica) with no work at any hop, so its latency and throughput are what Serve alone costs."""
+    the config's Api -> one handle call -> 1 model replica) with no work at any hop, so its latency and throughput
+    are what Serve alone costs."""
     from fastapi import FastAPI
     from pydantic import BaseModel
     from ray import serve
@@ -303,13 +304,14 @@ def main() -> None:
     print(f"\n{'endpoint':<72} {'in flight':>9} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}", flush=True)
     deployments = yaml.safe_load(Path(args.config).read_text())["applications"][0]["deployments"]
     classifier = next(d for d in deployments if d["name"] == "SentimentClassifier")
-    api = next(d for d in deployments if d["name"] == "Api")
+    api = next((d for d in deployments if d["name"] == "Api"), {})  # not configured: Serve's default, one replica
+    ingress_replicas = api.get("num_replicas") or api.get("autoscaling_config", {}).get("min_replicas", 1)
     configured = classifier["user_config"]
     # Ray starts an actor with OMP_NUM_THREADS = its num_cpus, rounded down, at least 1 (Serve's default: 1 CPU)
     replica_threads = max(math.floor(classifier.get("ray_actor_options", {}).get("num_cpus", 1)), 1)
     if args.batch_wait_s is not None:
         configured = {**configured, "batch_wait_timeout_s": args.batch_wait_s}
-    print(f"classifier: {configured}; Api: {api.get('num_replicas', 1)} replica(s)")
+    print(f"classifier: {configured}; Api: {ingress_replicas} replica(s)")
     handle_loop = LoopThread()
     by_http, by_handle = {}, {}  # req/s of the classifier per max_batch_size
     passes = [(args.max_batch, True), (args.max_batch, False), (1, False)]  # (classifier batch, ingress coalescing)
@@ -365,7 +367,7 @@ def main() -> None:
             measured(f"POST /v1/summarize extractive ({extractive['scorer'].split(',')[0]})", 8, load(
                 f"{base}/v1/summarize", {"text": ARTICLE, "technique": "extractive"}, args.requests // 4, 8))
         serve.delete("raytron")
-    serve.run(floor_app(args.concurrency, api.get("num_replicas", 1)), name="floor", route_prefix="/floor")
+    serve.run(floor_app(args.concurrency, ingress_replicas), name="floor", route_prefix="/floor")
     floor = f"http://127.0.0.1:{args.port}/floor/v1/sentiment"
     if throughput:
         floor_rate = measured("Serve's floor: POST to an ingress that calls a deployment, no work", args.concurrency,
